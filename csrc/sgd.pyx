@@ -1,0 +1,525 @@
+# cython: language_level=3
+"""SGD kernels: losses, minibatch gradients and the parameter update.
+
+Nothing in this module knows about MPI (STYLE.md rule 3). The training loop in
+``mpiml.parallel.data`` calls :meth:`Engine.grad` on this rank's rows of a
+global batch, reduces ``Engine.buf`` across ranks with one Allreduce, then calls
+:meth:`Engine.apply`. On one rank, :meth:`Engine.run_steps` runs the same two
+kernels for a whole epoch without returning to Python.
+
+Parameters live in one flat float64 vector ``w`` of length ``P = K*d + K``:
+the (K, d) weight matrix row by row, then the K intercepts. ``buf`` holds the
+summed gradient (P values), the summed loss and the sample count, so a step
+needs exactly one reduction of ``P + 2`` doubles.
+
+Rows are processed in sub-blocks of ``SUB`` rows: the margins of a sub-block are
+one BLAS call, the loss derivative is computed on them, and the gradient is a
+second BLAS call over the same rows while they are still in cache. BLAS comes
+from scipy (OpenBLAS selects the CPU's vector instructions at run time, so the
+build stays portable).
+"""
+from libc.math cimport exp, log, log1p, fabs, pow, isfinite
+from libc.string cimport memset, memcpy
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from "dense.h" nogil:
+    void mpiml_margins_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* w, float* m)
+    void mpiml_margins_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* w, double* m)
+    void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
+    void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
+
+import numpy as np
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from *:
+    """
+    #ifndef MPIML_COMPILE_FLAGS
+    #define MPIML_COMPILE_FLAGS "unknown"
+    #endif
+    """
+    const char* MPIML_COMPILE_FLAGS
+
+COMPILE_FLAGS = MPIML_COMPILE_FLAGS.decode()
+DTYPES = ("float32", "float64")
+
+# rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
+cdef Py_ssize_t SUB = 16
+
+
+# --------------------------------------------------------------------------- losses
+cdef class Loss:
+    """Base class: ``batch`` returns the summed loss of ``n`` rows of ``K`` margins
+    and writes d loss / d margin into ``g``."""
+
+    cdef double batch(self, const double* m, const double* y, double* g,
+                      Py_ssize_t n, Py_ssize_t K) noexcept nogil:
+        return 0.0
+
+    def loss_grad(self, margins, y):
+        """Python entry for tests: ``(loss per row, dloss)`` for margins (n, K)."""
+        cdef double[:, ::1] m = np.ascontiguousarray(margins, dtype=np.float64).reshape(len(y), -1)
+        cdef double[::1] yy = np.ascontiguousarray(y, dtype=np.float64)
+        g = np.zeros((m.shape[0], m.shape[1]))
+        cdef double[:, ::1] gv = g
+        out = np.empty(m.shape[0])
+        cdef Py_ssize_t i
+        for i in range(m.shape[0]):
+            out[i] = self.batch(&m[i, 0], &yy[i], &gv[i, 0], 1, m.shape[1])
+        return out, g
+
+
+cdef class ScalarLoss(Loss):
+    """A loss of one margin ``p`` and one target ``y``. With ``K > 1`` outputs the
+    target is a class index and output k is trained one-vs-rest on ``y == k``."""
+
+    cdef double loss(self, double p, double y) noexcept nogil:
+        return 0.0
+
+    cdef double dloss(self, double p, double y) noexcept nogil:
+        return 0.0
+
+    cdef double batch(self, const double* m, const double* y, double* g,
+                      Py_ssize_t n, Py_ssize_t K) noexcept nogil:
+        cdef Py_ssize_t i, k
+        cdef double s = 0.0, t
+        if K == 1:
+            for i in range(n):
+                s += self.loss(m[i], y[i])
+                g[i] = self.dloss(m[i], y[i])
+        else:
+            for i in range(n):
+                for k in range(K):
+                    t = 1.0 if <Py_ssize_t>y[i] == k else -1.0
+                    s += self.loss(m[i * K + k], t)
+                    g[i * K + k] = self.dloss(m[i * K + k], t)
+        return s
+
+    def py_loss(self, double p, double y):
+        return self.loss(p, y)
+
+    def py_dloss(self, double p, double y):
+        return self.dloss(p, y)
+
+
+cdef class SquaredLoss(ScalarLoss):
+    """0.5 (p - y)^2"""
+    cdef double loss(self, double p, double y) noexcept nogil:
+        return 0.5 * (p - y) * (p - y)
+
+    cdef double dloss(self, double p, double y) noexcept nogil:
+        return p - y
+
+    def __reduce__(self):
+        return SquaredLoss, ()
+
+
+cdef class Huber(ScalarLoss):
+    """Quadratic within ``epsilon`` of the target, linear beyond."""
+    cdef readonly double epsilon
+
+    def __init__(self, double epsilon=0.1):
+        self.epsilon = epsilon
+
+    cdef double loss(self, double p, double y) noexcept nogil:
+        cdef double r = fabs(p - y)
+        if r <= self.epsilon:
+            return 0.5 * r * r
+        return self.epsilon * (r - 0.5 * self.epsilon)
+
+    cdef double dloss(self, double p, double y) noexcept nogil:
+        cdef double r = p - y
+        if r > self.epsilon:
+            return self.epsilon
+        if r < -self.epsilon:
+            return -self.epsilon
+        return r
+
+    def __reduce__(self):
+        return Huber, (self.epsilon,)
+
+
+cdef class LogLoss(ScalarLoss):
+    """Logistic loss log(1 + exp(-y p)) for y in {-1, +1}."""
+    cdef double loss(self, double p, double y) noexcept nogil:
+        cdef double z = p * y
+        if z > 18.0:
+            return exp(-z)
+        if z < -18.0:
+            return -z
+        return log1p(exp(-z))
+
+    cdef double dloss(self, double p, double y) noexcept nogil:
+        cdef double z = p * y
+        if z > 18.0:
+            return -y * exp(-z)
+        if z < -18.0:
+            return -y
+        return -y / (1.0 + exp(z))
+
+    cdef double batch(self, const double* m, const double* y, double* g,
+                      Py_ssize_t n, Py_ssize_t K) noexcept nogil:
+        # one exp and one log1p per margin instead of the two exps of loss + dloss
+        cdef Py_ssize_t i
+        cdef double s = 0.0, z, e, yi
+        if K != 1:
+            return ScalarLoss.batch(self, m, y, g, n, K)
+        for i in range(n):
+            yi = y[i]
+            z = m[i] * yi
+            e = exp(-fabs(z))
+            if z >= 0.0:
+                s += log1p(e)
+                g[i] = -yi * e / (1.0 + e)
+            else:
+                s += log1p(e) - z
+                g[i] = -yi / (1.0 + e)
+        return s
+
+    def __reduce__(self):
+        return LogLoss, ()
+
+
+cdef class Hinge(ScalarLoss):
+    """max(0, threshold - y p) for y in {-1, +1}."""
+    cdef readonly double threshold
+
+    def __init__(self, double threshold=1.0):
+        self.threshold = threshold
+
+    cdef double loss(self, double p, double y) noexcept nogil:
+        cdef double z = p * y
+        if z < self.threshold:
+            return self.threshold - z
+        return 0.0
+
+    cdef double dloss(self, double p, double y) noexcept nogil:
+        if p * y < self.threshold:
+            return -y
+        return 0.0
+
+    def __reduce__(self):
+        return Hinge, (self.threshold,)
+
+
+cdef class Multinomial(Loss):
+    """Softmax cross-entropy over K margins; the target is the class index."""
+    cdef double batch(self, const double* m, const double* y, double* g,
+                      Py_ssize_t n, Py_ssize_t K) noexcept nogil:
+        cdef Py_ssize_t i, k, c
+        cdef double s = 0.0, mx, z
+        cdef const double* row
+        cdef double* gr
+        for i in range(n):
+            row = m + i * K
+            gr = g + i * K
+            mx = row[0]
+            for k in range(1, K):
+                if row[k] > mx:
+                    mx = row[k]
+            z = 0.0
+            for k in range(K):
+                gr[k] = exp(row[k] - mx)
+                z += gr[k]
+            c = <Py_ssize_t>y[i]
+            s += log(z) + mx - row[c]
+            for k in range(K):
+                gr[k] /= z
+            gr[c] -= 1.0
+        return s
+
+    def __reduce__(self):
+        return Multinomial, ()
+
+
+# --------------------------------------------------------------------------- BLAS helpers
+cdef inline void _margins(const floating* X, Py_ssize_t nb, Py_ssize_t d, const floating* W,
+                          Py_ssize_t K, floating* M) noexcept nogil:
+    """M (nb, K) = X (nb, d) @ W.T, all row-major."""
+    cdef int m_, n_, k_, lda, ldb, ldc
+    cdef floating one = 1.0, zero = 0.0
+    cdef char tr = b'T', nt = b'N'
+    if K == 1:
+        if floating is float:
+            mpiml_margins_f(X, nb, d, W, M)
+        else:
+            mpiml_margins_d(X, nb, d, W, M)
+    else:
+        # column-major M.T (K x nb) = W_cm.T (K x d) @ X_cm (d x nb)
+        m_ = <int>K; n_ = <int>nb; k_ = <int>d; lda = <int>d; ldb = <int>d; ldc = <int>K
+        if floating is float:
+            sgemm(&tr, &nt, &m_, &n_, &k_, &one, <float*>W, &lda, <float*>X, &ldb, &zero, M, &ldc)
+        else:
+            dgemm(&tr, &nt, &m_, &n_, &k_, &one, <double*>W, &lda, <double*>X, &ldb, &zero, M, &ldc)
+
+
+cdef inline void _accumulate(const floating* X, Py_ssize_t nb, Py_ssize_t d, const floating* G,
+                             Py_ssize_t K, floating* gW) noexcept nogil:
+    """gW (K, d) += G.T (K, nb) @ X (nb, d), all row-major."""
+    cdef int m_, n_, k_, lda, ldb, ldc
+    cdef floating one = 1.0
+    cdef char tr = b'T', nt = b'N'
+    if K == 1:
+        if floating is float:
+            mpiml_accumulate_f(X, nb, d, G, gW)
+        else:
+            mpiml_accumulate_d(X, nb, d, G, gW)
+    else:
+        # column-major gW.T (d x K) += X_cm (d x nb) @ G_cm.T (nb x K)
+        m_ = <int>d; n_ = <int>K; k_ = <int>nb; lda = <int>d; ldb = <int>K; ldc = <int>d
+        if floating is float:
+            sgemm(&nt, &tr, &m_, &n_, &k_, &one, <float*>X, &lda, <float*>G, &ldb, &one, gW, &ldc)
+        else:
+            dgemm(&nt, &tr, &m_, &n_, &k_, &one, <double*>X, &lda, <double*>G, &ldb, &one, gW, &ldc)
+
+
+cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo, Py_ssize_t hi,
+                        const floating* W, const double* b, Py_ssize_t K, Loss loss,
+                        floating* Mf, double* Md, double* Gd, floating* gW, double* gb) noexcept nogil:
+    """Summed loss over rows [lo, hi); gW += dW (in the data's precision), gb += db."""
+    cdef Py_ssize_t d = X.shape[1], r0, nb, i, k, nk
+    cdef double s = 0.0
+    r0 = lo
+    while r0 < hi:
+        nb = hi - r0
+        if nb > SUB:
+            nb = SUB
+        nk = nb * K
+        _margins(&X[r0, 0], nb, d, W, K, Mf)
+        for i in range(nb):
+            for k in range(K):
+                Md[i * K + k] = Mf[i * K + k] + b[k]
+        s += loss.batch(Md, y + r0, Gd, nb, K)
+        for i in range(nk):
+            Mf[i] = <floating>Gd[i]
+        for i in range(nb):
+            for k in range(K):
+                gb[k] += Gd[i * K + k]
+        _accumulate(&X[r0, 0], nb, d, Mf, K, gW)
+        r0 += nb
+    return s
+
+
+# --------------------------------------------------------------------------- schedules, penalties
+# learning-rate schedules and penalties, by number (the Python layer maps names)
+SCHEDULES = {"constant": 0, "invscaling": 1, "optimal": 2}
+PENALTIES = {None: 0, "none": 0, "l2": 1, "l1": 2, "elasticnet": 3}
+
+
+cdef inline double _eta(int schedule, double t, double eta0, double alpha, double power_t,
+                        double optimal_init) noexcept nogil:
+    if schedule == 1:
+        return eta0 / pow(t, power_t)
+    if schedule == 2:
+        return 1.0 / (alpha * (optimal_init + t - 1.0))
+    return eta0
+
+
+def penalty_grad(w, int penalty, double alpha, double l1_ratio):
+    """Subgradient of ``alpha * R(w)`` (used by tests; the update applies L1 as a
+    proximal step): R = 0.5||w||^2 (l2), ||w||_1 (l1),
+    0.5 (1 - l1_ratio) ||w||^2 + l1_ratio ||w||_1 (elasticnet)."""
+    w = np.asarray(w, dtype=np.float64)
+    l2, l1 = _split_penalty(penalty, alpha, l1_ratio)
+    return l2 * w + l1 * np.sign(w)
+
+
+cdef tuple _split_penalty(int penalty, double alpha, double l1_ratio):
+    if penalty == 1:
+        return alpha, 0.0
+    if penalty == 2:
+        return 0.0, alpha
+    if penalty == 3:
+        return alpha * (1.0 - l1_ratio), alpha * l1_ratio
+    return 0.0, 0.0
+
+
+# --------------------------------------------------------------------------- the engine
+cdef class Engine:
+    """The state of one rank's SGD: its rows, the parameters and the step buffer.
+
+    Parameters
+    ----------
+    X : ndarray (n, d), float32 or float64, C-contiguous
+        This rank's rows (may be empty).
+    y : ndarray (n,), float64
+        Targets: values (regression), +-1 (binary) or class indices (K > 1).
+    K : int
+        Number of outputs.
+    loss : Loss
+    """
+    cdef readonly object X
+    cdef const float[:, ::1] X32
+    cdef const double[:, ::1] X64
+    cdef readonly bint is64
+    cdef const double[::1] y
+    cdef readonly Loss loss
+    cdef readonly Py_ssize_t n, d, K, P
+    cdef readonly object w_arr, buf_arr, vel_arr
+    cdef double[::1] w, buf, vel
+    cdef float[::1] w32, g32, M32
+    cdef double[::1] M64, Md, Gd
+    cdef public double eta0, alpha, l1_ratio, momentum, power_t, optimal_init
+    cdef public int penalty, schedule
+    cdef public bint fit_intercept
+    cdef public double t
+    cdef public double epoch_loss, epoch_count
+
+    def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
+                 double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
+                 double momentum=0.0, bint fit_intercept=True, double optimal_init=1.0):
+        if X.ndim != 2 or not X.flags.c_contiguous:
+            raise ValueError("Engine needs a C-contiguous 2-D array")
+        self.X = X
+        self.is64 = X.dtype == np.float64
+        if self.is64:
+            self.X64 = X
+        elif X.dtype == np.float32:
+            self.X32 = X
+        else:
+            raise TypeError(f"Engine supports float32 and float64, not {X.dtype}")
+        self.y = np.ascontiguousarray(y, dtype=np.float64)
+        if self.y.shape[0] != X.shape[0]:
+            raise ValueError("X and y differ in length")
+        self.n = X.shape[0]
+        self.d = X.shape[1]
+        self.K = K
+        self.P = K * self.d + K
+        self.loss = loss
+        self.w_arr = np.zeros(self.P)
+        self.w = self.w_arr
+        self.vel_arr = np.zeros(self.P)
+        self.vel = self.vel_arr
+        self.buf_arr = np.zeros(self.P + 2)
+        self.buf = self.buf_arr
+        self.w32 = np.zeros(self.P, dtype=np.float32)
+        self.g32 = np.zeros(self.K * self.d, dtype=np.float32)
+        self.M32 = np.zeros(SUB * K, dtype=np.float32)
+        self.M64 = np.zeros(SUB * K)
+        self.Md = np.zeros(SUB * K)
+        self.Gd = np.zeros(SUB * K)
+        self.eta0 = eta0
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.penalty = penalty
+        self.schedule = schedule
+        self.power_t = power_t
+        self.momentum = momentum
+        self.fit_intercept = fit_intercept
+        self.optimal_init = optimal_init
+        self.t = 0.0
+        self.epoch_loss = 0.0
+        self.epoch_count = 0.0
+
+    def set_params(self, w):
+        """Load the flat parameter vector (length P)."""
+        w = np.asarray(w, dtype=np.float64).ravel()
+        if w.shape[0] != self.P:
+            raise ValueError("parameter vector has the wrong length")
+        self.w_arr[:] = w
+        self._sync32()
+
+    cdef void _sync32(self) noexcept nogil:
+        cdef Py_ssize_t j
+        if not self.is64:
+            for j in range(self.P):
+                self.w32[j] = <float>self.w[j]
+
+    cpdef double grad(self, Py_ssize_t lo, Py_ssize_t hi):
+        """Fill ``buf`` with the summed gradient, loss and count of local rows [lo, hi)."""
+        with nogil:
+            self._grad(lo, hi)
+        return self.buf[self.P]
+
+    cdef void _grad(self, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+        cdef Py_ssize_t Kd = self.K * self.d, j
+        cdef double s = 0.0
+        memset(&self.buf[0], 0, (self.P + 2) * sizeof(double))
+        if hi > lo:
+            if self.is64:
+                s = _grad_range(self.X64, &self.y[0], lo, hi, &self.w[0], &self.w[Kd], self.K,
+                                self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
+                                &self.buf[0], &self.buf[Kd])
+            else:
+                memset(&self.g32[0], 0, Kd * sizeof(float))
+                s = _grad_range(self.X32, &self.y[0], lo, hi, &self.w32[0], &self.w[Kd], self.K,
+                                self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
+                                &self.g32[0], &self.buf[Kd])
+                for j in range(Kd):
+                    self.buf[j] = self.g32[j]
+        self.buf[self.P] = s
+        self.buf[self.P + 1] = <double>(hi - lo)
+
+    cpdef double eta(self):
+        """The learning rate the next update will use."""
+        return _eta(self.schedule, self.t + 1.0, self.eta0, self.alpha, self.power_t,
+                    self.optimal_init)
+
+    cpdef void apply(self):
+        """Update the parameters from the (reduced) ``buf``."""
+        with nogil:
+            self._apply()
+
+    cdef void _apply(self) noexcept nogil:
+        cdef Py_ssize_t Kd = self.K * self.d, j
+        cdef double count = self.buf[self.P + 1], g, eta, l2 = 0.0, l1 = 0.0, thr, mu = self.momentum
+        if count <= 0.0:
+            return
+        self.t += 1.0
+        self.epoch_loss += self.buf[self.P]
+        self.epoch_count += count
+        eta = _eta(self.schedule, self.t, self.eta0, self.alpha, self.power_t, self.optimal_init)
+        if self.penalty == 1:
+            l2 = self.alpha
+        elif self.penalty == 2:
+            l1 = self.alpha
+        elif self.penalty == 3:
+            l2 = self.alpha * (1.0 - self.l1_ratio)
+            l1 = self.alpha * self.l1_ratio
+        thr = eta * l1
+        for j in range(self.P):
+            if j >= Kd and not self.fit_intercept:
+                continue
+            g = self.buf[j] / count
+            if j < Kd:
+                g += l2 * self.w[j]
+            if mu > 0.0:
+                self.vel[j] = mu * self.vel[j] - eta * g
+                self.w[j] += self.vel[j]
+            else:
+                self.w[j] -= eta * g
+            if j < Kd and thr > 0.0:
+                # proximal step for the L1 part: soft-threshold towards zero
+                if self.w[j] > thr:
+                    self.w[j] -= thr
+                elif self.w[j] < -thr:
+                    self.w[j] += thr
+                else:
+                    self.w[j] = 0.0
+        self._sync32()
+
+    def run_steps(self, const Py_ssize_t[::1] lo, const Py_ssize_t[::1] hi):
+        """Run ``len(lo)`` steps (grad then apply) with no reduction between them:
+        the one-rank path, identical arithmetic to grad/Allreduce/apply."""
+        cdef Py_ssize_t i, ns = lo.shape[0]
+        with nogil:
+            for i in range(ns):
+                self._grad(lo[i], hi[i])
+                self._apply()
+
+    def params_finite(self):
+        cdef Py_ssize_t j
+        for j in range(self.P):
+            if not isfinite(self.w[j]):
+                return False
+        return True
+
+
+def _set_sub_block(Py_ssize_t rows):
+    """Tuning hook for benchmarks: rows per sub-block (returns the old value)."""
+    global SUB
+    old = SUB
+    SUB = rows
+    return old

@@ -1,0 +1,31 @@
+"""mpiml: MPI-native machine learning on HDF5 shards.
+
+Every public function that communicates takes ``comm=None`` (default: a
+duplicate of ``MPI.COMM_WORLD``) and must be called on every rank.
+"""
+import os as _os
+
+# One BLAS thread per rank: MPI ranks already fill the cores. Must be set before
+# numpy loads its BLAS; a user's explicit setting wins.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    _os.environ.setdefault(_var, "1")
+
+try:
+    from ._kernels import sgd as _sgd  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - depends on how mpiml was installed
+    raise ImportError(
+        f"mpiml's compiled kernels are missing ({_exc}). If you are importing the source "
+        f"tree at {_os.path.dirname(__file__)}, install it with `pip install .` and run from "
+        "another directory, or build in place with `python setup.py build_ext --inplace`."
+    ) from None
+
+from .comm import Comm, chunk, get_comm  # noqa: E402
+from .errors import ConfigError, DataError, MpimlError, OutputError, TrainingError  # noqa: E402
+from .io import load_hdf5  # noqa: E402
+from .models import SGDClassifier, SGDRegressor  # noqa: E402
+from .models import load as load_model  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Comm", "chunk", "get_comm", "load_hdf5", "load_model", "SGDClassifier",
+           "SGDRegressor", "MpimlError", "DataError", "ConfigError", "OutputError",
+           "TrainingError", "__version__"]

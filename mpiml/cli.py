@@ -1,0 +1,323 @@
+"""``mpiml <verb>``: a thin command-line layer over the Python API.
+
+Run under ``mpiexec -n N`` (or ``srun``) for N ranks; every verb also runs on a
+single process. Only rank 0 prints. Exit codes: 0 success, 1 an error (bad
+input, failed training; the message is printed once, by rank 0, and every rank
+exits 1), 2 a command-line usage error. An unexpected exception on any rank
+aborts the whole job (MPI_Abort) after printing its traceback with the rank.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+MODELS = {
+    # CLI name -> (estimator class name, constructor arguments)
+    "linear": ("SGDRegressor", {"loss": "squared_error"}),
+    "huber": ("SGDRegressor", {"loss": "huber"}),
+    "logistic": ("SGDClassifier", {"loss": "log_loss"}),
+    "hinge": ("SGDClassifier", {"loss": "hinge"}),
+    "softmax": ("SGDClassifier", {"loss": "log_loss", "multi_class": "multinomial"}),
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _rank():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting and prints on rank 0 only."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+    def _print_message(self, message, file=None):
+        if message and _rank() == 0:
+            (file or sys.stdout).write(message)
+
+
+def _batch_size(text):
+    if text == "full":
+        return "full"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def _data_args(p, y=True):
+    p.add_argument("--data", required=True, help="HDF5 input file")
+    p.add_argument("--X", default="X", help="dataset of features (default X; nested paths allowed)")
+    if y:
+        p.add_argument("--y", default="y", help="dataset of targets/labels (default y)")
+
+
+def build_parser():
+    parser = _Parser(prog="mpiml", description="MPI-native machine learning on HDF5 shards. "
+                     "Run a verb under `mpiexec -n N` for N ranks.")
+    parser.add_argument("--version", action="version", version=f"mpiml {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("make-data", help="write a reproducible synthetic dataset")
+    p.add_argument("--task", required=True, choices=["regression", "binary", "multiclass"])
+    p.add_argument("--rows", type=_positive_int, required=True)
+    p.add_argument("--features", type=_positive_int, required=True)
+    p.add_argument("--classes", type=_positive_int, default=3, help="multiclass: number of classes")
+    p.add_argument("--noise", type=float, default=None,
+                   help="regression: noise std (0.1); classification: fraction of random labels (0.02)")
+    p.add_argument("--balance", type=float, default=0.5, help="binary: fraction of positives")
+    p.add_argument("--weights", default=None,
+                   help="multiclass: comma-separated relative class frequencies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--compression", choices=["gzip"], default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--test-out", default=None)
+    p.add_argument("--test-rows", type=int, default=0)
+    p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser("train", help="fit a model on an HDF5 dataset")
+    _data_args(p)
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--epochs", type=_positive_int, default=5, help="(maximum) number of epochs")
+    p.add_argument("--batch-size", type=_batch_size, default=256,
+                   help="global batch size over all ranks, or 'full' (default 256)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate eta0 (default 0.1)")
+    p.add_argument("--lr-schedule", choices=["constant", "invscaling", "optimal"],
+                   default="constant")
+    p.add_argument("--power-t", type=float, default=0.5, help="exponent of invscaling")
+    p.add_argument("--alpha", type=float, default=1e-4, help="regularisation strength")
+    p.add_argument("--penalty", choices=["l2", "l1", "elasticnet", "none"], default="l2")
+    p.add_argument("--l1-ratio", type=float, default=0.15)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--epsilon", type=float, default=0.1, help="huber threshold")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop when the epoch loss improves by less than this (default: run all epochs)")
+    p.add_argument("--n-iter-no-change", type=_positive_int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
+    p.add_argument("--out", required=True, help="output model file (HDF5)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="evaluate a model on an HDF5 dataset")
+    p.add_argument("--model", required=True, help="model file written by `mpiml train`")
+    _data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("predict", help="write predictions in input row order")
+    p.add_argument("--model", required=True)
+    _data_args(p, y=False)
+    p.add_argument("--out", required=True, help="output HDF5 file (dataset 'pred')")
+    p.add_argument("--proba", action="store_true", help="also write class probabilities ('proba')")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="MPI, HDF5 and kernel build information")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+# ---------------------------------------------------------------------- verbs
+def cmd_make_data(args):
+    from .comm import get_comm
+    from .datasets import make_data
+    from .errors import ConfigError
+
+    c = get_comm()
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights must be comma-separated numbers, not {args.weights!r}",
+                              ranks=range(c.size)) from None
+    t0 = time.perf_counter()
+    make_data(args.task, args.rows, args.features, args.out, seed=args.seed,
+              test_out=args.test_out, test_rows=args.test_rows, classes=args.classes,
+              noise=args.noise, balance=args.balance, weights=weights, dtype=args.dtype,
+              compression=args.compression, comm=c)
+    c.print0(f"wrote {args.out} ({args.rows} x {args.features}, {args.task})"
+             + (f" and {args.test_out} ({args.test_rows} rows)" if args.test_out and args.test_rows
+                else "") + f" in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
+
+
+def _estimator(args, c):
+    from . import models
+
+    cls_name, kwargs = MODELS[args.model]
+    cls = getattr(models, cls_name)
+    kwargs = dict(kwargs, penalty=None if args.penalty == "none" else args.penalty,
+                  alpha=args.alpha, l1_ratio=args.l1_ratio, learning_rate=args.lr_schedule,
+                  eta0=args.lr, power_t=args.power_t, momentum=args.momentum,
+                  batch_size=args.batch_size, max_iter=args.epochs, tol=args.tol,
+                  n_iter_no_change=args.n_iter_no_change, random_state=args.seed,
+                  verbose=0 if args.quiet else 1,
+                  dtype=None if args.dtype == "auto" else args.dtype, comm=c)
+    if cls_name == "SGDRegressor":
+        kwargs["epsilon"] = args.epsilon
+    return cls(**kwargs)
+
+
+def cmd_train(args):
+    from .comm import get_comm
+    from .io import check_output_path, load_hdf5
+
+    c = get_comm()
+    est = _estimator(args, c)
+    c.run(est._validate_params)
+    check_output_path(args.out, comm=c)
+    t0 = time.perf_counter()
+    X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c,
+                     dtype=None if args.dtype == "auto" else args.dtype, require_y=True)
+    t_load = time.perf_counter() - t0
+    n = c.allreduce(X.shape[0])
+    c.print0(f"mpiml train: {args.model} on {n} x {X.shape[1]} ({X.dtype}) from {args.data}, "
+             f"{c.size} rank(s), global batch {args.batch_size}; loaded in {t_load:.2f} s")
+    t0 = time.perf_counter()
+    est.fit(X, y)
+    t_fit = time.perf_counter() - t0
+    est.save(args.out)
+    c.print0(f"trained {est.n_iter_} epoch(s) in {t_fit:.2f} s "
+             f"({n * est.n_iter_ / t_fit / 1e6:.3g} M samples/s), final loss "
+             f"{est.loss_curve_[-1]:.6g}; saved {args.out}")
+
+
+def cmd_score(args):
+    from .comm import get_comm
+    from .io import load_hdf5
+    from .models import load
+
+    c = get_comm()
+    est = load(args.model, comm=c)
+    X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c, require_y=True)
+    result = est.metrics(X, y)
+    if args.json:
+        c.print0(json.dumps(result))
+    else:
+        c.print0("  ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in result.items()))
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .comm import get_comm
+    from .io import check_output_path, load_hdf5, write_rows
+    from .models import load
+
+    c = get_comm()
+    est = load(args.model, comm=c)
+    if args.proba and getattr(est, "loss", None) != "log_loss":
+        from .errors import ConfigError
+        raise ConfigError("--proba needs a probabilistic model (logistic or softmax)",
+                          ranks=range(c.size))
+    check_output_path(args.out, comm=c)
+    X, _ = load_hdf5(args.data, X=args.X, y=None, comm=c)
+    out = c.run(lambda: {"pred": np.asarray(est.predict(X))})
+    if args.proba:
+        out["proba"] = est.predict_proba(X)
+    write_rows(args.out, out, comm=c, attrs={"model": os.path.abspath(args.model),
+                                             "data": os.path.abspath(args.data)})
+    c.print0(f"wrote predictions for {c.allreduce(X.shape[0])} rows to {args.out}")
+
+
+def info_dict():
+    """What ``mpiml info`` reports (collective over the world communicator)."""
+    import h5py
+    import mpi4py
+    import numpy as np
+    from mpi4py import MPI
+
+    from ._kernels import sgd
+    from .comm import get_comm
+
+    c = get_comm()
+    return {
+        "mpiml": __version__,
+        "python": sys.version.split()[0],
+        "mpi4py": mpi4py.__version__,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "ranks": c.size,
+        "processor": MPI.Get_processor_name(),
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "h5py_mpi_io": bool(h5py.get_config().mpi),
+        "numpy": np.__version__,
+        "kernels": sgd.__file__,
+        "kernel_dtypes": list(sgd.DTYPES),
+        "kernel_flags": sgd.COMPILE_FLAGS,
+    }
+
+
+def cmd_info(args):
+    from .comm import get_comm
+
+    c = get_comm()
+    info = info_dict()
+    if args.json:
+        c.print0(json.dumps(info))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            c.print0(f"{k:<{width}}  {v}")
+
+
+# ---------------------------------------------------------------------- entry point
+def main(argv=None):
+    """Console entry point: run one verb, map errors to exit codes (see module doc)."""
+    from .comm import abort_on_exception
+    from .errors import MpimlError
+
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+        return 0
+    except UsageError as exc:
+        # argument parsing is identical on every rank, so every rank gets here
+        if _rank() == 0:
+            sys.stderr.write(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
+        return EXIT_USAGE
+    except MpimlError as exc:
+        if not exc.ranks:
+            # raised on this rank only: the others may be waiting in a collective
+            abort_on_exception(type(exc), exc, exc.__traceback__)
+        if _rank() == 0:
+            sys.stderr.write(f"mpiml: error: {exc}\n")
+            sys.stderr.flush()
+        return EXIT_ERROR
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001 - anything else must not hang the other ranks
+        abort_on_exception(*sys.exc_info())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The one communicator wrapper every collective goes through.
+
+``Comm`` wraps a ``Dup()`` of the user's communicator (``MPI.COMM_WORLD`` by
+default) so that mpiml's messages never match the user's. Public functions take
+``comm=None`` and call :func:`get_comm` once.
+
+``chunk`` is the one partition rule of the package: rows of a dataset, columns
+of a matrix and shards of a weight all come from it.
+"""
+import os
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import MpimlError
+
+__all__ = ["Comm", "get_comm", "chunk", "chunks"]
+
+
+def chunk(n, size, rank):
+    """Half-open range ``(lo, hi)`` of the ``rank``-th of ``size`` parts of ``n`` items.
+
+    Part sizes differ by at most one; the first ``n % size`` parts take one more.
+
+    Examples
+    --------
+    >>> [chunk(10, 3, r) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    n, size, rank = int(n), int(size), int(rank)
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"bad partition: rank {rank} of {size}")
+    base, rem = divmod(n, size)
+    lo = rank * base + min(rank, rem)
+    return lo, lo + base + (1 if rank < rem else 0)
+
+
+def chunks(n, size):
+    """All ``size`` ranges of :func:`chunk` as an array of shape (size, 2)."""
+    return np.array([chunk(n, size, r) for r in range(size)], dtype=np.int64).reshape(size, 2)
+
+
+class Comm:
+    """mpiml's communicator: a duplicate of ``comm`` (default ``MPI.COMM_WORLD``).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+    """
+
+    def __init__(self, comm=None):
+        base = MPI.COMM_WORLD if comm is None else comm
+        self.mpi = base.Dup()
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
+
+    # ---------------------------------------------------------------- partitions
+    def chunk(self, n, rank=None):
+        """This rank's (or ``rank``'s) range of ``n`` items; see :func:`chunk`."""
+        return chunk(n, self.size, self.rank if rank is None else rank)
+
+    # ---------------------------------------------------------------- output
+    def print0(self, *args, file=None, **kwargs):
+        """``print`` on rank 0 only (flushed)."""
+        if self.rank == 0:
+            print(*args, file=file or sys.stdout, flush=True, **kwargs)
+
+    # ---------------------------------------------------------------- errors
+    def agree(self, error):
+        """Collective: raise on every rank if ``error`` is not None on any rank.
+
+        Every rank must call this at the same point. The exception raised is of
+        the class of the error on the lowest failing rank (an
+        :class:`~mpiml.errors.MpimlError` subclass when it was one, otherwise
+        ``MpimlError``) with that rank's message, and ``.ranks`` lists all failing
+        ranks.
+        """
+        failed = self.mpi.allreduce(0 if error is None else 1, op=MPI.SUM)
+        if failed == 0:
+            return
+        info = None
+        if error is not None:
+            info = (type(error).__name__, _describe(error),
+                    type(error) if isinstance(error, MpimlError) else None)
+        everything = self.mpi.allgather(info)
+        ranks = [r for r, i in enumerate(everything) if i is not None]
+        name, message, cls = everything[ranks[0]]
+        if cls is None:
+            cls = MpimlError
+            message = f"{name}: {message}"
+        if len(ranks) < self.size:
+            where = "rank " + ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{len(ranks)} ranks"
+            message = f"{message} (on {where})"
+        if error is not None and isinstance(error, MpimlError) and type(error) is cls:
+            raise cls(message, ranks=ranks) from error
+        raise cls(message, ranks=ranks)
+
+    def run(self, fn, *args, **kwargs):
+        """Call ``fn`` locally, then :meth:`agree` on whether it raised; return its result."""
+        error = result = None
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any local failure must be agreed
+            error = exc
+        self.agree(error)
+        return result
+
+    # ---------------------------------------------------------------- collectives
+    def Allreduce(self, buf, op=MPI.SUM):
+        """In-place buffer Allreduce (no-op on one rank)."""
+        if self.size > 1:
+            self.mpi.Allreduce(MPI.IN_PLACE, buf, op=op)
+        return buf
+
+    def allreduce(self, value, op=MPI.SUM):
+        return self.mpi.allreduce(value, op=op)
+
+    def allgather(self, value):
+        return self.mpi.allgather(value)
+
+    def bcast(self, value, root=0):
+        return self.mpi.bcast(value, root=root)
+
+    def Bcast(self, buf, root=0):
+        if self.size > 1:
+            self.mpi.Bcast(buf, root=root)
+        return buf
+
+    def exscan(self, value):
+        """Exclusive prefix sum of an integer (0 on rank 0)."""
+        out = self.mpi.exscan(int(value), op=MPI.SUM)
+        return 0 if out is None or self.rank == 0 else int(out)
+
+    def barrier(self):
+        self.mpi.Barrier()
+
+    def abort(self, code=1):
+        self.mpi.Abort(code)
+
+
+def _describe(error):
+    text = str(error)
+    if isinstance(error, OSError) and getattr(error, "filename", None) and error.filename not in text:
+        text = f"{text}: {error.filename}"
+    return text or type(error).__name__
+
+
+_WORLD = None
+_CACHE = {}
+
+
+def get_comm(comm=None):
+    """Resolve a ``comm=`` argument to a :class:`Comm` (the one place that does it).
+
+    ``None`` gives the package-wide duplicate of ``MPI.COMM_WORLD``; an mpi4py
+    communicator gives its (cached) duplicate; a ``Comm`` is returned as is.
+    """
+    global _WORLD
+    if isinstance(comm, Comm):
+        return comm
+    if comm is None:
+        if _WORLD is None:
+            _WORLD = Comm()
+        return _WORLD
+    if isinstance(comm, MPI.Comm):
+        key = comm.py2f()
+        if key not in _CACHE:
+            _CACHE[key] = Comm(comm)
+        return _CACHE[key]
+    raise TypeError(f"comm must be None, an mpi4py communicator or mpiml.comm.Comm, not {type(comm).__name__}")
+
+
+def abort_on_exception(exc_type, exc, tb):
+    """``sys.excepthook`` for MPI jobs: print with the rank, then abort every rank."""
+    rank = MPI.COMM_WORLD.Get_rank()
+    lines = traceback.format_exception(exc_type, exc, tb)
+    sys.stderr.write(f"mpiml: rank {rank}: uncaught exception, aborting the job\n" + "".join(lines))
+    sys.stderr.flush()
+    if MPI.COMM_WORLD.Get_size() > 1:
+        MPI.COMM_WORLD.Abort(1)
+    os._exit(1)

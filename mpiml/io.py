@@ -1,0 +1,325 @@
+"""HDF5 input and output.
+
+* :func:`load_hdf5`: each rank opens the file read-only and reads only its own
+  hyperslab of rows (the :func:`mpiml.comm.chunk` rule). This works with the
+  serial h5py wheel and on parallel file systems.
+* :func:`write_rows`: a dataset of rows held in pieces by the ranks, written in
+  input order. With serial h5py one file is never open for writing on two ranks at
+  once: rank 0 creates a temporary file, the ranks write their rows in turn
+  (rank order, passing a token), and rank 0 renames it into place only if every
+  rank succeeded, so a failed run leaves no partial output file.
+* :func:`save_model` / :func:`load_model`: the model file (see
+  :data:`MODEL_FORMAT`); plain datasets and attributes, never pickles.
+"""
+import json
+import os
+
+import h5py
+import numpy as np
+
+from .comm import get_comm
+from .errors import ConfigError, DataError, OutputError
+
+__all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
+           "check_output_path", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+
+MODEL_FORMAT = "mpiml-model"
+MODEL_FORMAT_VERSION = 1
+_FINITE_BLOCK = 1 << 16   # rows per block when scanning for NaN/Inf (bounds the temporary)
+_TOKEN = 7301             # tag of the write token (on mpiml's own communicator)
+
+
+def _open_read(path):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, not an HDF5 file")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        raise DataError(f"cannot read {path} as HDF5: {exc}") from None
+
+
+def _dataset(f, path, name, what):
+    if name not in f:
+        have = []
+        f.visititems(lambda k, v: have.append(k) if isinstance(v, h5py.Dataset) else None)
+        hint = f" (datasets in the file: {', '.join(have[:10])})" if have else " (the file has no datasets)"
+        raise DataError(f"{path}: no dataset '{name}' for {what}{hint}")
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise DataError(f"{path}: '{name}' is a group, not a dataset")
+    if ds.dtype.kind not in "fiub":
+        raise DataError(f"{path}: dataset '{name}' has type {ds.dtype}; mpiml needs real numbers")
+    return ds
+
+
+def _check_finite(a, path, name, lo):
+    for s in range(0, a.shape[0], _FINITE_BLOCK):
+        block = a[s:s + _FINITE_BLOCK]
+        ok = np.isfinite(block)
+        if not ok.all():
+            bad = np.argwhere(~ok)[0]
+            row = lo + s + int(bad[0])
+            raise DataError(f"{path}: dataset '{name}' has a NaN or infinite value at row {row}")
+
+
+def _resolve_dtype(dtype, file_dtype):
+    if dtype is None:
+        return np.dtype(np.float32) if file_dtype == np.float32 else np.dtype(np.float64)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
+    return dtype
+
+
+def dataset_info(path, X="X", y="y"):
+    """Shape information of ``X`` (and whether ``y`` exists), read on the calling rank only."""
+    with _open_read(path) as f:
+        dX = _dataset(f, path, X, "the features")
+        return {"n_rows": int(dX.shape[0]), "shape": tuple(int(s) for s in dX.shape),
+                "dtype": str(dX.dtype), "has_y": y is not None and y in f}
+
+
+def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
+    """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
+
+    Collective. Rows are split by :func:`mpiml.comm.chunk`; no rank reads rows
+    that are not its own. Any problem on any rank raises the same
+    :class:`~mpiml.errors.DataError` on every rank.
+
+    Parameters
+    ----------
+    path : str
+    X, y : str
+        Dataset paths inside the file (nested paths like ``"/train/X"`` work).
+        ``y=None`` skips the labels.
+    comm : mpi4py communicator or mpiml.comm.Comm, optional
+    dtype : {None, "float32", "float64"}
+        Default: float32 if X is stored as float32, else float64.
+    require_y : bool
+        Raise if ``y`` is missing instead of returning ``None`` for it.
+
+    Returns
+    -------
+    X_local : ndarray (n_local, n_features), C-contiguous
+    y_local : ndarray (n_local,) float64, or None if the file has no ``y``
+
+    Examples
+    --------
+    >>> X, y = load_hdf5("train.h5")            # doctest: +SKIP
+    """
+    c = get_comm(comm)
+
+    def local():
+        with _open_read(path) as f:
+            dX = _dataset(f, path, X, "the features")
+            if dX.ndim != 2:
+                raise DataError(f"{path}: dataset '{X}' must be 2-D (rows x features), "
+                                f"it has shape {dX.shape}")
+            n, d = dX.shape
+            if n == 0 or d == 0:
+                raise DataError(f"{path}: dataset '{X}' is empty (shape {dX.shape})")
+            if n < c.size:
+                raise ConfigError(f"{c.size} ranks but only {n} rows in {path}: "
+                                  f"run with at most {n} ranks")
+            out_dtype = _resolve_dtype(dtype, dX.dtype)
+            lo, hi = c.chunk(n)
+            yl = None
+            if y is not None and y in f:
+                dy = _dataset(f, path, y, "the targets")
+                if dy.ndim == 2 and dy.shape[1] == 1:
+                    pass
+                elif dy.ndim != 1:
+                    raise DataError(f"{path}: dataset '{y}' must be 1-D, it has shape {dy.shape}")
+                if dy.shape[0] != n:
+                    raise DataError(f"{path}: '{X}' has {n} rows but '{y}' has {dy.shape[0]}")
+                yl = np.asarray(dy[lo:hi], dtype=np.float64).reshape(-1)
+                _check_finite(yl, path, y, lo)
+            elif require_y:
+                _dataset(f, path, y, "the targets")
+            Xl = np.empty((hi - lo, d), dtype=out_dtype)
+            if hi > lo:
+                if dX.dtype == out_dtype:
+                    dX.read_direct(Xl, np.s_[lo:hi])
+                else:
+                    Xl[...] = dX[lo:hi]
+            _check_finite(Xl, path, X, lo)
+            return Xl, yl
+
+    return c.run(local)
+
+
+def check_output_path(path, comm=None):
+    """Collective: raise :class:`OutputError` on every rank if ``path`` cannot be written.
+
+    Checked on rank 0 (the rank that writes) before any work is done.
+    """
+    c = get_comm(comm)
+
+    def local():
+        if c.rank != 0:
+            return
+        p = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(p)
+        if os.path.isdir(p):
+            raise OutputError(f"output path {path} is a directory")
+        if not os.path.isdir(parent):
+            raise OutputError(f"cannot write {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write {path}: directory {parent} is not writable")
+        if os.path.exists(p) and not os.access(p, os.W_OK):
+            raise OutputError(f"cannot write {path}: the file exists and is read-only")
+
+    c.run(local)
+
+
+def _tmp_name(path):
+    p = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp-{os.getpid()}")
+
+
+def _commit(tmp, path):
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.fspath(path))
+
+
+def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression=None,
+               extra=None):
+    """Collective: write row-distributed arrays as datasets of one new HDF5 file.
+
+    Parameters
+    ----------
+    path : str
+    arrays : dict of name -> ndarray
+        This rank's rows of each dataset; ranks hold consecutive row ranges in
+        rank order (rank 0 the first rows). All ranks pass the same names, and
+        trailing shapes and dtypes that agree.
+    attrs : dict, optional
+        Attributes of the root group (written by rank 0).
+    chunk_rows : int, optional
+        HDF5 chunk length in rows (default: about 1 MiB per chunk).
+    compression : {None, "gzip"}
+    extra : dict of name -> ndarray, optional
+        Whole (not row-distributed) datasets, taken from rank 0.
+    """
+    c = get_comm(comm)
+    names = sorted(arrays)
+    meta = [(k, arrays[k].shape[0], arrays[k].shape[1:], arrays[k].dtype.str) for k in names]
+    everyone = c.allgather(meta)
+    tmp = c.bcast(_tmp_name(path) if c.rank == 0 else None)
+
+    def layout():
+        if any([(k, s, t) for k, _, s, t in m] != [(k, s, t) for k, _, s, t in everyone[0]]
+               for m in everyone):
+            raise DataError("ranks disagree on the datasets to write (names, shapes or types)")
+
+    c.run(layout)
+    totals = {k: sum(m[i][1] for m in everyone) for i, k in enumerate(names)}
+    offsets = {k: sum(m[i][1] for m in everyone[:c.rank]) for i, k in enumerate(names)}
+
+    def create():
+        if c.rank != 0:
+            return
+        with h5py.File(tmp, "w", locking=False) as f:
+            for k in names:
+                a = arrays[k]
+                shape = (totals[k],) + a.shape[1:]
+                row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize)
+                cr = chunk_rows or max(1, min(totals[k], (1 << 20) // row_bytes))
+                chunks = (cr,) + a.shape[1:] if totals[k] > 0 else None
+                f.create_dataset(k, shape=shape, dtype=a.dtype, chunks=chunks,
+                                 compression=compression,
+                                 shuffle=compression is not None and totals[k] > 0)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            for key, value in (extra or {}).items():
+                f.create_dataset(key, data=value)
+
+    try:
+        c.run(create)
+    except Exception:
+        if c.rank == 0 and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    error = None
+    if c.rank > 0:
+        error = c.mpi.recv(source=c.rank - 1, tag=_TOKEN)
+    if error is None:
+        try:
+            if any(arrays[k].shape[0] for k in names):
+                with h5py.File(tmp, "r+", locking=False) as f:
+                    for k in names:
+                        a = arrays[k]
+                        if a.shape[0]:
+                            f[k][offsets[k]:offsets[k] + a.shape[0]] = a
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            error = f"rank {c.rank}: {exc}"
+    if c.rank < c.size - 1:
+        c.mpi.send(error, dest=c.rank + 1, tag=_TOKEN)
+    # the last rank knows whether every write succeeded
+    error = c.bcast(error, root=c.size - 1)
+
+    def finish():
+        if c.rank != 0:
+            return
+        if error is not None:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise OutputError(f"writing {path} failed: {error}")
+        _commit(tmp, path)
+
+    c.run(finish)
+
+
+def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
+    """Collective: write a model file (rank 0 writes; temporary file + rename)."""
+    c = get_comm(comm)
+
+    def write():
+        if c.rank != 0:
+            return
+        tmp = _tmp_name(path)
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
+                f.attrs["format"] = MODEL_FORMAT
+                f.attrs["format_version"] = MODEL_FORMAT_VERSION
+                f.attrs["model_type"] = model_type
+                f.attrs["params"] = json.dumps(params, sort_keys=True)
+                for key, value in (extra_attrs or {}).items():
+                    f.attrs[key] = value
+                for name, a in arrays.items():
+                    f.create_dataset(name, data=a)
+            _commit(tmp, path)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise OutputError(f"cannot write model file {path}: {exc}") from None
+
+    c.run(write)
+
+
+def load_model(path, comm=None):
+    """Collective: read a model file on every rank.
+
+    Returns ``(model_type, params, arrays, attrs)``.
+    """
+    c = get_comm(comm)
+
+    def read():
+        with _open_read(path) as f:
+            if f.attrs.get("format") != MODEL_FORMAT:
+                raise DataError(f"{path} is not an mpiml model file")
+            version = int(f.attrs.get("format_version", -1))
+            if version > MODEL_FORMAT_VERSION:
+                raise DataError(f"{path} has model format version {version}; this mpiml reads "
+                                f"up to {MODEL_FORMAT_VERSION}: upgrade mpiml")
+            model_type = str(f.attrs["model_type"])
+            params = json.loads(str(f.attrs["params"]))
+            arrays = {k: v[()] for k, v in f.items() if isinstance(v, h5py.Dataset)}
+            attrs = {k: v for k, v in f.attrs.items()}
+            return model_type, params, arrays, attrs
+
+    return c.run(read)
