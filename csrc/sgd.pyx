@@ -23,10 +23,13 @@ from libc.string cimport memset, memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 cdef extern from "dense.h" nogil:
-    void mpiml_margins_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* w, float* m)
-    void mpiml_margins_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* w, double* m)
+    void mpiml_margins_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* w, float* m,
+                         Py_ssize_t nb_pf)
+    void mpiml_margins_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* w, double* m,
+                         Py_ssize_t nb_pf)
     void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
+    double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
 
 import numpy as np
 
@@ -52,7 +55,13 @@ cdef Py_ssize_t SUB = 16
 # --------------------------------------------------------------------------- losses
 cdef class Loss:
     """Base class: ``batch`` returns the summed loss of ``n`` rows of ``K`` margins
-    and writes d loss / d margin into ``g``."""
+    and writes d loss / d margin into ``g``.
+
+    ``single`` (set by the Engine for float32 data) lets a loss evaluate its
+    transcendental functions in single precision: the margins are only float32
+    accurate then, and expf/log1pf cost a fraction of exp/log1p.
+    """
+    cdef public bint single
 
     cdef double batch(self, const double* m, const double* y, double* g,
                       Py_ssize_t n, Py_ssize_t K) noexcept nogil:
@@ -166,6 +175,23 @@ cdef class LogLoss(ScalarLoss):
         cdef double s = 0.0, z, e, yi
         if K != 1:
             return ScalarLoss.batch(self, m, y, g, n, K)
+        cdef float mf[64]
+        cdef float yf[64]
+        cdef float gf[64]
+        cdef float lf[64]
+        cdef Py_ssize_t i0, nn, j
+        if self.single:
+            i0 = 0
+            while i0 < n:
+                nn = n - i0 if n - i0 < 64 else 64
+                for j in range(nn):
+                    mf[j] = <float>m[i0 + j]
+                    yf[j] = <float>y[i0 + j]
+                s += mpiml_logloss_single(mf, yf, gf, lf, nn)
+                for j in range(nn):
+                    g[i0 + j] = gf[j]
+                i0 += nn
+            return s
         for i in range(n):
             yi = y[i]
             z = m[i] * yi
@@ -236,16 +262,17 @@ cdef class Multinomial(Loss):
 
 # --------------------------------------------------------------------------- BLAS helpers
 cdef inline void _margins(const floating* X, Py_ssize_t nb, Py_ssize_t d, const floating* W,
-                          Py_ssize_t K, floating* M) noexcept nogil:
-    """M (nb, K) = X (nb, d) @ W.T, all row-major."""
+                          Py_ssize_t K, floating* M, Py_ssize_t ahead) noexcept nogil:
+    """M (nb, K) = X (nb, d) @ W.T, all row-major. ``ahead``: rows from X that belong
+    to the same batch (nb and those after it), which may be prefetched."""
     cdef int m_, n_, k_, lda, ldb, ldc
     cdef floating one = 1.0, zero = 0.0
     cdef char tr = b'T', nt = b'N'
     if K == 1:
         if floating is float:
-            mpiml_margins_f(X, nb, d, W, M)
+            mpiml_margins_f(X, nb, d, W, M, ahead)
         else:
-            mpiml_margins_d(X, nb, d, W, M)
+            mpiml_margins_d(X, nb, d, W, M, ahead)
     else:
         # column-major M.T (K x nb) = W_cm.T (K x d) @ X_cm (d x nb)
         m_ = <int>K; n_ = <int>nb; k_ = <int>d; lda = <int>d; ldb = <int>d; ldc = <int>K
@@ -287,7 +314,7 @@ cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo
         if nb > SUB:
             nb = SUB
         nk = nb * K
-        _margins(&X[r0, 0], nb, d, W, K, Mf)
+        _margins(&X[r0, 0], nb, d, W, K, Mf, hi - r0)
         for i in range(nb):
             for k in range(K):
                 Md[i * K + k] = Mf[i * K + k] + b[k]
@@ -388,6 +415,7 @@ cdef class Engine:
         self.K = K
         self.P = K * self.d + K
         self.loss = loss
+        loss.single = not self.is64
         self.w_arr = np.zeros(self.P)
         self.w = self.w_arr
         self.vel_arr = np.zeros(self.P)

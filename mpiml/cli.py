@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting and prints on rank 0 only."""
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: error: {message}")
 
     def _print_message(self, message, file=None):
         if message and _rank() == 0:

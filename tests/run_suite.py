@@ -38,6 +38,9 @@ def clean_env():
 
 def run(name, cmd, env, logdir):
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    for f in os.listdir(logdir):
+        if f.startswith("pytest-rank"):
+            os.unlink(os.path.join(logdir, f))
     t0 = time.monotonic()
     try:
         code = subprocess.call(cmd, cwd=ROOT, env=dict(env, MPIML_TEST_LOGDIR=logdir),

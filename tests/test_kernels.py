@@ -224,3 +224,16 @@ def test_empty_batch_is_a_no_op():
     e.grad(3, 3)
     e.apply()
     assert e.t == 0 and not e.w_arr.any()
+
+
+def test_single_precision_logistic_loss_is_accurate():
+    """The vectorised float32 exp/log1p used for float32 data agree with numpy."""
+    loss = sgd.LogLoss()
+    loss.single = True
+    p = np.linspace(-80, 80, 200001).astype(np.float32).astype(np.float64)
+    y = np.where(np.arange(p.size) % 2, 1.0, -1.0)
+    got, g = loss.loss_grad(p[:, None], y)
+    ref = np.logaddexp(0, -y * p)
+    ref_g = -y / (1 + np.exp(y * p))
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(g[:, 0], ref_g, rtol=2e-6, atol=1e-30)

@@ -195,6 +195,7 @@ class _BaseSGD(BaseEstimator):
 
         best, stall = math.inf, 0
         self.loss_curve_ = getattr(self, "loss_curve_", []) if not reset else []
+        self.epoch_times_ = getattr(self, "epoch_times_", []) if not reset else []
         for _ in range(epochs):
             epoch = self._epochs_done
             starts, stops = epoch_blocks(n_global, batch, self._seed, epoch)
@@ -208,6 +209,7 @@ class _BaseSGD(BaseEstimator):
                 raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
                                     f"lower the learning rate (eta0 / --lr) or scale the features")
             self.loss_curve_.append(mean_loss)
+            self.epoch_times_.append(stats.seconds)
             if self.verbose:
                 c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
                          f"{n_global / stats.seconds / 1e6:.3g} M samples/s  "
@@ -334,7 +336,11 @@ class SGDClassifier(_BaseSGD):
     ----------
     coef_ : ndarray (1 or n_classes, n_features)
     intercept_ : ndarray (1 or n_classes,)
-    classes_, n_iter_, t_, loss_curve_, n_features_in_
+    classes_, n_iter_, t_, n_features_in_
+    loss_curve_ : list of float
+        Mean training loss of each epoch (global, before the penalty).
+    epoch_times_ : list of float
+        Seconds spent in each epoch's steps on this rank.
 
     Examples
     --------

@@ -1,0 +1,135 @@
+"""Minibatch SGD throughput: mpiml against scikit-learn, a numpy read pass, and
+against the same work without communication.
+
+    mpiexec -n 2 python benchmarks/bench_sgd.py [--rows 1000000 --features 100]
+
+OSU style: warm-up, Barrier, MPI.Wtime, repetitions (median reported), rank 0
+reports. Part 1 runs on rank 0 alone (other ranks sleep): one epoch of mpiml
+(batch 256) vs scikit-learn's SGDClassifier(max_iter=1) on the same rows vs one
+read pass ``X @ w``. Part 2 runs on all ranks: an epoch at global batch 512 and
+2048 with the per-step Allreduce, vs every rank doing the same local steps with
+no communication (memory-bus contention is the same in both, so the difference is
+the cost of communication). Writes JSON (``--json``, default
+benchmarks/results/bench_sgd.json) and prints a table.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from mpiml import SGDClassifier, get_comm, load_hdf5
+from mpiml.datasets import make_data
+
+
+def idle_wait(comm):
+    """Wait at a barrier without busy-polling (so a waiting rank leaves its core free)."""
+    req = comm.mpi.Ibarrier()
+    while not req.Test():
+        time.sleep(0.005)
+
+
+def median_time(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = MPI.Wtime()
+        fn()
+        times.append(MPI.Wtime() - t0)
+    return float(np.median(times)), times
+
+
+def epochs_of(clf_kwargs, X, y, comm, epochs):
+    """Median seconds per epoch of mpiml (epoch loop only, no input validation)."""
+    clf = SGDClassifier(max_iter=epochs, tol=None, learning_rate="constant", eta0=0.05,
+                        random_state=0, comm=comm, **clf_kwargs).fit(X, y)
+    return float(np.median(clf.epoch_times_[1:])), clf
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--data", default="/tmp/mpiml-bench-1m.h5")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results",
+                                                   "bench_sgd.json"))
+    args = ap.parse_args()
+    c = get_comm()
+    if not os.path.exists(args.data):
+        c.print0(f"writing {args.data} ({args.rows} x {args.features} float32, binary)")
+        make_data("binary", args.rows, args.features, args.data, seed=1, comm=c)
+    result = {"rows": args.rows, "features": args.features, "ranks": c.size,
+              "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or ''}",
+              "python": sys.version.split()[0]}
+
+    # ---------------------------------------------------------------- part 1: one rank
+    if c.rank == 0:
+        from sklearn.linear_model import SGDClassifier as SkSGD
+        self_comm = MPI.COMM_SELF
+        X, y = load_hdf5(args.data, comm=self_comm)
+        w = np.random.default_rng(0).normal(size=X.shape[1]).astype(np.float32)
+        t_read, _ = median_time(lambda: X @ w, args.reps * 2)
+        t_epoch, clf = epochs_of({"batch_size": 256}, X, y, self_comm, args.reps + 1)
+        sk = SkSGD(loss="log_loss", max_iter=1, tol=None, random_state=0)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t_sk, _ = median_time(lambda: sk.fit(X, y), 3, warmup=0)
+        n = X.shape[0]
+        result["one_rank"] = {
+            "read_pass_s": t_read, "mpiml_epoch_s": t_epoch, "sklearn_epoch_s": t_sk,
+            "mpiml_samples_per_s": n / t_epoch, "sklearn_samples_per_s": n / t_sk,
+            "speedup_vs_sklearn": t_sk / t_epoch, "epoch_over_read_pass": t_epoch / t_read,
+            "mpiml_train_accuracy": None,
+        }
+        del X, y
+        print(f"\n1 rank, {n} x {args.features} float32 logistic, batch 256")
+        print(f"  numpy read pass X @ w      {t_read * 1e3:8.1f} ms")
+        print(f"  mpiml epoch                {t_epoch * 1e3:8.1f} ms   "
+              f"{t_epoch / t_read:.2f}x the read pass (target <= 1.5)")
+        print(f"  scikit-learn epoch         {t_sk * 1e3:8.1f} ms   "
+              f"mpiml is {t_sk / t_epoch:.1f}x faster (target >= 8)", flush=True)
+        idle_wait(c)
+    else:
+        idle_wait(c)
+
+    # ---------------------------------------------------------------- part 2: all ranks
+    if c.size > 1:
+        X, y = load_hdf5(args.data, comm=c)
+        rows = []
+        for global_batch in (512, 2048):
+            local = global_batch // c.size
+            t_comm, _ = epochs_of({"batch_size": global_batch}, X, y, c, args.reps + 1)
+            # same local steps, no communication: every rank alone on its shard
+            t_alone, _ = epochs_of({"batch_size": local}, X, y, MPI.COMM_SELF, args.reps + 1)
+            t_comm = c.allreduce(t_comm, op=MPI.MAX)
+            t_alone = c.allreduce(t_alone, op=MPI.MAX)
+            n = c.allreduce(X.shape[0])
+            rows.append({"global_batch": global_batch, "per_rank_batch": local,
+                         "epoch_s_allreduce": t_comm, "epoch_s_no_comm": t_alone,
+                         "samples_per_s_allreduce": n / t_comm,
+                         "samples_per_s_no_comm": n / t_alone,
+                         "comm_overhead": 1.0 - t_alone / t_comm})
+        result["multi_rank"] = rows
+        if c.rank == 0:
+            print(f"\n{c.size} ranks: epoch with one Allreduce per step vs the same work with no "
+                  "communication")
+            print("  global batch   with Allreduce   no comm    overhead (target <= 15% at 2048)")
+            for r in rows:
+                print(f"  {r['global_batch']:>12}   {r['epoch_s_allreduce'] * 1e3:10.1f} ms  "
+                      f"{r['epoch_s_no_comm'] * 1e3:7.1f} ms   {r['comm_overhead'] * 100:6.1f} %")
+    if c.rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
