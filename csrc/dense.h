@@ -18,6 +18,13 @@
 #define MPIML_CLONES
 #endif
 
+/* Ask for the first `bytes` of a row range that will be needed soon (the next
+ * block of a batch: the schedule knows it, the hardware prefetcher cannot). */
+static inline void mpiml_prefetch(const void *p, size_t bytes) {
+    const char *c = (const char *)p;
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+}
+
 #ifndef MPIML_PF
 #define MPIML_PF 8   /* rows of prefetch distance */
 #endif
@@ -32,7 +39,7 @@ MPIML_CLONES static void mpiml_margins_##SFX(const T *X, ptrdiff_t nb, ptrdiff_t
         /* software prefetch of the rows MPIML_PF ahead: the stream is known */        \
         if (i + MPIML_PF + 4 <= nb_pf)                                                 \
             for (ptrdiff_t j = 0; j < 4 * d; j += 64 / (ptrdiff_t)sizeof(T))           \
-                __builtin_prefetch(x0 + MPIML_PF * d + j, 0, 0);                       \
+                __builtin_prefetch(x0 + MPIML_PF * d + j, 0, 3);                       \
         _Pragma("omp simd reduction(+:s0,s1,s2,s3)")                                   \
         for (ptrdiff_t j = 0; j < d; j++) {                                            \
             const T wj = w[j];                                                         \

@@ -29,6 +29,7 @@ cdef extern from "dense.h" nogil:
                          Py_ssize_t nb_pf)
     void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
+    void mpiml_prefetch(const void* p, size_t nbytes)
     double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
 
 import numpy as np
@@ -50,6 +51,9 @@ DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
 cdef Py_ssize_t SUB = 16
+# software prefetch: this many ranges ahead, at most this many bytes of each
+cdef Py_ssize_t PF_RANGES = 2
+cdef size_t PF_BYTES = 8192
 
 
 # --------------------------------------------------------------------------- losses
@@ -393,6 +397,7 @@ cdef class Engine:
     cdef public bint fit_intercept
     cdef public double t
     cdef public double epoch_loss, epoch_count
+    cdef const Py_ssize_t[::1] plan_lo, plan_hi, plan_ptr
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
@@ -458,27 +463,82 @@ cdef class Engine:
     cpdef double grad(self, Py_ssize_t lo, Py_ssize_t hi):
         """Fill ``buf`` with the summed gradient, loss and count of local rows [lo, hi)."""
         with nogil:
-            self._grad(lo, hi)
+            self._grad(&lo, &hi, 1)
         return self.buf[self.P]
 
-    cdef void _grad(self, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-        cdef Py_ssize_t Kd = self.K * self.d, j
+    def set_plan(self, lo, hi, ptr):
+        """Install an epoch plan: step s covers local row ranges
+        ``lo[ptr[s]:ptr[s+1]]`` to ``hi[...]`` (see mpiml.parallel.data)."""
+        self.plan_lo = np.ascontiguousarray(lo, dtype=np.intp)
+        self.plan_hi = np.ascontiguousarray(hi, dtype=np.intp)
+        self.plan_ptr = np.ascontiguousarray(ptr, dtype=np.intp)
+        if self.plan_lo.shape[0] != self.plan_hi.shape[0] or self.plan_ptr.shape[0] < 1 \
+                or self.plan_ptr[self.plan_ptr.shape[0] - 1] != self.plan_lo.shape[0]:
+            raise ValueError("inconsistent plan")
+        if self.plan_lo.shape[0] and (np.min(self.plan_lo) < 0 or np.max(self.plan_hi) > self.n):
+            raise ValueError("plan ranges outside the local rows")
+
+    cpdef double grad_step(self, Py_ssize_t s):
+        """``grad`` over the ranges of plan step ``s``."""
+        cdef Py_ssize_t a = self.plan_ptr[s], b = self.plan_ptr[s + 1]
+        with nogil:
+            self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
+        return self.buf[self.P]
+
+    def run_plan(self):
+        """Every step of the installed plan (grad then apply), with no reduction
+        between them: the one-rank path, identical arithmetic to
+        grad_step/Allreduce/apply."""
+        cdef Py_ssize_t s, a, b, ns = self.plan_ptr.shape[0] - 1
+        with nogil:
+            for s in range(ns):
+                a = self.plan_ptr[s]
+                b = self.plan_ptr[s + 1]
+                self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
+                self._apply()
+
+    cdef inline void _prefetch(self, Py_ssize_t lo, Py_ssize_t hi, size_t row_bytes) noexcept nogil:
+        cdef size_t ahead
+        if hi <= lo:
+            return
+        ahead = (hi - lo) * row_bytes
+        if ahead > PF_BYTES:
+            ahead = PF_BYTES
+        if self.is64:
+            mpiml_prefetch(&self.X64[lo, 0], ahead)
+        else:
+            mpiml_prefetch(&self.X32[lo, 0], ahead)
+
+    cdef void _grad(self, const Py_ssize_t* lo, const Py_ssize_t* hi, Py_ssize_t nr) noexcept nogil:
+        cdef Py_ssize_t Kd = self.K * self.d, j, r, q, count = 0
+        cdef size_t row_bytes = self.d * (8 if self.is64 else 4)
         cdef double s = 0.0
         memset(&self.buf[0], 0, (self.P + 2) * sizeof(double))
-        if hi > lo:
+        if not self.is64:
+            memset(&self.g32[0], 0, Kd * sizeof(float))
+        for r in range(nr):
+            if hi[r] <= lo[r]:
+                continue
+            if r == 0:
+                # the first ranges of the step: nothing asked for them yet
+                for q in range(1, PF_RANGES if PF_RANGES < nr else nr):
+                    self._prefetch(lo[q], hi[q], row_bytes)
+            if r + PF_RANGES < nr:
+                self._prefetch(lo[r + PF_RANGES], hi[r + PF_RANGES], row_bytes)
+            count += hi[r] - lo[r]
             if self.is64:
-                s = _grad_range(self.X64, &self.y[0], lo, hi, &self.w[0], &self.w[Kd], self.K,
-                                self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
-                                &self.buf[0], &self.buf[Kd])
+                s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
+                                 self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
+                                 &self.buf[0], &self.buf[Kd])
             else:
-                memset(&self.g32[0], 0, Kd * sizeof(float))
-                s = _grad_range(self.X32, &self.y[0], lo, hi, &self.w32[0], &self.w[Kd], self.K,
-                                self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
-                                &self.g32[0], &self.buf[Kd])
-                for j in range(Kd):
-                    self.buf[j] = self.g32[j]
+                s += _grad_range(self.X32, &self.y[0], lo[r], hi[r], &self.w32[0], &self.w[Kd],
+                                 self.K, self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
+                                 &self.g32[0], &self.buf[Kd])
+        if not self.is64:
+            for j in range(Kd):
+                self.buf[j] = self.g32[j]
         self.buf[self.P] = s
-        self.buf[self.P + 1] = <double>(hi - lo)
+        self.buf[self.P + 1] = <double>count
 
     cpdef double eta(self):
         """The learning rate the next update will use."""
@@ -528,14 +588,10 @@ cdef class Engine:
                     self.w[j] = 0.0
         self._sync32()
 
-    def run_steps(self, const Py_ssize_t[::1] lo, const Py_ssize_t[::1] hi):
-        """Run ``len(lo)`` steps (grad then apply) with no reduction between them:
-        the one-rank path, identical arithmetic to grad/Allreduce/apply."""
-        cdef Py_ssize_t i, ns = lo.shape[0]
-        with nogil:
-            for i in range(ns):
-                self._grad(lo[i], hi[i])
-                self._apply()
+    def run_steps(self, lo, hi):
+        """Run ``len(lo)`` single-range steps (tests and benchmarks)."""
+        self.set_plan(lo, hi, np.arange(len(lo) + 1))
+        self.run_plan()
 
     def params_finite(self):
         cdef Py_ssize_t j
@@ -543,6 +599,15 @@ cdef class Engine:
             if not isfinite(self.w[j]):
                 return False
         return True
+
+
+def _set_prefetch(Py_ssize_t ranges, size_t nbytes):
+    """Tuning hook for benchmarks: prefetch distance in ranges and bytes per range."""
+    global PF_RANGES, PF_BYTES
+    old = (PF_RANGES, PF_BYTES)
+    PF_RANGES = ranges
+    PF_BYTES = nbytes
+    return old
 
 
 def _set_sub_block(Py_ssize_t rows):

@@ -10,7 +10,7 @@ import numpy as np
 from .._kernels import sgd as _k
 from ..comm import get_comm
 from ..errors import ConfigError, DataError, NotFittedError, TrainingError
-from ..parallel.data import epoch_blocks, local_ranges, run_epoch
+from ..parallel.data import group_layout, layout_plan, run_epoch
 from .base import BaseEstimator, check_local_X
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
@@ -186,21 +186,24 @@ class _BaseSGD(BaseEstimator):
             self._epochs_done = 0
             self.t_ = 1.0
         K, y_enc, loss = self._encode(yl)
+        batch = n_global if self.batch_size == "full" else int(self.batch_size)
+        # one reordered copy of the local rows: every step then reads contiguous memory
+        perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
+        if perm is not None:
+            Xl = np.take(Xl, perm, axis=0)
+            y_enc = y_enc[perm]
         engine = self._engine(Xl, y_enc, K, loss)
         if not reset:
             engine.set_params(self._flat_params())
             engine.vel_arr[:] = self._velocity
             engine.t = self.t_ - 1.0
-        batch = n_global if self.batch_size == "full" else int(self.batch_size)
 
         best, stall = math.inf, 0
         self.loss_curve_ = getattr(self, "loss_curve_", []) if not reset else []
         self.epoch_times_ = getattr(self, "epoch_times_", []) if not reset else []
         for _ in range(epochs):
             epoch = self._epochs_done
-            starts, stops = epoch_blocks(n_global, batch, self._seed, epoch)
-            lo, hi = local_ranges(starts, stops, offset, Xl.shape[0])
-            stats = run_epoch(engine, c, lo, hi)
+            stats = run_epoch(engine, c, layout_plan(gptr, self._seed, epoch))
             self._epochs_done += 1
             self.n_iter_ += 1
             mean_loss = stats.loss / stats.count

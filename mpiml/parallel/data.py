@@ -1,38 +1,129 @@
 """Synchronous data-parallel SGD.
 
-The schedule of an epoch depends only on the global row count, the global batch
-size, the seed and the epoch number, never on the number of ranks: the global
-rows are cut into consecutive blocks of ``batch_size`` rows, the blocks are
-visited in a ``(seed, epoch)`` permutation, and each rank processes the rows of
-each block that live in its shard (possibly none). So every rank makes the same
-number of collective calls, and the sequence of updates is the same on 1, 2 or
-64 ranks up to floating-point summation order.
+The schedule of an epoch depends only on the global row count ``N``, the global
+batch size ``B``, the seed and the epoch number, never on the number of ranks:
 
-One step = ``Engine.grad`` on the local rows, one Allreduce of the packed buffer
-(gradient sum, loss sum, sample count), ``Engine.apply`` on every rank.
+* the global rows are cut into fixed-size blocks of ``b = block_rows(B)`` rows;
+* an epoch has ``T = ceil(N / B)`` steps; the batch of group ``g`` is the set of
+  blocks ``g, g + T, g + 2T, ...``, spread evenly over the whole row range, so
+  every rank's contiguous shard holds its fair share of every batch (±1 block)
+  whatever the number of ranks;
+* the groups are visited in a ``(seed, epoch)`` permutation;
+* each rank processes the rows of the current batch that live in its shard.
+
+So every rank makes the same number of collective calls, the work of each step
+is balanced, and the sequence of updates is the same on 1, 2 or 64 ranks up to
+floating-point summation order. (A batch of *consecutive* rows would live on one
+rank and leave the others idle at every step.)
+
+One step = ``Engine.grad_step`` on the local rows, one Allreduce of the packed
+buffer (gradient sum, loss sum, sample count), ``Engine.apply`` on every rank.
+
+Memory layout: which blocks form a batch is fixed for a fit (only the visiting
+order changes from epoch to epoch), so ``fit`` stores each rank's rows once in
+group-major order (:func:`group_layout`); every step then reads one contiguous
+range of memory instead of ``B / b`` scattered blocks, which on the machines
+measured here was 1.5-2x faster. Within a batch, rows keep their address order,
+so the arithmetic is the same as visiting the blocks in place.
 """
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["epoch_blocks", "local_ranges", "run_epoch", "EpochStats"]
+__all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
+           "run_epoch", "EpochStats"]
 
 
-def epoch_blocks(n_global, batch_size, seed, epoch):
-    """Start and stop global row of each step of an epoch, in visiting order."""
-    n_blocks = -(-n_global // batch_size)
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n_blocks)
-    starts = order.astype(np.int64) * batch_size
-    return starts, np.minimum(starts + batch_size, n_global)
+def block_rows(batch_size):
+    """Rows per block for a global batch: 1/16 of the batch (so a batch is spread over
+    16 places in the data), at most 64 rows (25 KB of 100 float32 features)."""
+    return int(max(1, min(batch_size // 16, 64)))
 
 
-def local_ranges(starts, stops, offset, n_local):
-    """The part of each global block in the local shard ``[offset, offset + n_local)``,
-    as local row ranges (empty ranges where the block misses the shard)."""
-    lo = np.clip(starts - offset, 0, n_local).astype(np.intp)
-    hi = np.clip(stops - offset, 0, n_local).astype(np.intp)
-    return lo, np.maximum(hi, lo)
+def visit_order(n_steps, seed, epoch, run=1):
+    """The order in which an epoch visits its ``n_steps`` groups: runs of ``run``
+    consecutive groups, the runs in a ``(seed, epoch)`` permutation. Consecutive
+    groups hold adjacent blocks, so within a run every rank streams through memory
+    (the hardware prefetcher follows) instead of jumping at every block."""
+    n_runs = -(-n_steps // run)
+    runs = np.random.default_rng([int(seed), int(epoch)]).permutation(n_runs)
+    order = (runs[:, None] * run + np.arange(run)[None, :]).ravel()
+    return order[order < n_steps]
+
+
+def epoch_plan(n_global, batch_size, seed, epoch, offset, n_local, run=1):
+    """Local row ranges of every step of an epoch.
+
+    Returns ``(lo, hi, ptr)``: step ``s`` (in visiting order) covers the local
+    ranges ``lo[ptr[s]:ptr[s+1]]`` .. ``hi[...]`` (adjacent blocks merged).
+    """
+    n_steps = max(1, -(-n_global // batch_size))
+    b = block_rows(batch_size) if n_steps > 1 else max(1, n_global)
+    order = visit_order(n_steps, seed, epoch, run)
+    position = np.empty(n_steps, dtype=np.int64)
+    position[order] = np.arange(n_steps)
+    if n_local == 0:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(n_steps + 1, np.intp)
+    first = offset // b
+    last = (offset + n_local - 1) // b
+    blocks = np.arange(first, last + 1, dtype=np.int64)
+    step = position[blocks % n_steps]
+    idx = np.argsort(step, kind="stable")          # by step, then by address
+    blocks, step = blocks[idx], step[idx]
+    lo = np.clip(blocks * b - offset, 0, n_local)
+    hi = np.clip((blocks + 1) * b - offset, 0, n_local)
+    # merge ranges that touch within a step (whole-shard steps become one range)
+    if lo.size > 1:
+        join = (lo[1:] == hi[:-1]) & (step[1:] == step[:-1])
+        if join.any():
+            keep = np.concatenate([[True], ~join])
+            starts = np.flatnonzero(keep)
+            ends = np.concatenate([starts[1:] - 1, [lo.size - 1]])
+            lo, hi, step = lo[starts], hi[ends], step[starts]
+    ptr = np.zeros(n_steps + 1, dtype=np.intp)
+    np.cumsum(np.bincount(step, minlength=n_steps), out=ptr[1:])
+    return lo.astype(np.intp), hi.astype(np.intp), ptr
+
+
+def _local_blocks(n_global, batch_size, offset, n_local):
+    n_steps = max(1, -(-n_global // batch_size))
+    b = block_rows(batch_size) if n_steps > 1 else max(1, n_global)
+    blocks = np.arange(offset // b, (offset + n_local - 1) // b + 1, dtype=np.int64)
+    return n_steps, b, blocks
+
+
+def group_layout(n_global, batch_size, offset, n_local):
+    """Local rows reordered so that each batch group is contiguous.
+
+    Returns ``(perm, gptr)``: local row ``perm[i]`` goes to position ``i``; group
+    ``g`` occupies ``[gptr[g], gptr[g+1])`` of the reordered rows. ``perm`` is None
+    when the rows are already in that order (one step per epoch).
+    """
+    if n_local == 0:
+        n_steps = max(1, -(-n_global // batch_size))
+        return None, np.zeros(n_steps + 1, dtype=np.intp)
+    n_steps, b, blocks = _local_blocks(n_global, batch_size, offset, n_local)
+    group = blocks % n_steps
+    idx = np.argsort(group, kind="stable")
+    blocks, group = blocks[idx], group[idx]
+    lo = np.clip(blocks * b - offset, 0, n_local)
+    lens = np.clip((blocks + 1) * b - offset, 0, n_local) - lo
+    gptr = np.zeros(n_steps + 1, dtype=np.intp)
+    np.cumsum(np.bincount(group, weights=lens, minlength=n_steps).astype(np.intp), out=gptr[1:])
+    if n_steps == 1:
+        return None, gptr
+    starts = np.cumsum(lens) - lens
+    perm = np.arange(n_local, dtype=np.intp) + np.repeat(lo - starts, lens)
+    return perm, gptr
+
+
+def layout_plan(gptr, seed, epoch, run=1):
+    """Epoch plan over rows stored by :func:`group_layout`: one range per step."""
+    n_steps = len(gptr) - 1
+    order = visit_order(n_steps, seed, epoch, run)
+    return (np.ascontiguousarray(gptr[order]), np.ascontiguousarray(gptr[order + 1]),
+            np.arange(n_steps + 1, dtype=np.intp))
 
 
 class EpochStats:
@@ -43,24 +134,27 @@ class EpochStats:
         self.steps, self.seconds, self.loss, self.count = steps, seconds, loss, count
 
 
-def run_epoch(engine, comm, lo, hi):
-    """Run the steps of one epoch. Collective over ``comm`` (an mpiml Comm).
+def run_epoch(engine, comm, plan):
+    """Run the steps of one epoch plan. Collective over ``comm`` (an mpiml Comm).
 
     On one rank the whole epoch runs inside the kernel (the reduction is the
     identity); otherwise each step is grad, one in-place Allreduce, apply.
     """
+    lo, hi, ptr = plan
+    n_steps = len(ptr) - 1
     engine.epoch_loss = 0.0
     engine.epoch_count = 0.0
+    engine.set_plan(lo, hi, ptr)
     t0 = time.perf_counter()
     if comm.size == 1:
-        engine.run_steps(lo, hi)
+        engine.run_plan()
     else:
         buf = engine.buf_arr
         allreduce = comm.mpi.Allreduce
-        grad, apply = engine.grad, engine.apply
+        grad, apply = engine.grad_step, engine.apply
         in_place = MPI.IN_PLACE
-        for a, b in zip(lo.tolist(), hi.tolist()):
-            grad(a, b)
+        for s in range(n_steps):
+            grad(s)
             allreduce(in_place, buf)
             apply()
-    return EpochStats(len(lo), time.perf_counter() - t0, engine.epoch_loss, engine.epoch_count)
+    return EpochStats(n_steps, time.perf_counter() - t0, engine.epoch_loss, engine.epoch_count)
