@@ -47,26 +47,23 @@ class _Parser(argparse.ArgumentParser):
             (file or sys.stdout).write(message)
 
 
-def _batch_size(text):
-    if text == "full":
-        return "full"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
-    return value
-
-
 def _positive_int(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
     return value
+
+
+def _batch_size(text):
+    if text == "full":
+        return "full"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
 
 
 def _data_args(p, y=True):

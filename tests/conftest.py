@@ -11,7 +11,6 @@
 * Tests marked ``launcher`` start their own ``mpiexec``; they only run in a
   plain (non-MPI) pytest process.
 """
-import os
 import shutil
 import tempfile
 

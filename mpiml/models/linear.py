@@ -3,7 +3,6 @@
 Every rank passes its own rows to ``fit``; every rank ends with the same model.
 """
 import math
-import time
 
 import numpy as np
 
