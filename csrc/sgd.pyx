@@ -380,6 +380,8 @@ cdef class Engine:
     K : int
         Number of outputs.
     loss : Loss
+    n_control : int
+        Extra words at the end of ``buf`` for the caller's control data.
     """
     cdef readonly object X
     cdef const float[:, ::1] X32
@@ -401,7 +403,8 @@ cdef class Engine:
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
-                 double momentum=0.0, bint fit_intercept=True, double optimal_init=1.0):
+                 double momentum=0.0, bint fit_intercept=True, double optimal_init=1.0,
+                 Py_ssize_t n_control=0):
         if X.ndim != 2 or not X.flags.c_contiguous:
             raise ValueError("Engine needs a C-contiguous 2-D array")
         self.X = X
@@ -425,7 +428,9 @@ cdef class Engine:
         self.w = self.w_arr
         self.vel_arr = np.zeros(self.P)
         self.vel = self.vel_arr
-        self.buf_arr = np.zeros(self.P + 2)
+        # P gradient sums, loss sum, count, then n_control words that the caller
+        # fills after grad() and reads after the reduction (the kernels ignore them)
+        self.buf_arr = np.zeros(self.P + 2 + n_control)
         self.buf = self.buf_arr
         self.w32 = np.zeros(self.P, dtype=np.float32)
         self.g32 = np.zeros(self.K * self.d, dtype=np.float32)
@@ -485,13 +490,15 @@ cdef class Engine:
             self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
         return self.buf[self.P]
 
-    def run_plan(self):
-        """Every step of the installed plan (grad then apply), with no reduction
-        between them: the one-rank path, identical arithmetic to
+    def run_plan(self, Py_ssize_t start=0, Py_ssize_t stop=-1):
+        """Steps ``start`` to ``stop`` of the installed plan (grad then apply), with
+        no reduction between them: the one-rank path, identical arithmetic to
         grad_step/Allreduce/apply."""
         cdef Py_ssize_t s, a, b, ns = self.plan_ptr.shape[0] - 1
+        if stop < 0 or stop > ns:
+            stop = ns
         with nogil:
-            for s in range(ns):
+            for s in range(start, stop):
                 a = self.plan_ptr[s]
                 b = self.plan_ptr[s + 1]
                 self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)

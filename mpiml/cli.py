@@ -3,8 +3,10 @@
 Run under ``mpiexec -n N`` (or ``srun``) for N ranks; every verb also runs on a
 single process. Only rank 0 prints. Exit codes: 0 success, 1 an error (bad
 input, failed training; the message is printed once, by rank 0, and every rank
-exits 1), 2 a command-line usage error. An unexpected exception on any rank
-aborts the whole job (MPI_Abort) after printing its traceback with the rank.
+exits 1), 2 a command-line usage error, 75 stopped by SIGTERM/SIGUSR1 after
+writing a checkpoint (resume with ``--resume``), 70 ended by the collective
+watchdog. An unexpected exception on any rank aborts the whole job (MPI_Abort)
+after printing its traceback with the rank.
 """
 import argparse
 import json
@@ -16,6 +18,8 @@ from . import __version__
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_CHECKPOINTED = 75      # stopped by SIGTERM/SIGUSR1 after a checkpoint: resume later
+EXIT_WATCHDOG = 70          # a collective did not complete within --comm-timeout
 
 MODELS = {
     # CLI name -> (estimator class name, constructor arguments)
@@ -120,6 +124,19 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g = p.add_argument_group("never hang, never lose work")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="STEPS",
+                   help="checkpoint every this many updates")
+    g.add_argument("--checkpoint-seconds", type=float, default=None, metavar="SECONDS",
+                   help="checkpoint when this much time has passed since the last one")
+    g.add_argument("--keep-checkpoints", type=_positive_int, default=3, metavar="K")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest checkpoint in DIR (any number of ranks)")
+    g.add_argument("--comm-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="end the job with a report if a collective takes longer (0: off; "
+                        "default 600)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="evaluate a model on an HDF5 dataset")
@@ -176,7 +193,11 @@ def _estimator(args, c):
                   batch_size=args.batch_size, max_iter=args.epochs, tol=args.tol,
                   n_iter_no_change=args.n_iter_no_change, random_state=args.seed,
                   verbose=0 if args.quiet else 1,
-                  dtype=None if args.dtype == "auto" else args.dtype, comm=c)
+                  dtype=None if args.dtype == "auto" else args.dtype,
+                  checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                  checkpoint_seconds=args.checkpoint_seconds,
+                  keep_checkpoints=args.keep_checkpoints,
+                  comm_timeout=args.comm_timeout or None, comm=c)
     if cls_name == "SGDRegressor":
         kwargs["epsilon"] = args.epsilon
     return cls(**kwargs)
@@ -198,7 +219,9 @@ def cmd_train(args):
     c.print0(f"mpiml train: {args.model} on {n} x {X.shape[1]} ({X.dtype}) from {args.data}, "
              f"{c.size} rank(s), global batch {args.batch_size}; loaded in {t_load:.2f} s")
     t0 = time.perf_counter()
-    est.fit(X, y)
+    if args.resume:
+        c.print0(f"resuming from {args.resume}")
+    est.fit(X, y, resume=args.resume)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     c.print0(f"trained {est.n_iter_} epoch(s) in {t_fit:.2f} s "
@@ -291,7 +314,7 @@ def cmd_info(args):
 def main(argv=None):
     """Console entry point: run one verb, map errors to exit codes (see module doc)."""
     from .comm import abort_on_exception
-    from .errors import MpimlError
+    from .errors import Interrupted, MpimlError
 
     try:
         args = build_parser().parse_args(argv)
@@ -302,6 +325,11 @@ def main(argv=None):
         if _rank() == 0:
             sys.stderr.write(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
         return EXIT_USAGE
+    except Interrupted as exc:
+        if _rank() == 0:
+            sys.stderr.write(f"mpiml: {exc}\n")
+            sys.stderr.flush()
+        return EXIT_CHECKPOINTED
     except MpimlError as exc:
         if not exc.ranks:
             # raised on this rank only: the others may be waiting in a collective

@@ -39,3 +39,21 @@ class NotFittedError(MpimlError, AttributeError):
 
 class OutputError(MpimlError, OSError):
     """An output file cannot be written."""
+
+
+class Interrupted(MpimlError):
+    """Training stopped on request (SIGTERM / SIGUSR1) after writing a checkpoint.
+
+    Attributes
+    ----------
+    checkpoint : str
+        The checkpoint file written.
+    """
+
+    def __init__(self, message, ranks=None, checkpoint=None):
+        super().__init__(message, ranks)
+        self.checkpoint = checkpoint
+
+
+class WatchdogTimeout(MpimlError, TimeoutError):
+    """A collective did not complete within the communication timeout."""

@@ -2,17 +2,46 @@
 
 Every rank passes its own rows to ``fit``; every rank ends with the same model.
 """
+import contextlib
 import math
+import signal
+import threading
 
 import numpy as np
 
 from .._kernels import sgd as _k
 from ..comm import get_comm
-from ..errors import ConfigError, DataError, NotFittedError, TrainingError
-from ..parallel.data import group_layout, layout_plan, run_epoch
+from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
+from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
+from ..parallel.data import StepControl, group_layout, layout_plan, run_epoch
+from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
+
+# optimisation hyper-parameters that a resumed run takes from its checkpoint
+_RESUMED_PARAMS = ("loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "learning_rate",
+                   "eta0", "power_t", "momentum", "batch_size", "tol", "n_iter_no_change",
+                   "epsilon", "multi_class", "dtype")
+
+
+@contextlib.contextmanager
+def _signals(control):
+    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) request a stop at the
+    next step boundary, when checkpoints are on and we are in the main thread."""
+    if control.save is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        control.stop_requested = True
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 # the user's loss name -> factory of the kernel's loss object (STYLE.md rule 4)
 LOSSES = {
@@ -72,6 +101,18 @@ class _BaseSGD(BaseEstimator):
             bad(f"random_state must be None or a non-negative integer, not {self.random_state!r}")
         if getattr(self, "epsilon", 1.0) <= 0:
             bad(f"epsilon must be > 0, not {self.epsilon}")
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool) or not
+                                                  isinstance(self.checkpoint_every, (int, np.integer))
+                                                  or self.checkpoint_every < 1):
+            bad(f"checkpoint_every must be a positive integer, not {self.checkpoint_every!r}")
+        for name in ("checkpoint_seconds", "comm_timeout"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not v > 0):
+                bad(f"{name} must be a positive number of seconds or None, not {v!r}")
+        if not isinstance(self.keep_checkpoints, (int, np.integer)) or self.keep_checkpoints < 1:
+            bad(f"keep_checkpoints must be a positive integer, not {self.keep_checkpoints!r}")
+        if (self.checkpoint_every or self.checkpoint_seconds) and not self.checkpoint_dir:
+            bad("checkpoint_every / checkpoint_seconds need checkpoint_dir")
 
     def _prepare_local(self, X, y):
         """Local checks (run on every rank, agreed by the caller)."""
@@ -101,7 +142,7 @@ class _BaseSGD(BaseEstimator):
         return X, y, local_classes
 
     # ------------------------------------------------------------ training
-    def fit(self, X, y):
+    def fit(self, X, y, resume=None):
         """Fit on the rows every rank passes (collective).
 
         Parameters
@@ -109,19 +150,23 @@ class _BaseSGD(BaseEstimator):
         X : array (n_local, n_features)
             This rank's rows; shards may differ in size and may be empty.
         y : array (n_local,)
+        resume : str, optional
+            A checkpoint directory (or file): continue that run, on any number of
+            ranks, up to ``max_iter`` epochs in all. The optimisation
+            hyper-parameters come from the checkpoint.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, self.max_iter, reset=True)
+        return self._fit(X, y, None, reset=True, resume=resume)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over the rows every rank passes, continuing from the current state
         (collective)."""
         return self._fit(X, y, 1, reset=not hasattr(self, "coef_"), classes=classes)
 
-    def _fit(self, X, y, epochs, reset, classes=None):
+    def _fit(self, X, y, epochs, reset, classes=None, resume=None):
         c = get_comm(self.comm)
         Xl, yl, local_classes = c.run(self._prepare_local, X, y)
         seed = None
@@ -184,51 +229,67 @@ class _BaseSGD(BaseEstimator):
             self.n_iter_ = 0
             self._epochs_done = 0
             self.t_ = 1.0
-        K, y_enc, loss = self._encode(yl)
+            self._tol_state = [math.inf, 0]
+            self.loss_curve_ = []
+            self.epoch_times_ = []
         batch = n_global if self.batch_size == "full" else int(self.batch_size)
+        state, arrays = (None, None)
+        if resume is not None:
+            state, arrays = self._restore(c, resume, d, n_global, batch)
+            batch = int(state["batch"])
+        K, y_enc, loss = self._encode(yl)
         # one reordered copy of the local rows: every step then reads contiguous memory
         perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
         if perm is not None:
             Xl = np.take(Xl, perm, axis=0)
             y_enc = y_enc[perm]
-        engine = self._engine(Xl, y_enc, K, loss)
-        if not reset:
+        engine = self._engine(Xl, y_enc, K, loss, StepControl.WORDS)
+        start_step = 0
+        if state is not None:
+            engine.set_params(arrays["w"])
+            engine.vel_arr[:] = arrays["velocity"]
+            engine.t = float(state["t"])
+            engine.epoch_loss = float(state["epoch_loss"])
+            engine.epoch_count = float(state["epoch_count"])
+            start_step = int(state["step"])
+        elif not reset:
             engine.set_params(self._flat_params())
             engine.vel_arr[:] = self._velocity
             engine.t = self.t_ - 1.0
-
-        best, stall = math.inf, 0
-        self.loss_curve_ = getattr(self, "loss_curve_", []) if not reset else []
-        self.epoch_times_ = getattr(self, "epoch_times_", []) if not reset else []
-        for _ in range(epochs):
-            epoch = self._epochs_done
-            stats = run_epoch(engine, c, layout_plan(gptr, self._seed, epoch))
-            self._epochs_done += 1
-            self.n_iter_ += 1
-            mean_loss = stats.loss / stats.count
-            # every rank holds the same reduced loss and parameters, so all raise together
-            if not math.isfinite(mean_loss) or not engine.params_finite():
-                raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
-                                    f"lower the learning rate (eta0 / --lr) or scale the features")
-            self.loss_curve_.append(mean_loss)
-            self.epoch_times_.append(stats.seconds)
-            if self.verbose:
-                c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
-                         f"{n_global / stats.seconds / 1e6:.3g} M samples/s  "
-                         f"({stats.steps} steps, {stats.seconds:.3g} s)")
-            if self.tol is not None and epochs > 1:
-                if mean_loss > best - self.tol:
-                    stall += 1
-                else:
-                    stall = 0
-                best = min(best, mean_loss)
-                if stall >= self.n_iter_no_change:
-                    break
-        self.t_ = engine.t + 1.0
+        target = self.max_iter if epochs is None else self.n_iter_ + epochs
+        control = self._control(c, engine, K, d, n_global, batch)
+        with _signals(control), watching(c, self.comm_timeout, control):
+            while self.n_iter_ < target:
+                epoch = self._epochs_done
+                control.where = f"epoch {epoch + 1} (step Allreduce)"
+                stats = run_epoch(engine, c, layout_plan(gptr, self._seed, epoch), start_step,
+                                  control)
+                start_step = 0
+                self._epochs_done += 1
+                self.n_iter_ += 1
+                mean_loss = stats.loss / stats.count
+                # every rank holds the same reduced loss and parameters, so all raise together
+                if not math.isfinite(mean_loss) or not engine.params_finite():
+                    raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
+                                        "lower the learning rate (eta0 / --lr) or scale the features")
+                self.loss_curve_.append(mean_loss)
+                self.epoch_times_.append(stats.seconds)
+                if self.verbose:
+                    c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
+                             f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
+                             f"({stats.steps} steps, {stats.seconds:.3g} s)")
+                if self.tol is not None and target - self.n_iter_ + 1 > 1:
+                    best, stall = self._tol_state
+                    stall = stall + 1 if mean_loss > best - self.tol else 0
+                    self._tol_state = [min(best, mean_loss), stall]
+                    if stall >= self.n_iter_no_change:
+                        break
+            if self.checkpoint_dir is not None:
+                control.save(0)         # the final state
         self._store(engine, K, d)
         return self
 
-    def _engine(self, X, y, K, loss):
+    def _engine(self, X, y, K, loss, n_control=0):
         schedule = _k.SCHEDULES[self.learning_rate]
         optimal_init = 1.0
         if self.learning_rate == "optimal":
@@ -243,7 +304,71 @@ class _BaseSGD(BaseEstimator):
                          l1_ratio=float(self.l1_ratio), penalty=_k.PENALTIES[self.penalty],
                          schedule=schedule, power_t=float(self.power_t),
                          momentum=float(self.momentum), fit_intercept=bool(self.fit_intercept),
-                         optimal_init=optimal_init)
+                         optimal_init=optimal_init, n_control=n_control)
+
+    def _control(self, c, engine, K, d, n_global, batch):
+        """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
+        control = StepControl(c, self.checkpoint_every, self.checkpoint_seconds)
+        if self.checkpoint_dir is None:
+            return control
+        policy = CheckpointPolicy(self.checkpoint_dir, self.checkpoint_every,
+                                  self.checkpoint_seconds, self.keep_checkpoints)
+
+        def save(step):
+            state = {"model_type": type(self).__name__,
+                     "params": {k: v for k, v in self.get_params().items() if k != "comm"},
+                     "epoch": self._epochs_done, "step": step, "t": engine.t,
+                     "epoch_loss": engine.epoch_loss, "epoch_count": engine.epoch_count,
+                     "best": self._tol_state[0], "stall": self._tol_state[1],
+                     "n_iter": self.n_iter_, "n_global": n_global, "batch": batch,
+                     "seed": self._seed, "n_features": d, "n_outputs": K}
+            arrays = {"w": engine.w_arr, "velocity": engine.vel_arr,
+                      "loss_curve": np.asarray(self.loss_curve_, dtype=np.float64)}
+            if self._is_classifier:
+                arrays["classes"] = self.classes_
+            return write_checkpoint(policy, state, arrays, comm=c)
+
+        def on_stop(path):
+            raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "
+                              f"--resume {policy.directory} (fit(..., resume=...))",
+                              ranks=range(c.size), checkpoint=path)
+
+        control.save = save
+        control.on_stop = on_stop
+        return control
+
+    def _restore(self, c, resume, d, n_global, batch):
+        """Collective: read and check a checkpoint; set the estimator's run state from it."""
+        state, arrays = read_checkpoint(resume, comm=c)
+
+        def check():
+            where = state["path"]
+            if state["model_type"] != type(self).__name__:
+                raise DataError(f"{where} is a checkpoint of a {state['model_type']}, "
+                                f"not of a {type(self).__name__}")
+            if int(state["n_features"]) != d:
+                raise DataError(f"{where} was made with {state['n_features']} features; "
+                                f"the data has {d}")
+            if int(state["n_global"]) != n_global:
+                raise DataError(f"{where} was made on {state['n_global']} rows; the data has "
+                                f"{n_global}: resume on the same data")
+            if self._is_classifier and not np.array_equal(arrays["classes"], self.classes_):
+                raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
+                                f"labels have {self.classes_.tolist()[:10]}")
+            if arrays["w"].shape[0] != int(state["n_outputs"]) * (d + 1):
+                raise DataError(f"{where} is damaged: parameter vector of the wrong length")
+
+        c.run(check)
+        for key in _RESUMED_PARAMS:
+            if key in state["params"]:
+                setattr(self, key, state["params"][key])
+        self._seed = int(state["seed"])
+        self._epochs_done = int(state["epoch"])
+        self.n_iter_ = int(state["n_iter"])
+        self._tol_state = [float(state["best"]), int(state["stall"])]
+        self.loss_curve_ = [float(v) for v in arrays["loss_curve"]]
+        self.epoch_times_ = []
+        return state, arrays
 
     def _store(self, engine, K, d):
         w = engine.w_arr
@@ -328,6 +453,14 @@ class SGDClassifier(_BaseSGD):
         ``n_iter_no_change`` epochs (``tol=None``: run ``max_iter`` epochs).
     multi_class : {"auto", "multinomial"}
         ``"multinomial"`` uses a softmax model even for two classes.
+    checkpoint_dir : str, optional
+        Write checkpoints there (see :mod:`mpiml.checkpoint`): at the end, every
+        ``checkpoint_every`` updates and/or every ``checkpoint_seconds`` seconds, and
+        when SIGTERM or SIGUSR1 arrives (then ``fit`` raises
+        :class:`~mpiml.errors.Interrupted`). The newest ``keep_checkpoints`` are kept.
+    comm_timeout : float or None
+        Seconds a collective may take before the watchdog ends the job with a report
+        of where every rank is (default 600; None disables it).
     random_state : int or None
         Seed of the batch order; rank 0's value is used.
     dtype : {None, "float32", "float64"}
@@ -357,7 +490,9 @@ class SGDClassifier(_BaseSGD):
     def __init__(self, loss="log_loss", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, max_iter=1000, tol=1e-3, learning_rate="optimal",
                  eta0=0.01, power_t=0.5, momentum=0.0, batch_size=256, n_iter_no_change=5,
-                 multi_class="auto", random_state=None, verbose=0, dtype=None, comm=None):
+                 multi_class="auto", random_state=None, verbose=0, dtype=None,
+                 checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
+                 keep_checkpoints=3, comm_timeout=600.0, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -375,6 +510,11 @@ class SGDClassifier(_BaseSGD):
         self.random_state = random_state
         self.verbose = verbose
         self.dtype = dtype
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.keep_checkpoints = keep_checkpoints
+        self.comm_timeout = comm_timeout
         self.comm = comm
 
     def _validate_params(self):
@@ -468,7 +608,8 @@ class SGDRegressor(_BaseSGD):
                  fit_intercept=True, max_iter=1000, tol=1e-3, epsilon=0.1,
                  learning_rate="invscaling", eta0=0.01, power_t=0.25, momentum=0.0,
                  batch_size=256, n_iter_no_change=5, random_state=None, verbose=0,
-                 dtype=None, comm=None):
+                 dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
+                 keep_checkpoints=3, comm_timeout=600.0, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -486,6 +627,11 @@ class SGDRegressor(_BaseSGD):
         self.random_state = random_state
         self.verbose = verbose
         self.dtype = dtype
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.keep_checkpoints = keep_checkpoints
+        self.comm_timeout = comm_timeout
         self.comm = comm
 
     def _encode(self, y):

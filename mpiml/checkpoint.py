@@ -1,0 +1,169 @@
+"""Checkpoints: the complete training state in one HDF5 file, written atomically.
+
+A checkpoint holds the logical (unsharded) state, so it can be resumed on any
+number of ranks:
+
+* attributes: format, format version, model type, hyper-parameters (JSON, as they
+  were at the time of the checkpoint), epoch, step within the epoch (the data
+  cursor), update count ``t``, the partial loss sums of the current epoch, the
+  early-stopping state, the schedule's seed, global row count and batch size;
+* datasets: ``w`` (the flat parameters: coefficients row by row, then intercepts),
+  ``velocity`` (momentum state), ``loss_curve``, ``classes`` (classifiers).
+
+The training schedule draws no random numbers on the ranks: the batch order of an
+epoch is a function of ``(seed, epoch)``, so the seed *is* every rank's random
+state. Rank 0 writes ``ckpt-<t>.h5`` through a temporary file (write, flush,
+fsync, rename, fsync of the directory) and removes all but the newest ``keep``
+files; a crash at any moment leaves the previous checkpoint intact. Checkpoints
+are never unpickled.
+"""
+import glob
+import json
+import os
+
+import h5py
+import numpy as np
+
+from .comm import get_comm
+from .errors import DataError, OutputError
+
+__all__ = ["CheckpointPolicy", "write_checkpoint", "read_checkpoint", "latest_checkpoint",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EXIT_CHECKPOINTED"]
+
+CHECKPOINT_FORMAT = "mpiml-checkpoint"
+CHECKPOINT_VERSION = 1
+# exit code after a signal-triggered checkpoint (sysexits' EX_TEMPFAIL: "try again")
+EXIT_CHECKPOINTED = 75
+_SCALARS = ("epoch", "step", "t", "epoch_loss", "epoch_count", "best", "stall", "n_iter",
+            "n_global", "batch", "seed", "n_features", "n_outputs")
+
+
+class CheckpointPolicy:
+    """When to write checkpoints.
+
+    Parameters
+    ----------
+    directory : str
+    every_steps : int, optional
+        Every this many updates (counted globally, so identical on every rank).
+    every_seconds : float, optional
+        When this much time has passed on rank 0 since the last checkpoint (rank 0's
+        clock decides and the decision travels in the step's Allreduce).
+    keep : int
+        Number of newest checkpoints kept.
+    """
+
+    def __init__(self, directory, every_steps=None, every_seconds=None, keep=3):
+        self.directory = os.fspath(directory)
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.keep = keep
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _hook(name):
+    """Failure-injection hooks for the reliability tests (MPIML_TEST_HOOK=name)."""
+    return os.environ.get("MPIML_TEST_HOOK") == name
+
+
+def write_checkpoint(policy, state, arrays, comm=None):
+    """Collective: rank 0 writes the checkpoint for ``state`` and prunes old ones.
+
+    Returns the path written.
+    """
+    c = get_comm(comm)
+    path = os.path.join(policy.directory, f"ckpt-{int(state['t']):012d}.h5")
+
+    def write():
+        if c.rank != 0:
+            return
+        os.makedirs(policy.directory, exist_ok=True)
+        tmp = os.path.join(policy.directory, f".ckpt-{int(state['t']):012d}.h5.tmp-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w", locking=False) as f:
+                f.attrs["format"] = CHECKPOINT_FORMAT
+                f.attrs["format_version"] = CHECKPOINT_VERSION
+                f.attrs["model_type"] = state["model_type"]
+                f.attrs["params"] = json.dumps(state["params"], sort_keys=True)
+                for key in _SCALARS:
+                    f.attrs[key] = state[key]
+                for name, a in arrays.items():
+                    f.create_dataset(name, data=a)
+                if _hook("kill-during-checkpoint") and state["t"] > state.get("hook_after", 0):
+                    f.flush()
+                    os.kill(os.getpid(), 9)
+                f.flush()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(policy.directory)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise OutputError(f"cannot write checkpoint in {policy.directory}: {exc}") from None
+        for old in sorted(glob.glob(os.path.join(policy.directory, "ckpt-*.h5")))[:-policy.keep]:
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+
+    c.run(write)
+    return path
+
+
+def latest_checkpoint(path):
+    """The newest checkpoint file in directory ``path`` (or ``path`` itself if a file)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise DataError(f"no checkpoint directory or file: {path}")
+    files = sorted(glob.glob(os.path.join(path, "ckpt-*.h5")))
+    if not files:
+        raise DataError(f"no checkpoint (ckpt-*.h5) in {path}")
+    return files[-1]
+
+
+def read_checkpoint(path, comm=None):
+    """Collective: read the newest checkpoint in ``path`` on every rank.
+
+    Returns ``(state, arrays)``.
+    """
+    c = get_comm(comm)
+
+    def read():
+        f_path = latest_checkpoint(path)
+        try:
+            f = h5py.File(f_path, "r", locking=False)
+        except OSError as exc:
+            raise DataError(f"cannot read checkpoint {f_path}: {exc}") from None
+        with f:
+            if f.attrs.get("format") != CHECKPOINT_FORMAT:
+                raise DataError(f"{f_path} is not an mpiml checkpoint")
+            version = int(f.attrs.get("format_version", -1))
+            if version > CHECKPOINT_VERSION:
+                raise DataError(f"{f_path} has checkpoint format version {version}; this mpiml "
+                                f"reads up to {CHECKPOINT_VERSION}: upgrade mpiml")
+            try:
+                state = {key: f.attrs[key].item() for key in _SCALARS}
+                state["model_type"] = str(f.attrs["model_type"])
+                state["params"] = json.loads(str(f.attrs["params"]))
+                arrays = {k: np.asarray(v[()]) for k, v in f.items()}
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DataError(f"{f_path} is incomplete or damaged: {exc}") from None
+            state["path"] = f_path
+            return state, arrays
+
+    return c.run(read)
