@@ -400,6 +400,8 @@ cdef class Engine:
     cdef public double t
     cdef public double epoch_loss, epoch_count
     cdef const Py_ssize_t[::1] plan_lo, plan_hi, plan_ptr
+    cdef readonly Py_ssize_t n_control
+    cdef public long long checkpoint_every
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
@@ -431,6 +433,8 @@ cdef class Engine:
         # P gradient sums, loss sum, count, then n_control words that the caller
         # fills after grad() and reads after the reduction (the kernels ignore them)
         self.buf_arr = np.zeros(self.P + 2 + n_control)
+        self.n_control = n_control
+        self.checkpoint_every = 0
         self.buf = self.buf_arr
         self.w32 = np.zeros(self.P, dtype=np.float32)
         self.g32 = np.zeros(self.K * self.d, dtype=np.float32)
@@ -546,11 +550,33 @@ cdef class Engine:
                 self.buf[j] = self.g32[j]
         self.buf[self.P] = s
         self.buf[self.P + 1] = <double>count
+        if self.n_control > 0:
+            # control word 0: the number of the update this step makes (sequence check)
+            self.buf[self.P + 2] = self.t + 1.0
 
     cpdef double eta(self):
         """The learning rate the next update will use."""
         return _eta(self.schedule, self.t + 1.0, self.eta0, self.alpha, self.power_t,
                     self.optimal_init)
+
+    cpdef int apply_checked(self, double size):
+        """``apply`` after a reduction that carried the control words (n_control >= 3).
+
+        Returns 0, or a bit set: 1 the ranks are out of step (the sequence words do
+        not add up to ``size * (t + 1)``; nothing applied), 2 a stop was requested,
+        4 a checkpoint is due (requested, or every ``checkpoint_every`` updates)."""
+        cdef Py_ssize_t base = self.P + 2
+        cdef int code = 0
+        if self.buf[base] != size * (self.t + 1.0):
+            return 1
+        self._apply()
+        if self.buf[base + 1] > 0.0:
+            code |= 2
+        if self.buf[base + 2] > 0.0:
+            code |= 4
+        if self.checkpoint_every > 0 and (<long long>self.t) % self.checkpoint_every == 0:
+            code |= 4
+        return code
 
     cpdef void apply(self):
         """Update the parameters from the (reduced) ``buf``."""

@@ -1,9 +1,9 @@
 """Collective watchdog: a training loop that stops making progress ends the job
 with a report of where every rank is, instead of hanging.
 
-The training loop only bumps an integer (``StepControl.progress``) after each
-step, so the watchdog costs nothing per step. A daemon thread on every rank
-looks at that counter a few times a second. When it has not moved for
+The training loop does nothing for it: a daemon thread on every rank reads the
+update counter (``StepControl.progress``, the kernel's ``t``) a few times a
+second, so the watchdog costs nothing per step. When it has not moved for
 ``timeout`` seconds (a collective that does not complete: another rank is
 stopped, hung, dead without the launcher noticing, or on a different code
 path), the thread asks every other rank's watchdog where it is, over a

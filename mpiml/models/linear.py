@@ -286,6 +286,7 @@ class _BaseSGD(BaseEstimator):
                         break
             if self.checkpoint_dir is not None:
                 control.save(0)         # the final state
+        self.t_ = engine.t + 1.0
         self._store(engine, K, d)
         return self
 

@@ -144,18 +144,21 @@ def _hook(name):
 class StepControl:
     """Decisions taken at step boundaries, agreed through the step's own Allreduce.
 
-    Three control words travel at the end of the packed buffer: the update number
-    (so a rank that skipped or repeated a collective is caught at the next step:
-    the sum must be ``size * (t + 1)``), a stop request (a signal that reached any
-    rank) and a checkpoint request (rank 0's clock for time-based checkpoints).
-    Every rank sees the same sums, so every rank takes the same decision at the
-    same step; nothing is decided by one rank alone.
+    Three control words travel at the end of the packed buffer: the number of the
+    update the step makes (so a rank that skipped or repeated a collective is
+    caught at once: the words must add up to ``size * (t + 1)``), a stop request
+    (a signal that reached any rank) and a checkpoint request (rank 0's clock, for
+    time-based checkpoints). Every rank sees the same sums, so every rank takes the
+    same decision at the same step; nothing is decided by one rank alone. The
+    kernel writes and checks the words (``Engine.apply_checked``), so a step costs
+    one Python branch more than without them.
 
     ``save(step)`` is called (on every rank) when a checkpoint is due;
     ``on_stop(path)`` when a stop was requested, after the checkpoint.
     """
     WORDS = 3
     CHUNK = 64      # one-rank path: steps run in the kernel between two checks
+    TIME_EVERY = 16  # rank 0 looks at its clock every this many steps
 
     def __init__(self, comm, every_steps=None, every_seconds=None, save=None, on_stop=None):
         self.comm = comm
@@ -165,11 +168,20 @@ class StepControl:
         self.on_stop = on_stop
         self.stop_requested = False
         self.last_save = time.monotonic()
-        self.progress = 0           # read by the watchdog thread
+        self.engine = None
         self.where = "training"
         # failure-injection hooks for the reliability tests: "rank:update"
         self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
         self.sigstop = _hook("MPIML_TEST_SIGSTOP")
+
+    @property
+    def progress(self):
+        """Updates made so far (read by the watchdog thread)."""
+        return int(self.engine.t) if self.engine is not None else 0
+
+    def attach(self, engine):
+        self.engine = engine
+        engine.checkpoint_every = int(self.every_steps or 0) if self.save is not None else 0
 
     def time_due(self):
         return (self.every_seconds is not None and self.comm.rank == 0
@@ -181,17 +193,15 @@ class StepControl:
             n = min(n, self.every_steps - int(t) % self.every_steps)
         return max(1, n)
 
-    def boundary(self, engine, step, stop, time_due):
+    def boundary(self, engine, step, stop, due):
         """After an update: checkpoint and/or stop, identically on every rank."""
-        self.progress += 1
         if self.sigstop is not None and self.sigstop == (self.comm.rank, int(engine.t)):
             os.kill(os.getpid(), signal.SIGSTOP)
-        due = stop or time_due or (self.every_steps and int(engine.t) % self.every_steps == 0)
+        due = due or stop or (self.every_steps and int(engine.t) % self.every_steps == 0)
+        path = None
         if due and self.save is not None:
             path = self.save(step)
             self.last_save = time.monotonic()
-        else:
-            path = None
         if stop:
             self.on_stop(path)
 
@@ -222,6 +232,8 @@ def run_epoch(engine, comm, plan, start=0, control=None):
     engine.set_plan(lo, hi, ptr)
     t0 = time.perf_counter()
     if comm.size == 1:
+        if control is not None:
+            control.attach(engine)
         s = start
         while s < n_steps:
             stop = n_steps if control is None else min(n_steps, s + control.steps_until_check(engine.t))
@@ -239,26 +251,29 @@ def run_epoch(engine, comm, plan, start=0, control=None):
             allreduce(in_place, buf)
             apply()
     else:
+        control.attach(engine)
         buf = engine.buf_arr
         base = engine.P + 2
         allreduce = comm.mpi.Allreduce
-        grad, apply = engine.grad_step, engine.apply
+        grad, apply_checked = engine.grad_step, engine.apply_checked
         in_place = MPI.IN_PLACE
-        size = comm.size
-        skip = control.skip
+        size = float(comm.size)
+        clock = control.every_seconds is not None and comm.rank == 0
+        hooks = control.skip is not None or control.sigstop is not None
         for s in range(start, n_steps):
             grad(s)
-            seq = engine.t + 1.0
-            buf[base] = seq
-            buf[base + 1] = 1.0 if control.stop_requested else 0.0
-            buf[base + 2] = 1.0 if control.time_due() else 0.0
-            if skip is not None and skip == (comm.rank, int(seq)):
-                pass        # test hook: this rank skips one collective
+            if control.stop_requested:
+                buf[base + 1] = 1.0
+            if clock and s % control.TIME_EVERY == 0 and control.time_due():
+                buf[base + 2] = 1.0
+            if hooks and control.skip == (comm.rank, int(engine.t) + 1):
+                buf[base] *= size       # test hook: this rank skips one collective
             else:
                 allreduce(in_place, buf)
-                if buf[base] != size * seq:
+            code = apply_checked(size)
+            if code or hooks:
+                if code & 1:
                     control.out_of_step(engine)
-            apply()
-            control.boundary(engine, s + 1, buf[base + 1] > 0, buf[base + 2] > 0)
+                control.boundary(engine, s + 1, code & 2, code & 4)
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)
