@@ -73,9 +73,11 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _hook(name):
-    """Failure-injection hooks for the reliability tests (MPIML_TEST_HOOK=name)."""
-    return os.environ.get("MPIML_TEST_HOOK") == name
+def _kill_in_checkpoint(t):
+    """Failure-injection hook for the reliability tests: MPIML_TEST_KILL_IN_CHECKPOINT=T
+    kills the writer half-way through the first checkpoint at update T or later."""
+    value = os.environ.get("MPIML_TEST_KILL_IN_CHECKPOINT")
+    return value is not None and t >= int(value)
 
 
 def write_checkpoint(policy, state, arrays, comm=None):
@@ -101,7 +103,7 @@ def write_checkpoint(policy, state, arrays, comm=None):
                     f.attrs[key] = state[key]
                 for name, a in arrays.items():
                     f.create_dataset(name, data=a)
-                if _hook("kill-during-checkpoint") and state["t"] > state.get("hook_after", 0):
+                if _kill_in_checkpoint(state["t"]):
                     f.flush()
                     os.kill(os.getpid(), 9)
                 f.flush()

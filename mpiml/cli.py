@@ -35,6 +35,13 @@ class UsageError(Exception):
     pass
 
 
+def _err(text):
+    """Write to stderr whatever the text holds (paths may not be valid UTF-8)."""
+    data = text.encode("utf-8", "backslashreplace")
+    sys.stderr.buffer.write(data)
+    sys.stderr.flush()
+
+
 def _rank():
     from mpi4py import MPI
     return MPI.COMM_WORLD.Get_rank()
@@ -151,6 +158,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="output HDF5 file (dataset 'pred')")
     p.add_argument("--proba", action="store_true", help="also write class probabilities ('proba')")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("info", help="MPI, HDF5 and kernel build information")
     p.add_argument("--json", action="store_true")
@@ -297,6 +307,11 @@ def info_dict():
     }
 
 
+def cmd_doctor(args):
+    from .doctor import main as doctor_main
+    return doctor_main()
+
+
 def cmd_info(args):
     from .comm import get_comm
 
@@ -318,25 +333,22 @@ def main(argv=None):
 
     try:
         args = build_parser().parse_args(argv)
-        args.func(args)
-        return 0
+        return args.func(args) or 0
     except UsageError as exc:
         # argument parsing is identical on every rank, so every rank gets here
         if _rank() == 0:
-            sys.stderr.write(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
+            _err(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
         return EXIT_USAGE
     except Interrupted as exc:
         if _rank() == 0:
-            sys.stderr.write(f"mpiml: {exc}\n")
-            sys.stderr.flush()
+            _err(f"mpiml: {exc}\n")
         return EXIT_CHECKPOINTED
     except MpimlError as exc:
         if not exc.ranks:
             # raised on this rank only: the others may be waiting in a collective
             abort_on_exception(type(exc), exc, exc.__traceback__)
         if _rank() == 0:
-            sys.stderr.write(f"mpiml: error: {exc}\n")
-            sys.stderr.flush()
+            _err(f"mpiml: error: {exc}\n")
         return EXIT_ERROR
     except SystemExit:
         raise

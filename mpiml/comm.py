@@ -176,7 +176,8 @@ def abort_on_exception(exc_type, exc, tb):
     """``sys.excepthook`` for MPI jobs: print with the rank, then abort every rank."""
     rank = MPI.COMM_WORLD.Get_rank()
     lines = traceback.format_exception(exc_type, exc, tb)
-    sys.stderr.write(f"mpiml: rank {rank}: uncaught exception, aborting the job\n" + "".join(lines))
+    text = f"mpiml: rank {rank}: uncaught exception, aborting the job\n" + "".join(lines)
+    sys.stderr.buffer.write(text.encode("utf-8", "backslashreplace"))
     sys.stderr.flush()
     if MPI.COMM_WORLD.Get_size() > 1:
         MPI.COMM_WORLD.Abort(1)

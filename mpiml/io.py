@@ -50,7 +50,11 @@ def _dataset(f, path, name, what):
     ds = f[name]
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"{path}: '{name}' is a group, not a dataset")
-    if ds.dtype.kind not in "fiub":
+    try:
+        kind = ds.dtype.kind
+    except (TypeError, ValueError) as exc:     # types numpy cannot represent
+        raise DataError(f"{path}: dataset '{name}' has a type mpiml cannot read ({exc})") from None
+    if kind not in "fiub":
         raise DataError(f"{path}: dataset '{name}' has type {ds.dtype}; mpiml needs real numbers")
     return ds
 
@@ -63,6 +67,31 @@ def _check_finite(a, path, name, lo):
             bad = np.argwhere(~ok)[0]
             row = lo + s + int(bad[0])
             raise DataError(f"{path}: dataset '{name}' has a NaN or infinite value at row {row}")
+
+
+def available_memory():
+    """Bytes of memory available on this node (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(path, name, rows, cols, itemsize):
+    """Refuse, before allocating, a shard that cannot fit in this node's memory."""
+    need = int(rows) * int(cols) * int(itemsize)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise DataError(f"{path}: this rank's {rows} rows of '{name}' need {need / 2**30:.1f} GiB, "
+                        f"but only {avail / 2**30:.1f} GiB of memory is available: use more ranks "
+                        "(or nodes)")
 
 
 def _resolve_dtype(dtype, file_dtype):
@@ -126,6 +155,7 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
                                   f"run with at most {n} ranks")
             out_dtype = _resolve_dtype(dtype, dX.dtype)
             lo, hi = c.chunk(n)
+            _check_fits(path, X, hi - lo, d, out_dtype.itemsize)
             yl = None
             if y is not None and y in f:
                 dy = _dataset(f, path, y, "the targets")

@@ -172,7 +172,12 @@ class StepControl:
         self.where = "training"
         # failure-injection hooks for the reliability tests: "rank:update"
         self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
-        self.sigstop = _hook("MPIML_TEST_SIGSTOP")
+        # "rank:update:SIGNAL": that rank sends itself SIGNAL after that update
+        raw = os.environ.get("MPIML_TEST_SIGNAL", "")
+        self.sigstop = None
+        if raw:
+            r, t, name = raw.split(":")
+            self.sigstop = (int(r), int(t), getattr(signal, name))
 
     @property
     def progress(self):
@@ -195,8 +200,8 @@ class StepControl:
 
     def boundary(self, engine, step, stop, due):
         """After an update: checkpoint and/or stop, identically on every rank."""
-        if self.sigstop is not None and self.sigstop == (self.comm.rank, int(engine.t)):
-            os.kill(os.getpid(), signal.SIGSTOP)
+        if self.sigstop is not None and self.sigstop[:2] == (self.comm.rank, int(engine.t)):
+            os.kill(os.getpid(), self.sigstop[2])
         due = due or stop or (self.every_steps and int(engine.t) % self.every_steps == 0)
         path = None
         if due and self.save is not None:
