@@ -225,6 +225,8 @@ def cmd_train(args):
     X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c,
                      dtype=None if args.dtype == "auto" else args.dtype, require_y=True)
     t_load = time.perf_counter() - t0
+    if os.environ.get("MPIML_TEST_RAISE") == str(c.rank):     # failure injection for the tests
+        raise RuntimeError(f"injected failure on rank {c.rank}")
     n = c.allreduce(X.shape[0])
     c.print0(f"mpiml train: {args.model} on {n} x {X.shape[1]} ({X.dtype}) from {args.data}, "
              f"{c.size} rank(s), global batch {args.batch_size}; loaded in {t_load:.2f} s")

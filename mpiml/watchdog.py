@@ -128,6 +128,8 @@ class Watchdog:
             lines.append("  (MPI is not in MPI_THREAD_MULTIPLE mode: other ranks were not asked)")
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
+        # give the launcher time to forward the report before MPI_Abort tears the job down
+        time.sleep(1.0)
         _abort()
 
 

@@ -7,11 +7,8 @@ mpiexec's aggregate.
 """
 import json
 import os
-import shutil
-import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
@@ -19,28 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.launcher
 
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = shutil.which("mpiexec", path=BIN) or shutil.which("mpiexec")
-MPIML = shutil.which("mpiml", path=BIN) or shutil.which("mpiml")
-WRAP = 'r=${PMI_RANK:-${OMPI_COMM_WORLD_RANK:-0}}; "$@"; c=$?; echo "mpiml-test: rank $r exit $c" >&2'
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "OMPI_", "MPIR_"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPIEXEC_TIMEOUT="60")
-    return env
-
-
-def mpirun(n, args, cwd, timeout=60, wrap=False, cmd=None):
-    """Run ``mpiml args`` (or ``cmd``) on n ranks; return (returncode, stdout, stderr, seconds)."""
-    argv = cmd or [MPIML] + [str(a) for a in args]
-    if wrap:
-        argv = ["sh", "-c", WRAP, "sh"] + argv
-    t0 = time.monotonic()
-    p = subprocess.run([MPIEXEC, "-n", str(n)] + argv, cwd=cwd, env=_env(), capture_output=True,
-                       text=True, timeout=timeout)
-    return p.returncode, p.stdout, p.stderr, time.monotonic() - t0
+from launch import mpirun  # noqa: E402
 
 
 @pytest.fixture(scope="module")

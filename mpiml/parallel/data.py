@@ -28,6 +28,7 @@ so the arithmetic is the same as visiting the blocks in place.
 """
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -201,6 +202,9 @@ class StepControl:
     def boundary(self, engine, step, stop, due):
         """After an update: checkpoint and/or stop, identically on every rank."""
         if self.sigstop is not None and self.sigstop[:2] == (self.comm.rank, int(engine.t)):
+            sys.stderr.write(f"mpiml-test: rank {self.comm.rank} sends itself "
+                             f"{self.sigstop[2].name} at {time.time():.3f}\n")
+            sys.stderr.flush()
             os.kill(os.getpid(), self.sigstop[2])
         due = due or stop or (self.every_steps and int(engine.t) % self.every_steps == 0)
         path = None
