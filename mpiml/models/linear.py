@@ -37,6 +37,10 @@ def _signals(control):
         control.stop_requested = True
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    for sig in old:
+        # restart interrupted system calls (SA_RESTART): the signal may arrive while the
+        # MPI library is inside a system call that it does not retry on EINTR
+        signal.siginterrupt(sig, False)
     try:
         yield
     finally:
