@@ -210,3 +210,24 @@ def test_python_m_mpiml_runs_a_script(tmp_path):
                                                      "a", "b"])
     assert code == 0, se
     assert so.strip() == "ranks 2 args ['a', 'b']"
+
+
+# ------------------------------------------------------------------ mpiml doctor
+def test_doctor_on_a_good_setup(tmp_path):
+    code, so, se, _ = mpirun(1, ["doctor"], tmp_path)
+    assert code == 0, so + se
+    assert "ok    allreduce       a 2-process Allreduce" in so
+    assert "no problems found" in so
+    code, so, se, _ = mpirun(2, ["doctor"], tmp_path)
+    assert code == 0 and "Allreduce over the 2 ranks of this job: correct" in so
+
+
+def test_doctor_reports_a_launcher_mismatch_with_a_fix(tmp_path):
+    import subprocess
+    from launch import MPIML, clean_env
+    # a process told by its launcher that the job has 4 ranks, which sees only itself
+    p = subprocess.run([MPIML, "doctor"], env=clean_env(OMPI_COMM_WORLD_SIZE=4),
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "FAIL  launcher        OMPI_COMM_WORLD_SIZE=4 but this process sees 1 rank(s)" in p.stdout
+    assert "fix:" in p.stdout and "1 problem(s) found" in p.stdout
