@@ -236,9 +236,10 @@ def cmd_train(args):
     est.fit(X, y, resume=args.resume)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
-    c.print0(f"trained {est.n_iter_} epoch(s) in {t_fit:.2f} s "
-             f"({n * est.n_iter_ / t_fit / 1e6:.3g} M samples/s), final loss "
-             f"{est.loss_curve_[-1]:.6g}; saved {args.out}")
+    run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
+    c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {t_fit:.2f} s "
+             f"({n * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s in the "
+             f"epochs), final loss {est.loss_curve_[-1]:.6g}; saved {args.out}")
 
 
 def cmd_score(args):
