@@ -12,18 +12,24 @@ no communication (memory-bus contention is the same in both, so the difference i
 the cost of communication). Writes JSON (``--json``, default
 benchmarks/results/bench_sgd.json) and prints a table.
 """
-import argparse
-import json
 import os
-import platform
-import sys
-import time
 
-import numpy as np
-from mpi4py import MPI
+# one BLAS thread, as each MPI rank uses: set before numpy loads OpenBLAS, so that the
+# numpy read-pass baseline is single-threaded like the kernels it is compared with
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
 
-from mpiml import SGDClassifier, get_comm, load_hdf5
-from mpiml.datasets import make_data
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from mpiml import SGDClassifier, get_comm, load_hdf5  # noqa: E402
+from mpiml.datasets import make_data  # noqa: E402
 
 
 def machine():

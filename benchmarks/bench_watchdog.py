@@ -8,9 +8,13 @@ repetitions in the same run (median of each), and of the bare step loop without
 control words (``run_epoch(..., control=None)``) as a floor. Rank 0 reports and
 writes JSON (results/bench_watchdog.json).
 """
-import json
 import os
-import sys
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import json  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np
 from mpi4py import MPI

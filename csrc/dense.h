@@ -1,9 +1,11 @@
 /* Dense row kernels for the one-output (K = 1) case: margins of a block of rows
  * and the gradient accumulation grad += sum_i g_i x_i.
  *
- * Rows are taken four at a time: four independent dot products hide the FMA
- * latency (one accumulator per row would serialise on it), and the gradient
- * vector is loaded and stored once per four rows instead of once per row.
+ * Margins: one row at a time; the `omp simd` reduction gives several vector
+ * partial sums per row (measured: 15 ms per 1M x 100 float32 rows against 22 ms
+ * for four rows at a time and 47 ms for eight, whose reductions vectorised badly).
+ * Gradient: four rows at a time, so the gradient vector is loaded and stored once
+ * per four rows instead of once per row.
  *
  * Compiled with function multi-versioning, so a portable build still uses
  * AVX2 / AVX-512 where the CPU has them (the loader picks the clone at run time);
@@ -32,24 +34,13 @@ static inline void mpiml_prefetch(const void *p, size_t bytes) {
 #define MPIML_DEFINE_DENSE(T, SFX)                                                     \
 MPIML_CLONES static void mpiml_margins_##SFX(const T *X, ptrdiff_t nb, ptrdiff_t d,    \
                                              const T *w, T *m, ptrdiff_t nb_pf) {      \
-    ptrdiff_t i = 0;                                                                   \
-    for (; i + 4 <= nb; i += 4) {                                                      \
-        const T *x0 = X + i * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;             \
-        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                              \
-        /* software prefetch of the rows MPIML_PF ahead: the stream is known */        \
-        if (i + MPIML_PF + 4 <= nb_pf)                                                 \
-            for (ptrdiff_t j = 0; j < 4 * d; j += 64 / (ptrdiff_t)sizeof(T))           \
-                __builtin_prefetch(x0 + MPIML_PF * d + j, 0, 3);                       \
-        _Pragma("omp simd reduction(+:s0,s1,s2,s3)")                                   \
-        for (ptrdiff_t j = 0; j < d; j++) {                                            \
-            const T wj = w[j];                                                         \
-            s0 += x0[j] * wj; s1 += x1[j] * wj; s2 += x2[j] * wj; s3 += x3[j] * wj;    \
-        }                                                                              \
-        m[i] = s0; m[i + 1] = s1; m[i + 2] = s2; m[i + 3] = s3;                        \
-    }                                                                                  \
-    for (; i < nb; i++) {                                                              \
+    for (ptrdiff_t i = 0; i < nb; i++) {                                               \
         const T *x = X + i * d;                                                        \
         T s = 0;                                                                       \
+        /* software prefetch of the row MPIML_PF ahead: the stream is known */         \
+        if (MPIML_PF > 0 && i + MPIML_PF < nb_pf)                                      \
+            for (ptrdiff_t j = 0; j < d; j += 64 / (ptrdiff_t)sizeof(T))               \
+                __builtin_prefetch(x + MPIML_PF * d + j, 0, 3);                        \
         _Pragma("omp simd reduction(+:s)")                                             \
         for (ptrdiff_t j = 0; j < d; j++) s += x[j] * w[j];                            \
         m[i] = s;                                                                      \
