@@ -26,6 +26,7 @@ import numpy as np
 
 from .comm import get_comm
 from .errors import DataError, OutputError
+from .io import check_format
 
 __all__ = ["CheckpointPolicy", "write_checkpoint", "read_checkpoint", "latest_checkpoint",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EXIT_CHECKPOINTED"]
@@ -152,12 +153,7 @@ def read_checkpoint(path, comm=None):
         except OSError as exc:
             raise DataError(f"cannot read checkpoint {f_path}: {exc}") from None
         with f:
-            if f.attrs.get("format") != CHECKPOINT_FORMAT:
-                raise DataError(f"{f_path} is not an mpiml checkpoint")
-            version = int(f.attrs.get("format_version", -1))
-            if version > CHECKPOINT_VERSION:
-                raise DataError(f"{f_path} has checkpoint format version {version}; this mpiml "
-                                f"reads up to {CHECKPOINT_VERSION}: upgrade mpiml")
+            check_format(f, f_path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint")
             try:
                 state = {key: f.attrs[key].item() for key in _SCALARS}
                 state["model_type"] = str(f.attrs["model_type"])

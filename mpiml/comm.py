@@ -9,6 +9,7 @@ of a matrix and shards of a weight all come from it.
 """
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -180,5 +181,7 @@ def abort_on_exception(exc_type, exc, tb):
     sys.stderr.buffer.write(text.encode("utf-8", "backslashreplace"))
     sys.stderr.flush()
     if MPI.COMM_WORLD.Get_size() > 1:
+        # give the launcher a moment to forward the message before MPI_Abort ends the job
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(1)
     os._exit(1)

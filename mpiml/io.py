@@ -331,6 +331,16 @@ def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
     c.run(write)
 
 
+def check_format(f, path, name, newest, what):
+    """Raise DataError unless open file ``f`` has format ``name``, version <= ``newest``."""
+    if f.attrs.get("format") != name:
+        raise DataError(f"{path} is not an mpiml {what} file")
+    version = int(f.attrs.get("format_version", -1))
+    if version > newest:
+        raise DataError(f"{path} has {what} format version {version}; this mpiml reads up to "
+                        f"{newest}: upgrade mpiml")
+
+
 def load_model(path, comm=None):
     """Collective: read a model file on every rank.
 
@@ -340,12 +350,7 @@ def load_model(path, comm=None):
 
     def read():
         with _open_read(path) as f:
-            if f.attrs.get("format") != MODEL_FORMAT:
-                raise DataError(f"{path} is not an mpiml model file")
-            version = int(f.attrs.get("format_version", -1))
-            if version > MODEL_FORMAT_VERSION:
-                raise DataError(f"{path} has model format version {version}; this mpiml reads "
-                                f"up to {MODEL_FORMAT_VERSION}: upgrade mpiml")
+            check_format(f, path, MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")
             model_type = str(f.attrs["model_type"])
             params = json.loads(str(f.attrs["params"]))
             arrays = {k: v[()] for k, v in f.items() if isinstance(v, h5py.Dataset)}
