@@ -20,13 +20,6 @@
 #define MPIML_CLONES
 #endif
 
-/* Ask for the first `bytes` of a row range that will be needed soon (the next
- * block of a batch: the schedule knows it, the hardware prefetcher cannot). */
-static inline void mpiml_prefetch(const void *p, size_t bytes) {
-    const char *c = (const char *)p;
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
-}
-
 #ifndef MPIML_PF
 #define MPIML_PF 8   /* rows of prefetch distance */
 #endif

@@ -29,7 +29,6 @@ cdef extern from "dense.h" nogil:
                          Py_ssize_t nb_pf)
     void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
-    void mpiml_prefetch(const void* p, size_t nbytes)
     double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
 
 import numpy as np
@@ -51,9 +50,6 @@ DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
 cdef Py_ssize_t SUB = 16
-# software prefetch: this many ranges ahead, at most this many bytes of each
-cdef Py_ssize_t PF_RANGES = 2
-cdef size_t PF_BYTES = 8192
 
 
 # --------------------------------------------------------------------------- losses
@@ -508,21 +504,8 @@ cdef class Engine:
                 self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
                 self._apply()
 
-    cdef inline void _prefetch(self, Py_ssize_t lo, Py_ssize_t hi, size_t row_bytes) noexcept nogil:
-        cdef size_t ahead
-        if hi <= lo:
-            return
-        ahead = (hi - lo) * row_bytes
-        if ahead > PF_BYTES:
-            ahead = PF_BYTES
-        if self.is64:
-            mpiml_prefetch(&self.X64[lo, 0], ahead)
-        else:
-            mpiml_prefetch(&self.X32[lo, 0], ahead)
-
     cdef void _grad(self, const Py_ssize_t* lo, const Py_ssize_t* hi, Py_ssize_t nr) noexcept nogil:
-        cdef Py_ssize_t Kd = self.K * self.d, j, r, q, count = 0
-        cdef size_t row_bytes = self.d * (8 if self.is64 else 4)
+        cdef Py_ssize_t Kd = self.K * self.d, j, r, count = 0
         cdef double s = 0.0
         memset(&self.buf[0], 0, (self.P + 2) * sizeof(double))
         if not self.is64:
@@ -530,12 +513,6 @@ cdef class Engine:
         for r in range(nr):
             if hi[r] <= lo[r]:
                 continue
-            if r == 0:
-                # the first ranges of the step: nothing asked for them yet
-                for q in range(1, PF_RANGES if PF_RANGES < nr else nr):
-                    self._prefetch(lo[q], hi[q], row_bytes)
-            if r + PF_RANGES < nr:
-                self._prefetch(lo[r + PF_RANGES], hi[r + PF_RANGES], row_bytes)
             count += hi[r] - lo[r]
             if self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
@@ -632,20 +609,3 @@ cdef class Engine:
             if not isfinite(self.w[j]):
                 return False
         return True
-
-
-def _set_prefetch(Py_ssize_t ranges, size_t nbytes):
-    """Tuning hook for benchmarks: prefetch distance in ranges and bytes per range."""
-    global PF_RANGES, PF_BYTES
-    old = (PF_RANGES, PF_BYTES)
-    PF_RANGES = ranges
-    PF_BYTES = nbytes
-    return old
-
-
-def _set_sub_block(Py_ssize_t rows):
-    """Tuning hook for benchmarks: rows per sub-block (returns the old value)."""
-    global SUB
-    old = SUB
-    SUB = rows
-    return old

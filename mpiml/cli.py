@@ -15,11 +15,12 @@ import sys
 import time
 
 from . import __version__
+from .checkpoint import EXIT_CHECKPOINTED  # stopped by a signal after a checkpoint
+from .comm import write_stderr
+from .watchdog import EXIT_WATCHDOG  # noqa: F401 - a collective did not complete in time
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CHECKPOINTED = 75      # stopped by SIGTERM/SIGUSR1 after a checkpoint: resume later
-EXIT_WATCHDOG = 70          # a collective did not complete within --comm-timeout
 
 MODELS = {
     # CLI name -> (estimator class name, constructor arguments)
@@ -33,13 +34,6 @@ MODELS = {
 
 class UsageError(Exception):
     pass
-
-
-def _err(text):
-    """Write to stderr whatever the text holds (paths may not be valid UTF-8)."""
-    data = text.encode("utf-8", "backslashreplace")
-    sys.stderr.buffer.write(data)
-    sys.stderr.flush()
 
 
 def _rank():
@@ -340,18 +334,18 @@ def main(argv=None):
     except UsageError as exc:
         # argument parsing is identical on every rank, so every rank gets here
         if _rank() == 0:
-            _err(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
+            write_stderr(f"{exc}\nrun `mpiml --help` or `mpiml VERB --help` for usage\n")
         return EXIT_USAGE
     except Interrupted as exc:
         if _rank() == 0:
-            _err(f"mpiml: {exc}\n")
+            write_stderr(f"mpiml: {exc}\n")
         return EXIT_CHECKPOINTED
     except MpimlError as exc:
         if not exc.ranks:
             # raised on this rank only: the others may be waiting in a collective
             abort_on_exception(type(exc), exc, exc.__traceback__)
         if _rank() == 0:
-            _err(f"mpiml: error: {exc}\n")
+            write_stderr(f"mpiml: error: {exc}\n")
         return EXIT_ERROR
     except SystemExit:
         raise

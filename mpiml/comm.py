@@ -173,13 +173,17 @@ def get_comm(comm=None):
     raise TypeError(f"comm must be None, an mpi4py communicator or mpiml.comm.Comm, not {type(comm).__name__}")
 
 
+def write_stderr(text):
+    """Write to stderr whatever the text holds (paths in messages may not be UTF-8)."""
+    sys.stderr.buffer.write(text.encode("utf-8", "backslashreplace"))
+    sys.stderr.flush()
+
+
 def abort_on_exception(exc_type, exc, tb):
     """``sys.excepthook`` for MPI jobs: print with the rank, then abort every rank."""
     rank = MPI.COMM_WORLD.Get_rank()
     lines = traceback.format_exception(exc_type, exc, tb)
-    text = f"mpiml: rank {rank}: uncaught exception, aborting the job\n" + "".join(lines)
-    sys.stderr.buffer.write(text.encode("utf-8", "backslashreplace"))
-    sys.stderr.flush()
+    write_stderr(f"mpiml: rank {rank}: uncaught exception, aborting the job\n" + "".join(lines))
     if MPI.COMM_WORLD.Get_size() > 1:
         # give the launcher a moment to forward the message before MPI_Abort ends the job
         time.sleep(0.5)

@@ -38,3 +38,12 @@ def rank_exits(stderr):
     """The exit status each rank reported through WRAP."""
     return [int(m.group(1)) for m in re.finditer(r"^mpiml-test: rank \d+ exit (\d+)$", stderr,
                                                  re.MULTILINE)]
+
+
+def make_binary(directory, rows, seed, features=8):
+    """``mpiml make-data --task binary`` into ``directory/train.h5``; returns ``directory``."""
+    code, _, err, _ = mpirun(1, ["make-data", "--task", "binary", "--rows", rows, "--features",
+                                 features, "--seed", seed, "--out", directory / "train.h5"],
+                             directory)
+    assert code == 0, err
+    return directory

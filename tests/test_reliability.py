@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from launch import clean_env, mpirun, rank_exits
+from launch import clean_env, make_binary, mpirun, rank_exits
 
 pytestmark = pytest.mark.launcher
 
@@ -22,11 +22,7 @@ CLI_EXIT_CHECKPOINTED, CLI_EXIT_WATCHDOG = 75, 70
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rel")
-    code, _, err, _ = mpirun(1, ["make-data", "--task", "binary", "--rows", 2000, "--features",
-                                 8, "--seed", 4, "--out", d / "train.h5"], d)
-    assert code == 0, err
-    return d
+    return make_binary(tmp_path_factory.mktemp("rel"), rows=2000, seed=4)
 
 
 @pytest.fixture(scope="module")

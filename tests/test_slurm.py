@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import slurm_local
-from launch import MPIML, clean_env, mpirun
+from launch import MPIML, clean_env, make_binary, mpirun
 
 pytestmark = pytest.mark.launcher
 
@@ -39,11 +39,7 @@ def slurm():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("slurm")
-    code, _, err, _ = mpirun(1, ["make-data", "--task", "binary", "--rows", 20000, "--features",
-                                 8, "--seed", 2, "--out", d / "train.h5"], d)
-    assert code == 0, err
-    return d
+    return make_binary(tmp_path_factory.mktemp("slurm"), rows=20000, seed=2)
 
 
 def _env(slurm, **extra):

@@ -282,7 +282,7 @@ class _BaseSGD(BaseEstimator):
                     c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
                              f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
                              f"({stats.steps} steps, {stats.seconds:.3g} s)")
-                if self.tol is not None and target - self.n_iter_ + 1 > 1:
+                if self.tol is not None and epochs is None:      # fit, not partial_fit
                     best, stall = self._tol_state
                     stall = stall + 1 if mean_loss > best - self.tol else 0
                     self._tol_state = [min(best, mean_loss), stall]

@@ -34,6 +34,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ..errors import MpimlError
+
 __all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
            "run_epoch", "EpochStats", "StepControl"]
 
@@ -44,33 +46,33 @@ def block_rows(batch_size):
     return int(max(1, min(batch_size // 16, 64)))
 
 
-def visit_order(n_steps, seed, epoch, run=1):
-    """The order in which an epoch visits its ``n_steps`` groups: runs of ``run``
-    consecutive groups, the runs in a ``(seed, epoch)`` permutation. Consecutive
-    groups hold adjacent blocks, so within a run every rank streams through memory
-    (the hardware prefetcher follows) instead of jumping at every block."""
-    n_runs = -(-n_steps // run)
-    runs = np.random.default_rng([int(seed), int(epoch)]).permutation(n_runs)
-    order = (runs[:, None] * run + np.arange(run)[None, :]).ravel()
-    return order[order < n_steps]
+def visit_order(n_steps, seed, epoch):
+    """The order in which an epoch visits its ``n_steps`` batch groups: a
+    ``(seed, epoch)`` permutation."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n_steps)
 
 
-def epoch_plan(n_global, batch_size, seed, epoch, offset, n_local, run=1):
-    """Local row ranges of every step of an epoch.
-
-    Returns ``(lo, hi, ptr)``: step ``s`` (in visiting order) covers the local
-    ranges ``lo[ptr[s]:ptr[s+1]]`` .. ``hi[...]`` (adjacent blocks merged).
-    """
+def _local_blocks(n_global, batch_size, offset, n_local):
+    """Steps per epoch, rows per block, and the global blocks touching the local shard."""
     n_steps = max(1, -(-n_global // batch_size))
     b = block_rows(batch_size) if n_steps > 1 else max(1, n_global)
-    order = visit_order(n_steps, seed, epoch, run)
-    position = np.empty(n_steps, dtype=np.int64)
-    position[order] = np.arange(n_steps)
+    blocks = np.arange(offset // b, (offset + n_local - 1) // b + 1, dtype=np.int64)
+    return n_steps, b, blocks
+
+
+def epoch_plan(n_global, batch_size, seed, epoch, offset, n_local):
+    """Local row ranges of every step of an epoch, rows visited in place.
+
+    Returns ``(lo, hi, ptr)``: step ``s`` (in visiting order) covers the local
+    ranges ``lo[ptr[s]:ptr[s+1]]`` .. ``hi[...]`` (adjacent blocks merged). ``fit``
+    uses the equivalent :func:`group_layout` + :func:`layout_plan`; this form is the
+    reference the tests compare it with.
+    """
+    n_steps, b, blocks = _local_blocks(n_global, batch_size, offset, n_local)
     if n_local == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(n_steps + 1, np.intp)
-    first = offset // b
-    last = (offset + n_local - 1) // b
-    blocks = np.arange(first, last + 1, dtype=np.int64)
+    position = np.empty(n_steps, dtype=np.int64)
+    position[visit_order(n_steps, seed, epoch)] = np.arange(n_steps)
     step = position[blocks % n_steps]
     idx = np.argsort(step, kind="stable")          # by step, then by address
     blocks, step = blocks[idx], step[idx]
@@ -89,24 +91,16 @@ def epoch_plan(n_global, batch_size, seed, epoch, offset, n_local, run=1):
     return lo.astype(np.intp), hi.astype(np.intp), ptr
 
 
-def _local_blocks(n_global, batch_size, offset, n_local):
-    n_steps = max(1, -(-n_global // batch_size))
-    b = block_rows(batch_size) if n_steps > 1 else max(1, n_global)
-    blocks = np.arange(offset // b, (offset + n_local - 1) // b + 1, dtype=np.int64)
-    return n_steps, b, blocks
-
-
 def group_layout(n_global, batch_size, offset, n_local):
     """Local rows reordered so that each batch group is contiguous.
 
     Returns ``(perm, gptr)``: local row ``perm[i]`` goes to position ``i``; group
     ``g`` occupies ``[gptr[g], gptr[g+1])`` of the reordered rows. ``perm`` is None
-    when the rows are already in that order (one step per epoch).
+    when the rows are already in that order (one step per epoch, or no rows).
     """
-    if n_local == 0:
-        n_steps = max(1, -(-n_global // batch_size))
-        return None, np.zeros(n_steps + 1, dtype=np.intp)
     n_steps, b, blocks = _local_blocks(n_global, batch_size, offset, n_local)
+    if n_local == 0:
+        return None, np.zeros(n_steps + 1, dtype=np.intp)
     group = blocks % n_steps
     idx = np.argsort(group, kind="stable")
     blocks, group = blocks[idx], group[idx]
@@ -121,10 +115,10 @@ def group_layout(n_global, batch_size, offset, n_local):
     return perm, gptr
 
 
-def layout_plan(gptr, seed, epoch, run=1):
+def layout_plan(gptr, seed, epoch):
     """Epoch plan over rows stored by :func:`group_layout`: one range per step."""
     n_steps = len(gptr) - 1
-    order = visit_order(n_steps, seed, epoch, run)
+    order = visit_order(n_steps, seed, epoch)
     return (np.ascontiguousarray(gptr[order]), np.ascontiguousarray(gptr[order + 1]),
             np.arange(n_steps + 1, dtype=np.intp))
 
@@ -175,10 +169,10 @@ class StepControl:
         self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
         # "rank:update:SIGNAL": that rank sends itself SIGNAL after that update
         raw = os.environ.get("MPIML_TEST_SIGNAL", "")
-        self.sigstop = None
+        self.signal_hook = None
         if raw:
             r, t, name = raw.split(":")
-            self.sigstop = (int(r), int(t), getattr(signal, name))
+            self.signal_hook = (int(r), int(t), getattr(signal, name))
 
     @property
     def progress(self):
@@ -201,11 +195,11 @@ class StepControl:
 
     def boundary(self, engine, step, stop, due):
         """After an update: checkpoint and/or stop, identically on every rank."""
-        if self.sigstop is not None and self.sigstop[:2] == (self.comm.rank, int(engine.t)):
+        if self.signal_hook is not None and self.signal_hook[:2] == (self.comm.rank, int(engine.t)):
             sys.stderr.write(f"mpiml-test: rank {self.comm.rank} sends itself "
-                             f"{self.sigstop[2].name} at {time.time():.3f}\n")
+                             f"{self.signal_hook[2].name} at {time.time():.3f}\n")
             sys.stderr.flush()
-            os.kill(os.getpid(), self.sigstop[2])
+            os.kill(os.getpid(), self.signal_hook[2])
         due = due or stop or (self.every_steps and int(engine.t) % self.every_steps == 0)
         path = None
         if due and self.save is not None:
@@ -216,7 +210,6 @@ class StepControl:
 
     def out_of_step(self, engine):
         """The update numbers disagree: name the ranks (all ranks get here together)."""
-        from ..errors import MpimlError
         counts = self.comm.allgather(int(engine.t) + 1)
         values, freq = np.unique(counts, return_counts=True)
         majority = values[np.argmax(freq)]
@@ -268,7 +261,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         in_place = MPI.IN_PLACE
         size = float(comm.size)
         clock = control.every_seconds is not None and comm.rank == 0
-        hooks = control.skip is not None or control.sigstop is not None
+        hooks = control.skip is not None or control.signal_hook is not None
         for s in range(start, n_steps):
             grad(s)
             if control.stop_requested:
