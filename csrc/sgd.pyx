@@ -67,6 +67,18 @@ cdef class Loss:
                       Py_ssize_t n, Py_ssize_t K) noexcept nogil:
         return 0.0
 
+    def batch_grad(self, double[:, ::1] m, const double[::1] y, double[:, ::1] g):
+        """Summed loss of the rows of ``m`` (n, K); writes d loss / d margin into ``g``
+        (one call for the whole array)."""
+        if m.shape[0] != y.shape[0] or g.shape[0] != m.shape[0] or g.shape[1] != m.shape[1]:
+            raise ValueError("batch_grad: shapes differ")
+        if m.shape[0] == 0:
+            return 0.0
+        cdef double s
+        with nogil:
+            s = self.batch(&m[0, 0], &y[0], &g[0, 0], m.shape[0], m.shape[1])
+        return s
+
     def loss_grad(self, margins, y):
         """Python entry for tests: ``(loss per row, dloss)`` for margins (n, K)."""
         cdef double[:, ::1] m = np.ascontiguousarray(margins, dtype=np.float64).reshape(len(y), -1)
@@ -349,11 +361,11 @@ def penalty_grad(w, int penalty, double alpha, double l1_ratio):
     proximal step): R = 0.5||w||^2 (l2), ||w||_1 (l1),
     0.5 (1 - l1_ratio) ||w||^2 + l1_ratio ||w||_1 (elasticnet)."""
     w = np.asarray(w, dtype=np.float64)
-    l2, l1 = _split_penalty(penalty, alpha, l1_ratio)
+    l2, l1 = _penalty_parts(penalty, alpha, l1_ratio)
     return l2 * w + l1 * np.sign(w)
 
 
-cdef tuple _split_penalty(int penalty, double alpha, double l1_ratio):
+cdef inline (double, double) _penalty_parts(int penalty, double alpha, double l1_ratio) noexcept nogil:
     if penalty == 1:
         return alpha, 0.0
     if penalty == 2:
@@ -361,6 +373,56 @@ cdef tuple _split_penalty(int penalty, double alpha, double l1_ratio):
     if penalty == 3:
         return alpha * (1.0 - l1_ratio), alpha * l1_ratio
     return 0.0, 0.0
+
+
+cdef void _update(double* w, double* vel, const double* gsum, Py_ssize_t n_weights, Py_ssize_t P,
+                  double count, double eta, double l2, double l1, double mu,
+                  bint fit_intercept) noexcept nogil:
+    """One SGD update of ``P`` parameters (``n_weights`` weights, then intercepts) from
+    the gradient summed over ``count`` rows: L2 in the gradient, momentum, L1 as a
+    proximal soft-threshold on the weights."""
+    cdef Py_ssize_t j
+    cdef double g, thr = eta * l1
+    for j in range(P):
+        if j >= n_weights and not fit_intercept:
+            continue
+        g = gsum[j] / count
+        if j < n_weights:
+            g += l2 * w[j]
+        if mu > 0.0:
+            vel[j] = mu * vel[j] - eta * g
+            w[j] += vel[j]
+        else:
+            w[j] -= eta * g
+        if j < n_weights and thr > 0.0:
+            if w[j] > thr:
+                w[j] -= thr
+            elif w[j] < -thr:
+                w[j] += thr
+            else:
+                w[j] = 0.0
+
+
+def sgd_update(double[::1] w, double[::1] vel, const double[::1] gsum, Py_ssize_t n_weights,
+               double count, double eta, int penalty, double alpha, double l1_ratio,
+               double momentum, bint fit_intercept):
+    """The Engine's update rule on any flat parameter vector (the model-parallel
+    engines update their shards with it, so both paths do the same arithmetic)."""
+    if w.shape[0] != vel.shape[0] or gsum.shape[0] < w.shape[0] or n_weights > w.shape[0]:
+        raise ValueError("sgd_update: inconsistent lengths")
+    cdef double l2, l1
+    l2, l1 = _penalty_parts(penalty, alpha, l1_ratio)
+    if count <= 0.0 or w.shape[0] == 0:
+        return
+    with nogil:
+        _update(&w[0], &vel[0], &gsum[0], n_weights, w.shape[0], count, eta, l2, l1, momentum,
+                fit_intercept)
+
+
+def step_size(int schedule, double t, double eta0, double alpha, double power_t,
+              double optimal_init):
+    """Learning rate of update number ``t`` (1-based) under a schedule."""
+    return _eta(schedule, t, eta0, alpha, power_t, optimal_init)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -561,42 +623,29 @@ cdef class Engine:
             self._apply()
 
     cdef void _apply(self) noexcept nogil:
-        cdef Py_ssize_t Kd = self.K * self.d, j
-        cdef double count = self.buf[self.P + 1], g, eta, l2 = 0.0, l1 = 0.0, thr, mu = self.momentum
+        cdef double count = self.buf[self.P + 1], l2, l1
         if count <= 0.0:
             return
         self.t += 1.0
         self.epoch_loss += self.buf[self.P]
         self.epoch_count += count
-        eta = _eta(self.schedule, self.t, self.eta0, self.alpha, self.power_t, self.optimal_init)
-        if self.penalty == 1:
-            l2 = self.alpha
-        elif self.penalty == 2:
-            l1 = self.alpha
-        elif self.penalty == 3:
-            l2 = self.alpha * (1.0 - self.l1_ratio)
-            l1 = self.alpha * self.l1_ratio
-        thr = eta * l1
-        for j in range(self.P):
-            if j >= Kd and not self.fit_intercept:
-                continue
-            g = self.buf[j] / count
-            if j < Kd:
-                g += l2 * self.w[j]
-            if mu > 0.0:
-                self.vel[j] = mu * self.vel[j] - eta * g
-                self.w[j] += self.vel[j]
-            else:
-                self.w[j] -= eta * g
-            if j < Kd and thr > 0.0:
-                # proximal step for the L1 part: soft-threshold towards zero
-                if self.w[j] > thr:
-                    self.w[j] -= thr
-                elif self.w[j] < -thr:
-                    self.w[j] += thr
-                else:
-                    self.w[j] = 0.0
+        l2, l1 = _penalty_parts(self.penalty, self.alpha, self.l1_ratio)
+        _update(&self.w[0], &self.vel[0], &self.buf[0], self.K * self.d, self.P, count,
+                _eta(self.schedule, self.t, self.eta0, self.alpha, self.power_t, self.optimal_init),
+                l2, l1, self.momentum, self.fit_intercept)
         self._sync32()
+
+    def get_state(self):
+        """The optimiser state as flat arrays (``w``: weights then intercepts)."""
+        return {"w": self.w_arr.copy(), "velocity": self.vel_arr.copy()}
+
+    def set_state(self, state):
+        """Load arrays from :meth:`get_state` (or a checkpoint)."""
+        self.set_params(state["w"])
+        v = np.asarray(state["velocity"], dtype=np.float64).ravel()
+        if v.shape[0] != self.P:
+            raise ValueError("velocity vector has the wrong length")
+        self.vel_arr[:] = v
 
     def run_steps(self, lo, hi):
         """Run ``len(lo)`` single-range steps (tests and benchmarks)."""

@@ -125,6 +125,14 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g = p.add_argument_group("model parallelism (2-D grid: ranks = data-parallel x model-parallel)")
+    g.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
+                   help="split the weights over K consecutive ranks (must divide the rank count)")
+    g.add_argument("--shard", choices=["auto", "classes", "features"], default="auto",
+                   help="how to split a linear model: by classes (softmax; default for it) or by "
+                        "features (each rank reads only its columns; default otherwise)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the process grid and each rank's shard, then exit")
     g = p.add_argument_group("never hang, never lose work")
     g.add_argument("--checkpoint-dir", default=None,
                    help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
@@ -144,6 +152,8 @@ def build_parser():
     p.add_argument("--model", required=True, help="model file written by `mpiml train`")
     _data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
+                   help="hold the weights split over K consecutive ranks (any model file)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("predict", help="write predictions in input row order")
@@ -151,6 +161,8 @@ def build_parser():
     _data_args(p, y=False)
     p.add_argument("--out", required=True, help="output HDF5 file (dataset 'pred')")
     p.add_argument("--proba", action="store_true", help="also write class probabilities ('proba')")
+    p.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
+                   help="hold the weights split over K consecutive ranks (any model file)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
@@ -201,33 +213,80 @@ def _estimator(args, c):
                   checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                   checkpoint_seconds=args.checkpoint_seconds,
                   keep_checkpoints=args.keep_checkpoints,
-                  comm_timeout=args.comm_timeout or None, comm=c)
+                  comm_timeout=args.comm_timeout or None, model_parallel=args.model_parallel,
+                  shard=_split_of(args), comm=c)
     if cls_name == "SGDRegressor":
         kwargs["epsilon"] = args.epsilon
     return cls(**kwargs)
 
 
+def _split_of(args):
+    """The CLI decides the split before reading the data (the ranks of a feature split
+    read only their columns): softmax by classes, every other model by features."""
+    if args.shard != "auto":
+        return args.shard
+    return "classes" if args.model == "softmax" else "features"
+
+
+def _dry_run(args, c, grid):
+    """What ``train --dry-run`` prints: the grid and every rank's rows and shard."""
+    from .comm import chunk
+    from .io import dataset_info
+
+    info = c.run(dataset_info, args.data, X=args.X, y=args.y)
+    n, d = info["shape"]
+    c.print0(grid.describe())
+    split = _split_of(args) if grid.K > 1 else None
+    lines = []
+    for r in range(c.size):
+        g, m = r // grid.K, r % grid.K
+        lo, hi = chunk(n, grid.D, g)
+        text = f"  rank {r}: rows {lo}:{hi}"
+        if split == "features":
+            f0, f1 = chunk(d, grid.K, m)
+            text += f", features {f0}:{f1} of {d} (W[:, {f0}:{f1}], reads only these columns)"
+        elif split == "classes":
+            text += f", classes shard {m} of {grid.K} (W rows chunk({m}) of the classes)"
+        lines.append(text)
+    c.print0(f"data: {n} x {d} from {args.data}; model {args.model}"
+             + (f", split by {split}" if split else ", replicated (data parallel)"))
+    c.print0("\n".join(lines))
+
+
 def cmd_train(args):
-    from .comm import get_comm
-    from .io import check_output_path, load_hdf5
+    from .comm import chunk, get_comm, get_grid
+    from .io import check_output_path, dataset_info, load_hdf5
 
     c = get_comm()
     est = _estimator(args, c)
     c.run(est._validate_params)
+    grid = get_grid(c, args.model_parallel)
+    if args.dry_run:
+        _dry_run(args, c, grid)
+        return 0
     check_output_path(args.out, comm=c)
     t0 = time.perf_counter()
+    split_features = grid.K > 1 and _split_of(args) == "features"
     X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c,
-                     dtype=None if args.dtype == "auto" else args.dtype, require_y=True)
+                     dtype=None if args.dtype == "auto" else args.dtype, require_y=True,
+                     model_parallel=grid.K, split_features=split_features)
+    columns = None
+    if split_features:
+        d = c.run(dataset_info, args.data, X=args.X, y=args.y)["shape"][1]
+        columns = (*chunk(d, grid.K, grid.model_rank), d)
     t_load = time.perf_counter() - t0
     if os.environ.get("MPIML_TEST_RAISE") == str(c.rank):     # failure injection for the tests
         raise RuntimeError(f"injected failure on rank {c.rank}")
-    n = c.allreduce(X.shape[0])
-    c.print0(f"mpiml train: {args.model} on {n} x {X.shape[1]} ({X.dtype}) from {args.data}, "
-             f"{c.size} rank(s), global batch {args.batch_size}; loaded in {t_load:.2f} s")
+    n = grid.data.allreduce(X.shape[0])
+    width = columns[2] if columns else X.shape[1]
+    layout = f"{c.size} rank(s)" if grid.K == 1 else \
+        f"{c.size} ranks = {grid.D} data-parallel x {grid.K} model-parallel ({_split_of(args)})"
+    c.print0(f"mpiml train: {args.model} on {n} x {width} ({X.dtype}) from {args.data}, "
+             f"{layout}, global batch {args.batch_size}; loaded in {t_load:.2f} s")
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
-    est.fit(X, y, resume=args.resume)
+    est.fit(X, y, resume=args.resume, columns=columns)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
@@ -242,8 +301,9 @@ def cmd_score(args):
     from .models import load
 
     c = get_comm()
-    est = load(args.model, comm=c)
-    X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c, require_y=True)
+    est = load(args.model, comm=c, model_parallel=args.model_parallel)
+    X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c, require_y=True,
+                     model_parallel=args.model_parallel)
     result = est.metrics(X, y)
     if args.json:
         c.print0(json.dumps(result))
@@ -255,24 +315,30 @@ def cmd_score(args):
 def cmd_predict(args):
     import numpy as np
 
-    from .comm import get_comm
+    from .comm import get_comm, get_grid
     from .io import check_output_path, load_hdf5, write_rows
     from .models import load
 
     c = get_comm()
-    est = load(args.model, comm=c)
+    grid = get_grid(c, args.model_parallel)
+    est = load(args.model, comm=c, model_parallel=grid.K)
     if args.proba and getattr(est, "loss", None) != "log_loss":
         from .errors import ConfigError
         raise ConfigError("--proba needs a probabilistic model (logistic or softmax)",
                           ranks=range(c.size))
     check_output_path(args.out, comm=c)
-    X, _ = load_hdf5(args.data, X=args.X, y=None, comm=c)
-    out = c.run(lambda: {"pred": np.asarray(est.predict(X))})
+    X, _ = load_hdf5(args.data, X=args.X, y=None, comm=c, model_parallel=grid.K)
+    if grid.K == 1:
+        out = c.run(lambda: {"pred": np.asarray(est.predict(X))})
+    else:        # collective over the model-parallel group
+        out = {"pred": np.asarray(est.predict(X))}
     if args.proba:
         out["proba"] = est.predict_proba(X)
-    write_rows(args.out, out, comm=c, attrs={"model": os.path.abspath(args.model),
-                                             "data": os.path.abspath(args.data)})
-    c.print0(f"wrote predictions for {c.allreduce(X.shape[0])} rows to {args.out}")
+    # the K ranks of a model-parallel group hold the same rows: its first rank writes them
+    rows = out if grid.model_rank == 0 else {k: v[:0] for k, v in out.items()}
+    write_rows(args.out, rows, comm=c, attrs={"model": os.path.abspath(args.model),
+                                              "data": os.path.abspath(args.data)})
+    c.print0(f"wrote predictions for {grid.data.allreduce(X.shape[0])} rows to {args.out}")
 
 
 def info_dict():

@@ -17,7 +17,7 @@ from mpi4py import MPI
 
 from .errors import MpimlError
 
-__all__ = ["Comm", "get_comm", "chunk", "chunks"]
+__all__ = ["Comm", "Grid", "get_comm", "get_grid", "chunk", "chunks"]
 
 
 def chunk(n, size, rank):
@@ -51,9 +51,9 @@ class Comm:
     comm : mpi4py.MPI.Comm, optional
     """
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, dup=True):
         base = MPI.COMM_WORLD if comm is None else comm
-        self.mpi = base.Dup()
+        self.mpi = base.Dup() if dup else base
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
 
@@ -121,6 +121,14 @@ class Comm:
     def allgather(self, value):
         return self.mpi.allgather(value)
 
+    def Allgatherv(self, send, recv, counts):
+        """Concatenate every rank's ``send`` (``counts[r]`` items from rank r) into ``recv``."""
+        if self.size == 1:
+            recv[...] = send.reshape(recv.shape)
+        else:
+            self.mpi.Allgatherv(send, [recv, np.asarray(counts, dtype=np.int64)])
+        return recv
+
     def bcast(self, value, root=0):
         return self.mpi.bcast(value, root=root)
 
@@ -171,6 +179,84 @@ def get_comm(comm=None):
             _CACHE[key] = Comm(comm)
         return _CACHE[key]
     raise TypeError(f"comm must be None, an mpi4py communicator or mpiml.comm.Comm, not {type(comm).__name__}")
+
+
+class Grid:
+    """A 2-D process grid: ``size = D x K`` ranks for ``K``-way model parallelism.
+
+    Model-parallel groups are ``K`` consecutive ranks (on a cluster, ranks of one
+    node, where the frequent model-parallel collectives are cheapest); world rank
+    ``r`` holds model shard ``r % K`` of replica ``r // K``. ``model`` is the
+    communicator of one replica's ``K`` shards; ``data`` joins the ``D`` ranks that
+    hold the same shard, over which that shard's gradient is averaged. With
+    ``K = 1`` the grid is plain data parallelism (``data`` is the world).
+
+    Use :func:`get_grid`; it validates ``model_parallel`` identically on every rank.
+    """
+
+    def __init__(self, world, model_parallel):
+        self.world = world
+        self.K = int(model_parallel)
+        self.D = world.size // self.K
+        self.model_rank = world.rank % self.K
+        self.data_rank = world.rank // self.K
+        if self.K == 1:
+            self.data = world
+            self.model = Comm(MPI.COMM_SELF)
+        else:
+            self.model = Comm(world.mpi.Split(self.data_rank, self.model_rank), dup=False)
+            self.data = Comm(world.mpi.Split(self.model_rank, self.data_rank), dup=False)
+
+    def model_group(self, replica):
+        """World ranks holding the shards of data-parallel replica ``replica``."""
+        return list(range(replica * self.K, (replica + 1) * self.K))
+
+    def data_group(self, shard):
+        """World ranks holding model shard ``shard``."""
+        return list(range(shard, self.world.size, self.K))
+
+    def describe(self):
+        """A few lines that say which ranks share what (printed by ``train --dry-run``)."""
+        lines = [f"process grid: {self.world.size} rank(s) = {self.D} data-parallel x "
+                 f"{self.K} model-parallel"]
+        for g in range(self.D):
+            lines.append(f"  replica {g} (rows {g + 1} of {self.D}): ranks {self.model_group(g)} "
+                         f"hold model shards 0..{self.K - 1}")
+        if self.K > 1:
+            for m in range(self.K):
+                lines.append(f"  shard {m}: ranks {self.data_group(m)} share it; its gradient "
+                             f"is averaged over them")
+        return "\n".join(lines)
+
+
+def check_model_parallel(model_parallel, size):
+    """Raise ConfigError (the same on every rank) unless ``model_parallel`` divides ``size``."""
+    from .errors import ConfigError
+    k = model_parallel
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"model_parallel must be a positive integer, not {k!r}",
+                          ranks=range(size))
+    if k > size:
+        raise ConfigError(f"model_parallel={k} needs at least {k} ranks; the job has {size}",
+                          ranks=range(size))
+    if size % k:
+        raise ConfigError(f"model_parallel={k} does not divide the {size} ranks of the job: use a "
+                          f"rank count that is a multiple of {k} (ranks = data-parallel x "
+                          f"model-parallel)", ranks=range(size))
+
+
+_GRIDS = {}
+
+
+def get_grid(comm=None, model_parallel=1):
+    """The :class:`Grid` of ``comm`` for ``model_parallel`` (collective the first time;
+    cached)."""
+    c = get_comm(comm)
+    check_model_parallel(model_parallel, c.size)
+    key = (id(c), int(model_parallel))
+    if key not in _GRIDS:
+        _GRIDS[key] = Grid(c, int(model_parallel))
+    return _GRIDS[key]
 
 
 def write_stderr(text):

@@ -17,7 +17,7 @@ import os
 import h5py
 import numpy as np
 
-from .comm import get_comm
+from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 
 __all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
@@ -111,11 +111,16 @@ def dataset_info(path, X="X", y="y"):
                 "dtype": str(dX.dtype), "has_y": y is not None and y in f}
 
 
-def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
+def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
+              split_features=False):
     """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
 
     Collective. Rows are split by :func:`mpiml.comm.chunk`; no rank reads rows
-    that are not its own. Any problem on any rank raises the same
+    that are not its own. With ``model_parallel=K`` the rows are split over the
+    ``size / K`` data-parallel replicas of the process grid (the ``K`` ranks of a
+    model-parallel group read the same rows), and with ``split_features`` each of
+    them reads only its own hyperslab of columns, ``chunk(n_features, K, rank % K)``
+    (for feature-sharded models: pass ``columns=(lo, hi, n_features)`` to ``fit``). Any problem on any rank raises the same
     :class:`~mpiml.errors.DataError` on every rank.
 
     Parameters
@@ -140,6 +145,7 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
     >>> X, y = load_hdf5("train.h5")            # doctest: +SKIP
     """
     c = get_comm(comm)
+    grid = get_grid(c, model_parallel)
 
     def local():
         with _open_read(path) as f:
@@ -150,12 +156,16 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
             n, d = dX.shape
             if n == 0 or d == 0:
                 raise DataError(f"{path}: dataset '{X}' is empty (shape {dX.shape})")
-            if n < c.size:
-                raise ConfigError(f"{c.size} ranks but only {n} rows in {path}: "
-                                  f"run with at most {n} ranks")
+            if n < grid.D:
+                raise ConfigError(f"{grid.D} data-parallel replicas but only {n} rows in {path}: "
+                                  f"run with at most {n * grid.K} ranks")
             out_dtype = _resolve_dtype(dtype, dX.dtype)
-            lo, hi = c.chunk(n)
-            _check_fits(path, X, hi - lo, d, out_dtype.itemsize)
+            lo, hi = chunk(n, grid.D, grid.data_rank)
+            c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
+            if c1 <= c0:
+                raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
+                                  f"{path}")
+            _check_fits(path, X, hi - lo, c1 - c0, out_dtype.itemsize)
             yl = None
             if y is not None and y in f:
                 dy = _dataset(f, path, y, "the targets")
@@ -169,12 +179,12 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False):
                 _check_finite(yl, path, y, lo)
             elif require_y:
                 _dataset(f, path, y, "the targets")
-            Xl = np.empty((hi - lo, d), dtype=out_dtype)
+            Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
             if hi > lo:
                 if dX.dtype == out_dtype:
-                    dX.read_direct(Xl, np.s_[lo:hi])
+                    dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
                 else:
-                    Xl[...] = dX[lo:hi]
+                    Xl[...] = dX[lo:hi, c0:c1]
             _check_finite(Xl, path, X, lo)
             return Xl, yl
 

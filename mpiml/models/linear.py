@@ -2,20 +2,16 @@
 
 Every rank passes its own rows to ``fit``; every rank ends with the same model.
 """
-import contextlib
 import math
-import signal
-import threading
 
 import numpy as np
 
 from .._kernels import sgd as _k
-from ..comm import get_comm
-from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
-from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
-from ..parallel.data import StepControl, group_layout, layout_plan, run_epoch
-from ..watchdog import watching
-from .base import BaseEstimator, check_local_X
+from ..comm import chunk, get_comm
+from ..errors import ConfigError, DataError, NotFittedError
+from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
+from .base import check_local_X
+from .training import Trainer
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
 
@@ -23,29 +19,6 @@ __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
 _RESUMED_PARAMS = ("loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "learning_rate",
                    "eta0", "power_t", "momentum", "batch_size", "tol", "n_iter_no_change",
                    "epsilon", "multi_class", "dtype")
-
-
-@contextlib.contextmanager
-def _signals(control):
-    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) request a stop at the
-    next step boundary, when checkpoints are on and we are in the main thread."""
-    if control.save is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        control.stop_requested = True
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    for sig in old:
-        # restart interrupted system calls (SA_RESTART): the signal may arrive while the
-        # MPI library is inside a system call that it does not retry on EINTR
-        signal.siginterrupt(sig, False)
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 # the user's loss name -> factory of the kernel's loss object (STYLE.md rule 4)
 LOSSES = {
@@ -56,15 +29,12 @@ LOSSES = {
 }
 
 
-class _BaseSGD(BaseEstimator):
+class _BaseSGD(Trainer):
     _losses = ()
-    _is_classifier = False
+    _resumed_params = _RESUMED_PARAMS
 
     # ------------------------------------------------------------ validation
-    def _validate_params(self):
-        def bad(msg):
-            raise ConfigError(f"{type(self).__name__}: {msg}")
-
+    def _validate_model_params(self, bad):
         if self.loss not in self._losses:
             bad(f"unknown loss {self.loss!r}; choose one of {', '.join(self._losses)}")
         if self.penalty not in _k.PENALTIES:
@@ -86,216 +56,13 @@ class _BaseSGD(BaseEstimator):
             bad("learning_rate='optimal' needs alpha > 0")
         if not 0.0 <= self.momentum < 1.0:
             bad(f"momentum must be in [0, 1), not {self.momentum}")
-        if self.batch_size != "full" and (isinstance(self.batch_size, bool)
-                                          or not isinstance(self.batch_size, (int, np.integer))
-                                          or self.batch_size < 1):
-            bad(f"batch_size must be a positive integer or 'full', not {self.batch_size!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
-                or self.max_iter < 1:
-            bad(f"max_iter must be a positive integer, not {self.max_iter!r}")
-        if self.tol is not None and (not isinstance(self.tol, (int, float)) or self.tol != self.tol):
-            bad(f"tol must be a number or None, not {self.tol!r}")
-        if not isinstance(self.n_iter_no_change, (int, np.integer)) or self.n_iter_no_change < 1:
-            bad(f"n_iter_no_change must be a positive integer, not {self.n_iter_no_change!r}")
-        if self.dtype is not None and np.dtype(self.dtype) not in (np.float32, np.float64):
-            bad(f"dtype must be None, 'float32' or 'float64', not {self.dtype!r}")
-        if self.random_state is not None and (isinstance(self.random_state, bool) or
-                                              not isinstance(self.random_state, (int, np.integer))
-                                              or self.random_state < 0):
-            bad(f"random_state must be None or a non-negative integer, not {self.random_state!r}")
         if getattr(self, "epsilon", 1.0) <= 0:
             bad(f"epsilon must be > 0, not {self.epsilon}")
-        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool) or not
-                                                  isinstance(self.checkpoint_every, (int, np.integer))
-                                                  or self.checkpoint_every < 1):
-            bad(f"checkpoint_every must be a positive integer, not {self.checkpoint_every!r}")
-        for name in ("checkpoint_seconds", "comm_timeout"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not v > 0):
-                bad(f"{name} must be a positive number of seconds or None, not {v!r}")
-        if not isinstance(self.keep_checkpoints, (int, np.integer)) or self.keep_checkpoints < 1:
-            bad(f"keep_checkpoints must be a positive integer, not {self.keep_checkpoints!r}")
-        if (self.checkpoint_every or self.checkpoint_seconds) and not self.checkpoint_dir:
-            bad("checkpoint_every / checkpoint_seconds need checkpoint_dir")
+        if self.shard not in ("auto", "classes", "features"):
+            bad(f"shard must be 'auto', 'classes' or 'features', not {self.shard!r}")
 
-    def _prepare_local(self, X, y):
-        """Local checks (run on every rank, agreed by the caller)."""
-        self._validate_params()
-        X = check_local_X(X)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise DataError(f"y must be 1-D, it has shape {y.shape}")
-        if y.shape[0] != X.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
-        if y.dtype.kind not in "fiub":
-            raise DataError(f"y has type {y.dtype}; mpiml needs numeric targets or class labels")
-        if X.size and not np.isfinite(X).all():
-            row = int(np.argwhere(~np.isfinite(X))[0][0])
-            raise DataError(f"X has a NaN or infinite value (local row {row})")
-        y = y.astype(np.float64)
-        if y.size and not np.isfinite(y).all():
-            raise DataError("y has a NaN or infinite value")
-        local_classes = None
-        if self._is_classifier:
-            if y.size and not np.all(y == np.round(y)):
-                raise DataError("class labels must be integers; for real-valued targets use a "
-                                "regressor (SGDRegressor, --model linear)")
-            local_classes = np.unique(y)
-        return X, y, local_classes
-
-    # ------------------------------------------------------------ training
-    def fit(self, X, y, resume=None):
-        """Fit on the rows every rank passes (collective).
-
-        Parameters
-        ----------
-        X : array (n_local, n_features)
-            This rank's rows; shards may differ in size and may be empty.
-        y : array (n_local,)
-        resume : str, optional
-            A checkpoint directory (or file): continue that run, on any number of
-            ranks, up to ``max_iter`` epochs in all. The optimisation
-            hyper-parameters come from the checkpoint.
-
-        Returns
-        -------
-        self
-        """
-        return self._fit(X, y, None, reset=True, resume=resume)
-
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over the rows every rank passes, continuing from the current state
-        (collective)."""
-        return self._fit(X, y, 1, reset=not hasattr(self, "coef_"), classes=classes)
-
-    def _fit(self, X, y, epochs, reset, classes=None, resume=None):
-        c = get_comm(self.comm)
-        Xl, yl, local_classes = c.run(self._prepare_local, X, y)
-        seed = None
-        if c.rank == 0:
-            seed = (int(self.random_state) if self.random_state is not None
-                    else int(np.random.SeedSequence().entropy % (1 << 31)))
-        meta = c.allgather((Xl.shape[0], Xl.shape[1], Xl.dtype.str, seed,
-                            None if local_classes is None else local_classes.tolist()))
-        n_global = sum(m[0] for m in meta)
-        offset = sum(m[0] for m in meta[:c.rank])
-        seed = meta[0][3]
-
-        def check_global():
-            widths = {m[1] for m in meta if m[0] > 0} or {meta[0][1]}
-            if len(widths) > 1:
-                raise DataError(f"ranks passed different numbers of features: {sorted(widths)}")
-            if n_global == 0:
-                raise DataError("no rows to fit on any rank")
-            d = widths.pop()
-            if d == 0:
-                raise DataError("X has zero features")
-            if not reset and d != self.n_features_in_:
-                raise DataError(f"X has {d} features, the model was fitted with "
-                                f"{self.n_features_in_}")
-            cls = None
-            if self._is_classifier:
-                cls = np.unique(np.concatenate([np.asarray(m[4], dtype=np.float64) for m in meta]))
-                if not reset:
-                    unseen = np.setdiff1d(cls, self.classes_)
-                    if unseen.size:
-                        raise DataError(f"labels {unseen.tolist()[:5]} were not seen in the first "
-                                        f"fit; pass classes= to the first partial_fit")
-                    cls = self.classes_
-                elif classes is not None:
-                    given = np.unique(np.asarray(classes, dtype=np.float64))
-                    unseen = np.setdiff1d(cls, given)
-                    if unseen.size:
-                        raise DataError(f"labels {unseen.tolist()[:5]} are not in classes=")
-                    cls = given
-                if cls.size < 2:
-                    raise DataError(f"a classifier needs at least 2 classes; the labels have only "
-                                    f"{cls.size} ({cls.tolist()})")
-            return d, cls
-
-        d, cls = c.run(check_global)
-        dtypes = {m[2] for m in meta if m[0] > 0}
-        if self.dtype is not None:
-            dtype = np.dtype(self.dtype)
-        else:
-            dtype = np.dtype(np.float32) if dtypes == {np.dtype(np.float32).str} else np.dtype(np.float64)
-        Xl = np.ascontiguousarray(Xl, dtype=dtype)
-        if Xl.shape[0] == 0:
-            Xl = np.zeros((0, d), dtype=dtype)
-
-        if reset:
-            self.n_features_in_ = d
-            if self._is_classifier:
-                self.classes_ = cls
-            self._seed = seed
-            self.n_iter_ = 0
-            self._epochs_done = 0
-            self.t_ = 1.0
-            self._tol_state = [math.inf, 0]
-            self.loss_curve_ = []
-            self.epoch_times_ = []
-        batch = n_global if self.batch_size == "full" else int(self.batch_size)
-        state, arrays = (None, None)
-        if resume is not None:
-            state, arrays = self._restore(c, resume, d, n_global, batch)
-            batch = int(state["batch"])
-        K, y_enc, loss = self._encode(yl)
-        # one reordered copy of the local rows: every step then reads contiguous memory
-        perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
-        if perm is not None:
-            Xl = np.take(Xl, perm, axis=0)
-            y_enc = y_enc[perm]
-        engine = self._engine(Xl, y_enc, K, loss, StepControl.WORDS)
-        start_step = 0
-        if state is not None:
-            engine.set_params(arrays["w"])
-            engine.vel_arr[:] = arrays["velocity"]
-            engine.t = float(state["t"])
-            engine.epoch_loss = float(state["epoch_loss"])
-            engine.epoch_count = float(state["epoch_count"])
-            start_step = int(state["step"])
-        elif not reset:
-            engine.set_params(self._flat_params())
-            engine.vel_arr[:] = self._velocity
-            engine.t = self.t_ - 1.0
-        target = self.max_iter if epochs is None else self.n_iter_ + epochs
-        control = self._control(c, engine, K, d, n_global, batch)
-        with _signals(control), watching(c, self.comm_timeout, control):
-            while self.n_iter_ < target:
-                epoch = self._epochs_done
-                control.where = f"epoch {epoch + 1} (step Allreduce)"
-                stats = run_epoch(engine, c, layout_plan(gptr, self._seed, epoch), start_step,
-                                  control)
-                start_step = 0
-                self._epochs_done += 1
-                self.n_iter_ += 1
-                mean_loss = stats.loss / stats.count
-                # every rank holds the same reduced loss and parameters, so all raise together
-                if not math.isfinite(mean_loss) or not engine.params_finite():
-                    raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
-                                        "lower the learning rate (eta0 / --lr) or scale the features")
-                self.loss_curve_.append(mean_loss)
-                self.epoch_times_.append(stats.seconds)
-                if self.verbose:
-                    c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
-                             f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
-                             f"({stats.steps} steps, {stats.seconds:.3g} s)")
-                if self.tol is not None and epochs is None:      # fit, not partial_fit
-                    best, stall = self._tol_state
-                    stall = stall + 1 if mean_loss > best - self.tol else 0
-                    self._tol_state = [min(best, mean_loss), stall]
-                    if stall >= self.n_iter_no_change:
-                        break
-            if self.checkpoint_dir is not None:
-                control.save(0)         # the final state
-        self.t_ = engine.t + 1.0
-        self._store(engine, K, d)
-        return self
-
-    def _engine(self, X, y, K, loss, n_control=0):
-        schedule = _k.SCHEDULES[self.learning_rate]
+    def _hyper(self):
+        """The update's hyper-parameters as kernel codes (shared by both engines)."""
         optimal_init = 1.0
         if self.learning_rate == "optimal":
             # Bottou's heuristic, as scikit-learn: the initial step that a typical
@@ -305,125 +72,140 @@ class _BaseSGD(BaseEstimator):
             dl = abs(float(probe.py_dloss(-typw, 1.0)))
             eta0 = typw / max(1.0, dl)
             optimal_init = 1.0 / (eta0 * self.alpha)
-        return _k.Engine(X, y, K, loss, eta0=float(self.eta0), alpha=float(self.alpha),
-                         l1_ratio=float(self.l1_ratio), penalty=_k.PENALTIES[self.penalty],
-                         schedule=schedule, power_t=float(self.power_t),
-                         momentum=float(self.momentum), fit_intercept=bool(self.fit_intercept),
-                         optimal_init=optimal_init, n_control=n_control)
+        return dict(eta0=float(self.eta0), alpha=float(self.alpha),
+                    l1_ratio=float(self.l1_ratio), penalty=_k.PENALTIES[self.penalty],
+                    schedule=_k.SCHEDULES[self.learning_rate], power_t=float(self.power_t),
+                    momentum=float(self.momentum), fit_intercept=bool(self.fit_intercept),
+                    optimal_init=optimal_init)
 
-    def _control(self, c, engine, K, d, n_global, batch):
-        """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
-        control = StepControl(c, self.checkpoint_every, self.checkpoint_seconds)
-        if self.checkpoint_dir is None:
-            return control
-        policy = CheckpointPolicy(self.checkpoint_dir, self.checkpoint_every,
-                                  self.checkpoint_seconds, self.keep_checkpoints)
+    def _split(self):
+        return choose_split(self.shard, self._is_classifier and self._multinomial())
 
-        def save(step):
-            state = {"model_type": type(self).__name__,
-                     "params": {k: v for k, v in self.get_params().items() if k != "comm"},
-                     "epoch": self._epochs_done, "step": step, "t": engine.t,
-                     "epoch_loss": engine.epoch_loss, "epoch_count": engine.epoch_count,
-                     "best": self._tol_state[0], "stall": self._tol_state[1],
-                     "n_iter": self.n_iter_, "n_global": n_global, "batch": batch,
-                     "seed": self._seed, "n_features": d, "n_outputs": K}
-            arrays = {"w": engine.w_arr, "velocity": engine.vel_arr,
-                      "loss_curve": np.asarray(self.loss_curve_, dtype=np.float64)}
-            if self._is_classifier:
-                arrays["classes"] = self.classes_
-            return write_checkpoint(policy, state, arrays, comm=c)
-
-        def on_stop(path):
-            raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "
-                              f"--resume {policy.directory} (fit(..., resume=...))",
-                              ranks=range(c.size), checkpoint=path)
-
-        control.save = save
-        control.on_stop = on_stop
-        return control
-
-    def _restore(self, c, resume, d, n_global, batch):
-        """Collective: read and check a checkpoint; set the estimator's run state from it."""
-        state, arrays = read_checkpoint(resume, comm=c)
-
-        def check():
-            where = state["path"]
-            if state["model_type"] != type(self).__name__:
-                raise DataError(f"{where} is a checkpoint of a {state['model_type']}, "
-                                f"not of a {type(self).__name__}")
-            if int(state["n_features"]) != d:
-                raise DataError(f"{where} was made with {state['n_features']} features; "
-                                f"the data has {d}")
-            if int(state["n_global"]) != n_global:
-                raise DataError(f"{where} was made on {state['n_global']} rows; the data has "
-                                f"{n_global}: resume on the same data")
-            if self._is_classifier and not np.array_equal(arrays["classes"], self.classes_):
-                raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
-                                f"labels have {self.classes_.tolist()[:10]}")
-            if arrays["w"].shape[0] != int(state["n_outputs"]) * (d + 1):
-                raise DataError(f"{where} is damaged: parameter vector of the wrong length")
-
-        c.run(check)
-        for key in _RESUMED_PARAMS:
-            if key in state["params"]:
-                setattr(self, key, state["params"][key])
-        self._seed = int(state["seed"])
-        self._epochs_done = int(state["epoch"])
-        self.n_iter_ = int(state["n_iter"])
-        self._tol_state = [float(state["best"]), int(state["stall"])]
-        self.loss_curve_ = [float(v) for v in arrays["loss_curve"]]
-        self.epoch_times_ = []
-        return state, arrays
+    def _make_engine(self, X, y, K, loss, d, grid, columns):
+        from ..parallel.data import StepControl
+        if grid.K == 1:
+            if columns is not None and (int(columns[0]), int(columns[1])) != (0, d):
+                raise DataError("columns= is for feature-sharded models (model_parallel > 1)")
+            return _k.Engine(X, y, K, loss, n_control=StepControl.WORDS, **self._hyper())
+        split = self._split()
+        if split == "classes":
+            if not (self._is_classifier and self._multinomial()):
+                raise ConfigError(f"{type(self).__name__}: shard='classes' needs a softmax model "
+                                  "(loss='log_loss' with more than 2 classes or "
+                                  "multi_class='multinomial'); use shard='features'")
+            if grid.K > K:
+                raise ConfigError(f"model_parallel={grid.K} is larger than the {K} classes to "
+                                  "split: use at most that many model-parallel ranks")
+        elif grid.K > d:
+            raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features to split")
+        if columns is not None:
+            lo, hi = chunk(d, grid.K, grid.model_rank)
+            if split != "features" or (int(columns[0]), int(columns[1])) != (lo, hi):
+                raise DataError(f"X holds columns {columns[0]}:{columns[1]}, but this rank's "
+                                f"feature shard is {lo}:{hi} (load it with "
+                                f"load_hdf5(..., columns=grid))")
+        return ShardedLinearEngine(X, y, K, d, loss if split == "features" else None, split,
+                                   grid, self._hyper(), StepControl.WORDS,
+                                   columns_given=columns is not None)
 
     def _store(self, engine, K, d):
-        w = engine.w_arr
-        self._velocity = engine.vel_arr.copy()
+        state = engine.get_state()
+        for name in ("coef_", "intercept_", "_velocity", "shard_"):
+            self.__dict__.pop(name, None)
+        if isinstance(engine, ShardedLinearEngine):
+            # each rank keeps its shard only: the memory stays divided after fit
+            self.shard_ = ShardedLinear(engine.shard.split, K, d, engine.shard.model,
+                                        engine.shard.W.copy(), engine.shard.b.copy())
+            self._velocity_shard = engine.velocity.copy()
+            return
+        w = state["w"]
+        self._velocity = state["velocity"]
         self.coef_ = w[:K * d].reshape(K, d).copy()
         self.intercept_ = w[K * d:].copy()
         if not self._is_classifier:
             self.coef_ = self.coef_.ravel()
 
-    def _flat_params(self):
-        return np.concatenate([np.asarray(self.coef_, dtype=np.float64).ravel(),
-                               np.asarray(self.intercept_, dtype=np.float64)])
+    def _fitted_state(self):
+        if hasattr(self, "shard_"):
+            raise ConfigError("partial_fit of a model-parallel model continues only in the same "
+                              "fit; refit, or resume from a checkpoint")
+        w = np.concatenate([np.asarray(self.coef_, dtype=np.float64).ravel(),
+                            np.asarray(self.intercept_, dtype=np.float64)])
+        return {"w": w, "velocity": getattr(self, "_velocity", np.zeros_like(w))}
+
+    def gather_coef(self):
+        """The logical ``(coef, intercept)`` on every rank (collective over the
+        model-parallel group for a sharded model)."""
+        self._check_fitted()
+        if not hasattr(self, "shard_"):
+            return np.atleast_2d(self.coef_), self.intercept_
+        s = self.shard_
+        flat = s.gather(np.concatenate([s.W.ravel(), s.b]), root_only=False)
+        return flat[:s.K * s.d].reshape(s.K, s.d), flat[s.K * s.d:]
 
     # ------------------------------------------------------------ prediction
     def _check_fitted(self):
-        if not hasattr(self, "coef_"):
+        if not hasattr(self, "coef_") and not hasattr(self, "shard_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
 
-    def decision_function(self, X):
-        """Margins of this rank's rows (local, no communication)."""
+    def _check_X(self, X):
         self._check_fitted()
         X = check_local_X(X)
-        if X.shape[1] != self.n_features_in_:
+        if X.shape[1] != self.n_features_in_ and not (
+                hasattr(self, "shard_") and self.shard_.split == "features"
+                and X.shape[1] == self.shard_.hi - self.shard_.lo):
             raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features_in_}")
+        return X
+
+    def decision_function(self, X):
+        """Margins of this rank's rows (local; collective over the model-parallel group
+        for a sharded model)."""
+        X = self._check_X(X)
+        if hasattr(self, "shard_"):
+            scores = self.shard_.decision_function(X)
+            return scores.ravel() if scores.shape[1] == 1 else scores
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
         coef = np.atleast_2d(self.coef_).astype(dtype, copy=False)
         scores = X.astype(dtype, copy=False) @ coef.T + self.intercept_.astype(dtype)
         return scores.ravel() if scores.shape[1] == 1 else scores
 
+    def _replicas(self):
+        """How many ranks hold each row at prediction time: the model-parallel group
+        size for a sharded model (sums over the world divide by it)."""
+        return self.shard_.model.size if hasattr(self, "shard_") else 1
+
+    def _sum(self, c, value):
+        return c.allreduce(value) / self._replicas()
+
     def _global_loss(self, c, X, y):
         """Mean training loss over all ranks' rows and the global count (collective)."""
         def local():
             yy = np.asarray(y, dtype=np.float64).ravel()
-            if yy.shape[0] != np.asarray(X).shape[0]:
-                raise DataError(f"X has {np.asarray(X).shape[0]} rows but y has {yy.shape[0]}")
-            scores = self.decision_function(X)
+            Xc = self._check_X(X)
+            if yy.shape[0] != Xc.shape[0]:
+                raise DataError(f"X has {Xc.shape[0]} rows but y has {yy.shape[0]}")
             K, y_enc, loss = self._encode(yy)
-            m = np.asarray(scores, dtype=np.float64).reshape(len(yy), K)
-            per_row, _ = loss.loss_grad(m, y_enc) if len(yy) else (np.zeros(0), None)
-            return float(per_row.sum()), len(yy), scores, yy
+            return Xc, yy, y_enc, loss, K
 
-        s, n, scores, yy = c.run(local)
-        tot = c.allreduce(np.array([s, float(n)]))
-        return tot[0] / max(tot[1], 1.0), int(tot[1]), scores, yy
+        Xc, yy, y_enc, loss, K = c.run(local)
+        if hasattr(self, "shard_"):        # collective over the model-parallel group
+            s, scores = self.shard_.loss_sum(Xc, y_enc, loss), None
+        else:
+            scores = self.decision_function(Xc)
+            m = np.asarray(scores, dtype=np.float64).reshape(len(yy), K)
+            s = float(loss.loss_grad(m, y_enc)[0].sum()) if len(yy) else 0.0
+        tot = self._sum(c, np.array([s, float(len(yy))]))
+        return tot[0] / max(tot[1], 1.0), int(round(tot[1])), scores, yy
 
     def save(self, path):
-        """Write the model to an HDF5 file (collective; rank 0 writes)."""
+        """Write the model to an HDF5 file (collective; rank 0 writes). A sharded model
+        is gathered first: the file holds the logical weights, loadable at any
+        ``model_parallel`` and rank count."""
         from ..io import save_model
         self._check_fitted()
-        arrays = {"coef": np.atleast_2d(self.coef_), "intercept": self.intercept_}
+        coef, intercept = (self.gather_coef() if hasattr(self, "shard_")
+                           else (np.atleast_2d(self.coef_), self.intercept_))
+        arrays = {"coef": coef, "intercept": intercept}
         if self._is_classifier:
             arrays["classes"] = self.classes_
         params = {k: v for k, v in self.get_params().items() if k != "comm"}
@@ -497,7 +279,8 @@ class SGDClassifier(_BaseSGD):
                  eta0=0.01, power_t=0.5, momentum=0.0, batch_size=256, n_iter_no_change=5,
                  multi_class="auto", random_state=None, verbose=0, dtype=None,
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
-                 keep_checkpoints=3, comm_timeout=600.0, comm=None):
+                 keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
+                 comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -520,6 +303,8 @@ class SGDClassifier(_BaseSGD):
         self.checkpoint_seconds = checkpoint_seconds
         self.keep_checkpoints = keep_checkpoints
         self.comm_timeout = comm_timeout
+        self.model_parallel = model_parallel
+        self.shard = shard
         self.comm = comm
 
     def _validate_params(self):
@@ -549,7 +334,10 @@ class SGDClassifier(_BaseSGD):
         return len(self.classes_), idx.astype(np.float64), loss
 
     def predict(self, X):
-        """Class labels of this rank's rows (local)."""
+        """Class labels of this rank's rows (local; collective over the model-parallel
+        group for a sharded model)."""
+        if hasattr(self, "shard_"):
+            return self.classes_[self.shard_.predict_index(self._check_X(X))]
         scores = self.decision_function(X)
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(np.intp)]
@@ -560,6 +348,8 @@ class SGDClassifier(_BaseSGD):
         self._check_fitted()
         if self.loss != "log_loss":
             raise AttributeError(f"probabilities are not available for loss={self.loss!r}")
+        if hasattr(self, "shard_") and self.shard_.split == "classes":
+            return self.shard_.predict_proba(self._check_X(X))
         scores = np.asarray(self.decision_function(X), dtype=np.float64)
         if scores.ndim == 1:
             p = 0.5 * (1.0 + np.tanh(0.5 * scores))   # overflow-free sigmoid
@@ -574,11 +364,13 @@ class SGDClassifier(_BaseSGD):
         self._check_fitted()
         c = get_comm(self.comm)
         loss, n, scores, yy = self._global_loss(c, X, y)
-        if scores.ndim == 1:
+        if scores is None:
+            pred = self.predict(X)
+        elif scores.ndim == 1:
             pred = self.classes_[(scores > 0).astype(np.intp)]
         else:
             pred = self.classes_[np.argmax(scores, axis=1)] if len(yy) else np.zeros(0)
-        correct = c.allreduce(int(np.sum(pred == yy)))
+        correct = self._sum(c, float(np.sum(pred == yy)))
         return {"accuracy": correct / max(n, 1), "loss": loss, "n_samples": n}
 
     def score(self, X, y):
@@ -614,7 +406,8 @@ class SGDRegressor(_BaseSGD):
                  learning_rate="invscaling", eta0=0.01, power_t=0.25, momentum=0.0,
                  batch_size=256, n_iter_no_change=5, random_state=None, verbose=0,
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
-                 keep_checkpoints=3, comm_timeout=600.0, comm=None):
+                 keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
+                 comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -637,13 +430,16 @@ class SGDRegressor(_BaseSGD):
         self.checkpoint_seconds = checkpoint_seconds
         self.keep_checkpoints = keep_checkpoints
         self.comm_timeout = comm_timeout
+        self.model_parallel = model_parallel
+        self.shard = shard
         self.comm = comm
 
     def _encode(self, y):
         return 1, y, LOSSES[self.loss](self)
 
     def predict(self, X):
-        """Predicted values of this rank's rows (local)."""
+        """Predicted values of this rank's rows (local; collective over the
+        model-parallel group for a sharded model)."""
         return self.decision_function(X)
 
     def metrics(self, X, y):
@@ -651,9 +447,11 @@ class SGDRegressor(_BaseSGD):
         self._check_fitted()
         c = get_comm(self.comm)
         loss, n, pred, yy = self._global_loss(c, X, y)
-        s = c.allreduce(np.array([yy.sum(), float(yy.size)]))
+        if pred is None:
+            pred = self.predict(X)
+        s = self._sum(c, np.array([yy.sum(), float(yy.size)]))
         mean = s[0] / max(s[1], 1.0)
-        ss = c.allreduce(np.array([np.sum((yy - pred) ** 2), np.sum((yy - mean) ** 2)]))
+        ss = self._sum(c, np.array([np.sum((yy - pred) ** 2), np.sum((yy - mean) ** 2)]))
         r2 = 1.0 - ss[0] / ss[1] if ss[1] > 0 else (1.0 if ss[0] == 0 else 0.0)
         return {"r2": float(r2), "loss": loss, "mse": ss[0] / max(n, 1), "n_samples": n}
 
@@ -665,8 +463,16 @@ class SGDRegressor(_BaseSGD):
 MODEL_TYPES = {"SGDClassifier": SGDClassifier, "SGDRegressor": SGDRegressor}
 
 
-def load(path, comm=None):
-    """Read a model saved with ``save`` (collective); returns the fitted estimator."""
+def load(path, comm=None, model_parallel=1, shard="auto"):
+    """Read a model saved with ``save`` (collective); returns the fitted estimator.
+
+    The file holds the logical weights, whatever split trained them. With
+    ``model_parallel=K`` each rank keeps only its shard (split by classes for a
+    softmax model, by features otherwise, or as ``shard`` says) and prediction is
+    collective over each group of ``K`` consecutive ranks, which must pass the same
+    rows (:func:`mpiml.load_hdf5` with ``grid=`` reads them so).
+    """
+    from ..comm import get_grid
     from ..io import load_model
     model_type, params, arrays, attrs = load_model(path, comm=comm)
     cls = MODEL_TYPES.get(model_type)
@@ -675,12 +481,29 @@ def load(path, comm=None):
     valid = set(cls._param_names())
     est = cls(**{k: v for k, v in params.items() if k in valid})
     est.comm = comm
-    est.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
-    if cls is SGDRegressor:
-        est.coef_ = est.coef_.ravel()
-    else:
+    est.model_parallel = model_parallel
+    est.shard = shard
+    coef = np.atleast_2d(np.asarray(arrays["coef"], dtype=np.float64))
+    intercept = np.asarray(arrays["intercept"], dtype=np.float64).ravel()
+    if cls is not SGDRegressor:
         est.classes_ = np.asarray(arrays["classes"])
-    est.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64).ravel()
     est.n_features_in_ = int(attrs["n_features_in"])
     est.n_iter_ = int(attrs.get("n_iter", 0))
+    grid = get_grid(comm, model_parallel)
+    if grid.K == 1:
+        est.coef_ = coef.ravel() if cls is SGDRegressor else coef
+        est.intercept_ = intercept
+        return est
+    split = est._split()
+
+    def check():
+        n = coef.shape[0] if split == "classes" else coef.shape[1]
+        if grid.K > n:
+            raise ConfigError(f"model_parallel={grid.K} is larger than the {n} "
+                              f"{'classes' if split == 'classes' else 'features'} to split")
+        if split == "classes" and not (cls is SGDClassifier and est._multinomial()):
+            raise ConfigError("shard='classes' needs a softmax model")
+
+    get_comm(comm).run(check)
+    est.shard_ = ShardedLinear.from_logical(split, coef, intercept, grid.model)
     return est

@@ -233,7 +233,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         engine.epoch_count = 0.0
     engine.set_plan(lo, hi, ptr)
     t0 = time.perf_counter()
-    if comm.size == 1:
+    if comm.size == 1 and not getattr(engine, "collective", False):
         if control is not None:
             control.attach(engine)
         s = start

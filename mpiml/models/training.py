@@ -1,0 +1,364 @@
+"""The training loop every mpiml estimator shares.
+
+An estimator supplies an *engine* (the model's state and its step kernels) and
+:class:`Trainer` drives it: agreed validation, the global row count, the
+rank-count-independent batch schedule, the process grid, epochs with early
+stopping, checkpoints, signals, the watchdog and resume.
+
+The engine protocol (``mpiml._kernels.sgd.Engine`` for the data-parallel linear
+models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
+
+* ``buf_arr`` -- the packed step buffer: ``P`` gradient sums, loss sum, row
+  count, then the control words of :class:`~mpiml.parallel.data.StepControl`;
+  reduced over the grid's data-parallel communicator, once per step;
+* ``set_plan``, ``grad_step(s)``, ``apply()``, ``apply_checked(size)``,
+  ``run_plan(start, stop)``, ``t``, ``epoch_loss``, ``epoch_count``,
+  ``params_finite()``;
+* ``get_state()`` / ``set_state(arrays)`` -- the *logical* (unsharded) optimiser
+  state as flat arrays; collective over the model-parallel group for sharded
+  engines, so checkpoints and model files never depend on the split.
+"""
+import contextlib
+import math
+import signal
+import threading
+
+import numpy as np
+
+from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
+from ..comm import check_model_parallel, get_comm, get_grid
+from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
+from ..parallel.data import StepControl, group_layout, layout_plan, run_epoch
+from ..watchdog import watching
+from .base import BaseEstimator, check_local_X
+
+__all__ = ["Trainer"]
+
+
+@contextlib.contextmanager
+def _signals(control):
+    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) request a stop at the
+    next step boundary, when checkpoints are on and we are in the main thread."""
+    if control.save is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        control.stop_requested = True
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    for sig in old:
+        # restart interrupted system calls (SA_RESTART): the signal may arrive while the
+        # MPI library is inside a system call that it does not retry on EINTR
+        signal.siginterrupt(sig, False)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _positive_int(v):
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
+
+
+class Trainer(BaseEstimator):
+    """Base class of mpiml's estimators (see the module doc for what subclasses supply:
+    ``_validate_model_params``, ``_encode``, ``_make_engine``, ``_store``,
+    ``_fitted_state``)."""
+    _is_classifier = False
+    _resumed_params = ()        # hyper-parameters a resumed run takes from its checkpoint
+
+    # ------------------------------------------------------------ validation
+    def _validate_params(self):
+        def bad(msg):
+            raise ConfigError(f"{type(self).__name__}: {msg}")
+
+        self._validate_model_params(bad)
+        if self.batch_size != "full" and not _positive_int(self.batch_size):
+            bad(f"batch_size must be a positive integer or 'full', not {self.batch_size!r}")
+        if not _positive_int(self.max_iter):
+            bad(f"max_iter must be a positive integer, not {self.max_iter!r}")
+        if self.tol is not None and (not isinstance(self.tol, (int, float)) or self.tol != self.tol):
+            bad(f"tol must be a number or None, not {self.tol!r}")
+        if not _positive_int(self.n_iter_no_change):
+            bad(f"n_iter_no_change must be a positive integer, not {self.n_iter_no_change!r}")
+        if self.dtype is not None and np.dtype(self.dtype) not in (np.float32, np.float64):
+            bad(f"dtype must be None, 'float32' or 'float64', not {self.dtype!r}")
+        if self.random_state is not None and (isinstance(self.random_state, bool) or
+                                              not isinstance(self.random_state, (int, np.integer))
+                                              or self.random_state < 0):
+            bad(f"random_state must be None or a non-negative integer, not {self.random_state!r}")
+        if self.checkpoint_every is not None and not _positive_int(self.checkpoint_every):
+            bad(f"checkpoint_every must be a positive integer, not {self.checkpoint_every!r}")
+        for name in ("checkpoint_seconds", "comm_timeout"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not v > 0):
+                bad(f"{name} must be a positive number of seconds or None, not {v!r}")
+        if not _positive_int(self.keep_checkpoints):
+            bad(f"keep_checkpoints must be a positive integer, not {self.keep_checkpoints!r}")
+        if (self.checkpoint_every or self.checkpoint_seconds) and not self.checkpoint_dir:
+            bad("checkpoint_every / checkpoint_seconds need checkpoint_dir")
+        check_model_parallel(self.model_parallel, get_comm(self.comm).size)
+
+    def _validate_model_params(self, bad):
+        pass
+
+    def _prepare_local(self, X, y):
+        """Local checks (run on every rank, agreed by the caller)."""
+        self._validate_params()
+        X = check_local_X(X)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        if y.ndim != 1:
+            raise DataError(f"y must be 1-D, it has shape {y.shape}")
+        if y.shape[0] != X.shape[0]:
+            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        if y.dtype.kind not in "fiub":
+            raise DataError(f"y has type {y.dtype}; mpiml needs numeric targets or class labels")
+        if X.size and not np.isfinite(X).all():
+            row = int(np.argwhere(~np.isfinite(X))[0][0])
+            raise DataError(f"X has a NaN or infinite value (local row {row})")
+        y = y.astype(np.float64)
+        if y.size and not np.isfinite(y).all():
+            raise DataError("y has a NaN or infinite value")
+        local_classes = None
+        if self._is_classifier:
+            if y.size and not np.all(y == np.round(y)):
+                raise DataError("class labels must be integers; for real-valued targets use a "
+                                "regressor (SGDRegressor, --model linear)")
+            local_classes = np.unique(y)
+        return X, y, local_classes
+
+    # ------------------------------------------------------------ training
+    def fit(self, X, y, resume=None, columns=None):
+        """Fit on the rows every rank passes (collective).
+
+        Parameters
+        ----------
+        X : array (n_local, n_features)
+            This rank's rows; shards may differ in size and may be empty. With
+            ``model_parallel=K``, the ``K`` ranks of a model-parallel group (world
+            ranks ``K*g .. K*g+K-1``) pass the same rows.
+        y : array (n_local,)
+        resume : str, optional
+            A checkpoint directory (or file): continue that run, on any number of
+            ranks, up to ``max_iter`` epochs in all. The optimisation
+            hyper-parameters come from the checkpoint.
+        columns : (lo, hi, n_features), optional
+            Feature-sharded models only: ``X`` holds only columns ``lo:hi`` of the
+            ``n_features`` (this rank's shard, as read by
+            ``load_hdf5(..., columns=...)``) instead of all of them.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(X, y, None, reset=True, resume=resume, columns=columns)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over the rows every rank passes, continuing from the current state
+        (collective)."""
+        return self._fit(X, y, 1, reset=not hasattr(self, "n_features_in_"), classes=classes)
+
+    def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None):
+        c = get_comm(self.comm)
+        Xl, yl, local_classes = c.run(self._prepare_local, X, y)
+        grid = get_grid(c, self.model_parallel)
+        seed = None
+        if c.rank == 0:
+            seed = (int(self.random_state) if self.random_state is not None
+                    else int(np.random.SeedSequence().entropy % (1 << 31)))
+        seed = c.bcast(seed)
+        # rows are counted once per replica: over the data-parallel communicator
+        meta = grid.data.allgather((Xl.shape[0], Xl.shape[1], Xl.dtype.str,
+                                    None if local_classes is None else local_classes.tolist()))
+        n_global = sum(m[0] for m in meta)
+        offset = sum(m[0] for m in meta[:grid.data.rank])
+        group = grid.model.allgather((Xl.shape[0], float(np.sum(yl)), Xl.shape[1]))
+
+        def check_global():
+            if len({g[:2] for g in group}) > 1:
+                raise DataError("the ranks of a model-parallel group passed different rows "
+                                f"(rows, sum of y per rank: {[g[:2] for g in group]}); each "
+                                "group of model_parallel consecutive ranks must pass the same rows")
+            widths = {m[1] for m in meta if m[0] > 0} or {meta[0][1]}
+            if columns is not None:
+                d = int(columns[2])
+                if Xl.shape[1] != int(columns[1]) - int(columns[0]):
+                    raise DataError(f"X has {Xl.shape[1]} columns but columns={tuple(columns)}")
+            else:
+                if len(widths) > 1:
+                    raise DataError(f"ranks passed different numbers of features: {sorted(widths)}")
+                d = widths.pop()
+            if n_global == 0:
+                raise DataError("no rows to fit on any rank")
+            if d == 0:
+                raise DataError("X has zero features")
+            if not reset and d != self.n_features_in_:
+                raise DataError(f"X has {d} features, the model was fitted with "
+                                f"{self.n_features_in_}")
+            cls = None
+            if self._is_classifier:
+                cls = np.unique(np.concatenate([np.asarray(m[3], dtype=np.float64) for m in meta]))
+                if not reset:
+                    unseen = np.setdiff1d(cls, self.classes_)
+                    if unseen.size:
+                        raise DataError(f"labels {unseen.tolist()[:5]} were not seen in the first "
+                                        f"fit; pass classes= to the first partial_fit")
+                    cls = self.classes_
+                elif classes is not None:
+                    given = np.unique(np.asarray(classes, dtype=np.float64))
+                    unseen = np.setdiff1d(cls, given)
+                    if unseen.size:
+                        raise DataError(f"labels {unseen.tolist()[:5]} are not in classes=")
+                    cls = given
+                if cls.size < 2:
+                    raise DataError(f"a classifier needs at least 2 classes; the labels have only "
+                                    f"{cls.size} ({cls.tolist()})")
+            return d, cls
+
+        d, cls = c.run(check_global)
+        dtypes = {m[2] for m in meta if m[0] > 0}
+        if self.dtype is not None:
+            dtype = np.dtype(self.dtype)
+        else:
+            dtype = np.dtype(np.float32) if dtypes == {np.dtype(np.float32).str} else np.dtype(np.float64)
+        Xl = np.ascontiguousarray(Xl, dtype=dtype)
+        if Xl.shape[0] == 0:
+            Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
+
+        if reset:
+            self.n_features_in_ = d
+            if self._is_classifier:
+                self.classes_ = cls
+            self._seed = seed
+            self.n_iter_ = 0
+            self._epochs_done = 0
+            self.t_ = 1.0
+            self._tol_state = [math.inf, 0]
+            self.loss_curve_ = []
+            self.epoch_times_ = []
+        batch = n_global if self.batch_size == "full" else int(self.batch_size)
+        state, arrays = (None, None)
+        if resume is not None:
+            state, arrays = self._restore(c, resume, d, n_global)
+            batch = int(state["batch"])
+        K, y_enc, loss = self._encode(yl)
+        # one reordered copy of the local rows: every step then reads contiguous memory
+        perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
+        if perm is not None:
+            Xl = np.take(Xl, perm, axis=0)
+            y_enc = y_enc[perm]
+        engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
+        start_step = 0
+        if state is not None:
+            c.run(engine.set_state, arrays)
+            engine.t = float(state["t"])
+            engine.epoch_loss = float(state["epoch_loss"])
+            engine.epoch_count = float(state["epoch_count"])
+            start_step = int(state["step"])
+        elif not reset:
+            engine.set_state(self._fitted_state())
+            engine.t = self.t_ - 1.0
+        target = self.max_iter if epochs is None else self.n_iter_ + epochs
+        control = self._control(c, grid, engine, K, d, n_global, batch)
+        with _signals(control), watching(c, self.comm_timeout, control):
+            while self.n_iter_ < target:
+                epoch = self._epochs_done
+                control.where = f"epoch {epoch + 1} (step Allreduce)"
+                stats = run_epoch(engine, grid.data, layout_plan(gptr, self._seed, epoch),
+                                  start_step, control)
+                start_step = 0
+                self._epochs_done += 1
+                self.n_iter_ += 1
+                mean_loss = stats.loss / stats.count
+                # every rank holds the same reduced loss and parameters, so all raise together
+                if not math.isfinite(mean_loss) or not engine.params_finite():
+                    raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
+                                        "lower the learning rate (eta0 / --lr) or scale the features")
+                self.loss_curve_.append(mean_loss)
+                self.epoch_times_.append(stats.seconds)
+                if self.verbose:
+                    c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
+                             f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
+                             f"({stats.steps} steps, {stats.seconds:.3g} s)")
+                if self.tol is not None and epochs is None:      # fit, not partial_fit
+                    best, stall = self._tol_state
+                    stall = stall + 1 if mean_loss > best - self.tol else 0
+                    self._tol_state = [min(best, mean_loss), stall]
+                    if stall >= self.n_iter_no_change:
+                        break
+            if self.checkpoint_dir is not None:
+                control.save(0)         # the final state
+        self.t_ = engine.t + 1.0
+        self._store(engine, K, d)
+        return self
+
+    def _control(self, c, grid, engine, K, d, n_global, batch):
+        """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
+        control = StepControl(grid.data, self.checkpoint_every, self.checkpoint_seconds)
+        if self.checkpoint_dir is None:
+            return control
+        policy = CheckpointPolicy(self.checkpoint_dir, self.checkpoint_every,
+                                  self.checkpoint_seconds, self.keep_checkpoints)
+
+        def save(step):
+            state = {"model_type": type(self).__name__,
+                     "params": {k: v for k, v in self.get_params().items() if k != "comm"},
+                     "epoch": self._epochs_done, "step": step, "t": engine.t,
+                     "epoch_loss": engine.epoch_loss, "epoch_count": engine.epoch_count,
+                     "best": self._tol_state[0], "stall": self._tol_state[1],
+                     "n_iter": self.n_iter_, "n_global": n_global, "batch": batch,
+                     "seed": self._seed, "n_features": d, "n_outputs": K}
+            arrays = dict(engine.get_state())       # logical arrays, gathered if sharded
+            arrays["loss_curve"] = np.asarray(self.loss_curve_, dtype=np.float64)
+            if self._is_classifier:
+                arrays["classes"] = self.classes_
+            return write_checkpoint(policy, state, arrays, comm=c)
+
+        def on_stop(path):
+            raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "
+                              f"--resume {policy.directory} (fit(..., resume=...))",
+                              ranks=range(c.size), checkpoint=path)
+
+        control.save = save
+        control.on_stop = on_stop
+        return control
+
+    def _restore(self, c, resume, d, n_global):
+        """Collective: read and check a checkpoint; set the estimator's run state from it."""
+        state, arrays = read_checkpoint(resume, comm=c)
+
+        def check():
+            where = state["path"]
+            if state["model_type"] != type(self).__name__:
+                raise DataError(f"{where} is a checkpoint of a {state['model_type']}, "
+                                f"not of a {type(self).__name__}")
+            if int(state["n_features"]) != d:
+                raise DataError(f"{where} was made with {state['n_features']} features; "
+                                f"the data has {d}")
+            if int(state["n_global"]) != n_global:
+                raise DataError(f"{where} was made on {state['n_global']} rows; the data has "
+                                f"{n_global}: resume on the same data")
+            if self._is_classifier and not np.array_equal(arrays["classes"], self.classes_):
+                raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
+                                f"labels have {self.classes_.tolist()[:10]}")
+
+        c.run(check)
+        for key in self._resumed_params:
+            if key in state["params"]:
+                setattr(self, key, state["params"][key])
+        self._seed = int(state["seed"])
+        self._epochs_done = int(state["epoch"])
+        self.n_iter_ = int(state["n_iter"])
+        self._tol_state = [float(state["best"]), int(state["stall"])]
+        self.loss_curve_ = [float(v) for v in arrays["loss_curve"]]
+        self.epoch_times_ = []
+        return state, arrays
+
+    # ------------------------------------------------------------ fitted state
+    def _check_fitted(self):
+        if not hasattr(self, "n_features_in_") or not hasattr(self, "n_iter_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
