@@ -1,0 +1,67 @@
+"""The 2-D process grid through the command line: 4 ranks as 2 data-parallel x 2
+model-parallel (oversubscribed on small machines, so the problems are tiny)."""
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.launcher
+
+from launch import mpirun, rank_exits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grid")
+    code, _, err, _ = mpirun(1, ["make-data", "--task", "multiclass", "--classes", 5, "--rows",
+                                 1200, "--features", 7, "--seed", 4, "--dtype", "float64",
+                                 "--out", d / "mc.h5"], d)
+    assert code == 0, err
+    return d
+
+
+@pytest.mark.parametrize("model,shard", [("softmax", "classes"), ("softmax", "features"),
+                                         ("hinge", "features")])
+def test_2x2_grid_gives_the_one_rank_model(data, tmp_path, model, shard):
+    common = ["train", "--data", data / "mc.h5", "--model", model, "--epochs", 2,
+              "--batch-size", 64, "--lr", 0.05, "--momentum", 0.5, "--quiet"]
+    code, out, err, _ = mpirun(1, common + ["--out", tmp_path / "one.h5"], tmp_path)
+    assert code == 0, err
+    code, out, err, _ = mpirun(4, common + ["--model-parallel", 2, "--shard", shard,
+                                            "--out", tmp_path / "grid.h5"], tmp_path, timeout=120)
+    assert code == 0, err
+    assert f"4 ranks = 2 data-parallel x 2 model-parallel ({shard})" in out
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "grid.h5") as b:
+        np.testing.assert_allclose(b["coef"][()], a["coef"][()], rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(b["intercept"][()], a["intercept"][()], rtol=1e-8, atol=1e-12)
+    # predictions of the saved model: one rank, and 4 ranks holding it split 2 ways
+    for n, k in ((1, 1), (4, 2)):
+        code, _, err, _ = mpirun(n, ["predict", "--model", tmp_path / "grid.h5", "--data",
+                                     data / "mc.h5", "--out", tmp_path / f"p{n}.h5",
+                                     "--model-parallel", k], tmp_path, timeout=120)
+        assert code == 0, err
+    with h5py.File(tmp_path / "p1.h5") as a, h5py.File(tmp_path / "p4.h5") as b:
+        np.testing.assert_array_equal(a["pred"][()], b["pred"][()])
+
+
+def test_dry_run_prints_the_layout(data, tmp_path):
+    code, out, err, _ = mpirun(4, ["train", "--data", data / "mc.h5", "--model", "logistic",
+                                   "--model-parallel", 2, "--out", tmp_path / "m.h5",
+                                   "--dry-run"], tmp_path, timeout=120)
+    assert code == 0, err
+    assert "4 rank(s) = 2 data-parallel x 2 model-parallel" in out
+    assert "shard 1: ranks [1, 3] share it" in out
+    assert "rank 3: rows 600:1200, features 4:7 of 7" in out
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("n,k,message", [
+    (2, 3, "model_parallel=3 needs at least 3 ranks; the job has 2"),
+    (3, 2, "model_parallel=2 does not divide the 3 ranks of the job"),
+])
+def test_bad_model_parallel_one_message_every_rank_fails(data, tmp_path, n, k, message):
+    code, out, err, secs = mpirun(n, ["train", "--data", data / "mc.h5", "--model", "softmax",
+                                      "--model-parallel", k, "--out", tmp_path / "m.h5"],
+                                  tmp_path, wrap=True)
+    assert err.count(message) == 1, err          # printed once, by rank 0
+    assert rank_exits(err) == [1] * n, err       # and every rank exits 1
+    assert not (tmp_path / "m.h5").exists()
