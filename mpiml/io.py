@@ -21,6 +21,7 @@ from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 
 __all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
+           "read_model_slice",
            "check_output_path", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
 MODEL_FORMAT = "mpiml-model"
@@ -157,7 +158,8 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
             if n == 0 or d == 0:
                 raise DataError(f"{path}: dataset '{X}' is empty (shape {dX.shape})")
             if n < grid.D:
-                raise ConfigError(f"{grid.D} data-parallel replicas but only {n} rows in {path}: "
+                what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
+                raise ConfigError(f"{what} but only {n} rows in {path}: "
                                   f"run with at most {n * grid.K} ranks")
             out_dtype = _resolve_dtype(dtype, dX.dtype)
             lo, hi = chunk(n, grid.D, grid.data_rank)
@@ -351,10 +353,11 @@ def check_format(f, path, name, newest, what):
                         f"{newest}: upgrade mpiml")
 
 
-def load_model(path, comm=None):
+def load_model(path, comm=None, lazy=()):
     """Collective: read a model file on every rank.
 
-    Returns ``(model_type, params, arrays, attrs)``.
+    Returns ``(model_type, params, arrays, attrs)``. Datasets named in ``lazy`` are
+    not read: ``arrays[name]`` is their shape, for :func:`read_model_slice`.
     """
     c = get_comm(comm)
 
@@ -363,8 +366,21 @@ def load_model(path, comm=None):
             check_format(f, path, MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")
             model_type = str(f.attrs["model_type"])
             params = json.loads(str(f.attrs["params"]))
-            arrays = {k: v[()] for k, v in f.items() if isinstance(v, h5py.Dataset)}
+            arrays = {k: (tuple(v.shape) if k in lazy else v[()])
+                      for k, v in f.items() if isinstance(v, h5py.Dataset)}
             attrs = {k: v for k, v in f.attrs.items()}
             return model_type, params, arrays, attrs
+
+    return c.run(read)
+
+
+def read_model_slice(path, name, index, comm=None):
+    """Collective: each rank reads its own hyperslab ``index`` of dataset ``name``
+    (a sharded model loads only its shard of the logical weights)."""
+    c = get_comm(comm)
+
+    def read():
+        with _open_read(path) as f:
+            return np.asarray(f[name][index], dtype=np.float64)
 
     return c.run(read)

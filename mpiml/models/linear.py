@@ -473,8 +473,10 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
     rows (:func:`mpiml.load_hdf5` with ``grid=`` reads them so).
     """
     from ..comm import get_grid
-    from ..io import load_model
-    model_type, params, arrays, attrs = load_model(path, comm=comm)
+    from ..io import load_model, read_model_slice
+    c = get_comm(comm)
+    grid = get_grid(c, model_parallel)
+    model_type, params, arrays, attrs = load_model(path, comm=c, lazy=("coef",))
     cls = MODEL_TYPES.get(model_type)
     if cls is None:
         raise DataError(f"{path} holds a model of type {model_type!r}, which this mpiml does not know")
@@ -483,27 +485,36 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
     est.comm = comm
     est.model_parallel = model_parallel
     est.shard = shard
-    coef = np.atleast_2d(np.asarray(arrays["coef"], dtype=np.float64))
+    shape = arrays["coef"]
+    K, d = (1, shape[0]) if len(shape) == 1 else shape
     intercept = np.asarray(arrays["intercept"], dtype=np.float64).ravel()
     if cls is not SGDRegressor:
         est.classes_ = np.asarray(arrays["classes"])
     est.n_features_in_ = int(attrs["n_features_in"])
     est.n_iter_ = int(attrs.get("n_iter", 0))
-    grid = get_grid(comm, model_parallel)
     if grid.K == 1:
+        coef = np.atleast_2d(read_model_slice(path, "coef", (), comm=c))
         est.coef_ = coef.ravel() if cls is SGDRegressor else coef
         est.intercept_ = intercept
         return est
     split = est._split()
 
     def check():
-        n = coef.shape[0] if split == "classes" else coef.shape[1]
+        n = K if split == "classes" else d
         if grid.K > n:
             raise ConfigError(f"model_parallel={grid.K} is larger than the {n} "
                               f"{'classes' if split == 'classes' else 'features'} to split")
         if split == "classes" and not (cls is SGDClassifier and est._multinomial()):
             raise ConfigError("shard='classes' needs a softmax model")
 
-    get_comm(comm).run(check)
-    est.shard_ = ShardedLinear.from_logical(split, coef, intercept, grid.model)
+    c.run(check)
+    # each rank reads only its shard of the logical weights
+    lo, hi = chunk(K if split == "classes" else d, grid.K, grid.model_rank)
+    index = np.s_[lo:hi] if split == "classes" else np.s_[..., lo:hi]
+    part = np.atleast_2d(read_model_slice(path, "coef", index, comm=c))
+    if split == "classes":
+        W, b = part, intercept[lo:hi]
+    else:
+        W, b = part.reshape(K, hi - lo), intercept
+    est.shard_ = ShardedLinear(split, K, d, grid.model, np.ascontiguousarray(W), b.copy())
     return est
