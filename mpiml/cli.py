@@ -237,6 +237,15 @@ def _dry_run(args, c, grid):
     n, d = info["shape"]
     c.print0(grid.describe())
     split = _split_of(args) if grid.K > 1 else None
+    n_classes = None
+    if split == "classes":
+        def count():
+            import h5py
+            import numpy as np
+            if c.rank == 0:
+                with h5py.File(args.data, "r", locking=False) as f:
+                    return int(np.unique(f[args.y][()]).size)
+        n_classes = c.bcast(c.run(count))
     lines = []
     for r in range(c.size):
         g, m = r // grid.K, r % grid.K
@@ -246,7 +255,8 @@ def _dry_run(args, c, grid):
             f0, f1 = chunk(d, grid.K, m)
             text += f", features {f0}:{f1} of {d} (W[:, {f0}:{f1}], reads only these columns)"
         elif split == "classes":
-            text += f", classes shard {m} of {grid.K} (W rows chunk({m}) of the classes)"
+            k0, k1 = chunk(n_classes, grid.K, m)
+            text += f", classes {k0}:{k1} of {n_classes} (W[{k0}:{k1}, :], all {d} features)"
         lines.append(text)
     c.print0(f"data: {n} x {d} from {args.data}; model {args.model}"
              + (f", split by {split}" if split else ", replicated (data parallel)"))
