@@ -232,3 +232,19 @@ def test_grid_communicators(comm):
     assert grid.model.allgather(comm.rank) == grid.model_group(grid.data_rank)
     assert grid.data.allgather(comm.rank) == grid.data_group(grid.model_rank)
     assert get_comm() is comm
+
+
+@pytest.mark.mpi
+def test_sharded_partial_fit_continues(comm):
+    X, y = _softmax_data(n=90, K=5)
+    kw = dict(multi_class="multinomial", learning_rate="constant", eta0=0.1, momentum=0.5,
+              batch_size=16, random_state=2, dtype="float64")
+    grid = get_grid(comm, comm.size)
+    Xl, yl = _rows(grid, X, y)
+    est = SGDClassifier(**kw, model_parallel=comm.size)
+    ref = SGDClassifier(**kw, comm=MPI.COMM_SELF)
+    for _ in range(3):
+        est.partial_fit(Xl, yl)
+        ref.partial_fit(X, y)
+    np.testing.assert_allclose(est.gather_coef()[0], ref.coef_, rtol=1e-9)
+    assert est.n_iter_ == ref.n_iter_ == 3

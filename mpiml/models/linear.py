@@ -109,7 +109,6 @@ class _BaseSGD(Trainer):
                                    columns_given=columns is not None)
 
     def _store(self, engine, K, d):
-        state = engine.get_state()
         for name in ("coef_", "intercept_", "_velocity", "shard_"):
             self.__dict__.pop(name, None)
         if isinstance(engine, ShardedLinearEngine):
@@ -118,6 +117,7 @@ class _BaseSGD(Trainer):
                                         engine.shard.W.copy(), engine.shard.b.copy())
             self._velocity_shard = engine.velocity.copy()
             return
+        state = engine.get_state()
         w = state["w"]
         self._velocity = state["velocity"]
         self.coef_ = w[:K * d].reshape(K, d).copy()
@@ -127,8 +127,9 @@ class _BaseSGD(Trainer):
 
     def _fitted_state(self):
         if hasattr(self, "shard_"):
-            raise ConfigError("partial_fit of a model-parallel model continues only in the same "
-                              "fit; refit, or resume from a checkpoint")
+            s = self.shard_
+            return {"shard": np.concatenate([s.W.ravel(), s.b]),
+                    "shard_velocity": self._velocity_shard}
         w = np.concatenate([np.asarray(self.coef_, dtype=np.float64).ravel(),
                             np.asarray(self.intercept_, dtype=np.float64)])
         return {"w": w, "velocity": getattr(self, "_velocity", np.zeros_like(w))}

@@ -308,7 +308,16 @@ class ShardedLinearEngine(StepEngine):
         return {"w": self.shard.gather(self.params), "velocity": self.shard.gather(self.velocity)}
 
     def set_state(self, state):
+        """Logical arrays (``w``, ``velocity``: from a checkpoint or a file), or this
+        rank's own shard (``shard``, ``shard_velocity``: partial_fit continuing)."""
         s = self.shard
+        if "shard" in state:
+            if state["shard"].shape != (self.P,):
+                raise ValueError("the fitted shard does not match this grid: refit")
+            self.params[:] = state["shard"]
+            self.velocity[:] = state["shard_velocity"]
+            self.W_c = None
+            return
         for name, target in (("w", self.params), ("velocity", self.velocity)):
             flat = np.asarray(state[name], dtype=np.float64).ravel()
             if flat.shape[0] != s.K * (s.d + 1):
