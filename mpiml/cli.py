@@ -29,6 +29,8 @@ MODELS = {
     "logistic": ("SGDClassifier", {"loss": "log_loss"}),
     "hinge": ("SGDClassifier", {"loss": "hinge"}),
     "softmax": ("SGDClassifier", {"loss": "log_loss", "multi_class": "multinomial"}),
+    "mlp": ("MLPClassifier", {}),
+    "mlp-regression": ("MLPRegressor", {}),
 }
 
 
@@ -109,14 +111,17 @@ def build_parser():
     p.add_argument("--epochs", type=_positive_int, default=5, help="(maximum) number of epochs")
     p.add_argument("--batch-size", type=_batch_size, default=256,
                    help="global batch size over all ranks, or 'full' (default 256)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate eta0 (default 0.1)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate: eta0 of the linear models (default 0.1), "
+                        "learning_rate_init of the MLPs (default 0.001)")
     p.add_argument("--lr-schedule", choices=["constant", "invscaling", "optimal"],
                    default="constant")
     p.add_argument("--power-t", type=float, default=0.5, help="exponent of invscaling")
     p.add_argument("--alpha", type=float, default=1e-4, help="regularisation strength")
     p.add_argument("--penalty", choices=["l2", "l1", "elasticnet", "none"], default="l2")
     p.add_argument("--l1-ratio", type=float, default=0.15)
-    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="momentum (default 0 for the linear models, 0.9 for MLPs with --solver sgd)")
     p.add_argument("--epsilon", type=float, default=0.1, help="huber threshold")
     p.add_argument("--tol", type=float, default=None,
                    help="stop when the epoch loss improves by less than this (default: run all epochs)")
@@ -125,6 +130,11 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g = p.add_argument_group("MLPs (--model mlp | mlp-regression)")
+    g.add_argument("--hidden", default="100", metavar="H1,H2,...",
+                   help="hidden layer sizes (default 100)")
+    g.add_argument("--activation", choices=["relu", "tanh"], default="relu")
+    g.add_argument("--solver", choices=["adam", "sgd"], default="adam")
     g = p.add_argument_group("model parallelism (2-D grid: ranks = data-parallel x model-parallel)")
     g.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
                    help="split the weights over K consecutive ranks (must divide the rank count)")
@@ -198,23 +208,42 @@ def cmd_make_data(args):
                 else "") + f" in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
 
 
+def _hidden(text):
+    from .errors import ConfigError
+    try:
+        sizes = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--hidden must be comma-separated positive integers, not {text!r}")
+    return sizes
+
+
 def _estimator(args, c):
     from . import models
 
     cls_name, kwargs = MODELS[args.model]
     cls = getattr(models, cls_name)
-    kwargs = dict(kwargs, penalty=None if args.penalty == "none" else args.penalty,
-                  alpha=args.alpha, l1_ratio=args.l1_ratio, learning_rate=args.lr_schedule,
-                  eta0=args.lr, power_t=args.power_t, momentum=args.momentum,
-                  batch_size=args.batch_size, max_iter=args.epochs, tol=args.tol,
-                  n_iter_no_change=args.n_iter_no_change, random_state=args.seed,
+    kwargs = dict(kwargs, alpha=args.alpha, batch_size=args.batch_size, max_iter=args.epochs,
+                  tol=args.tol, n_iter_no_change=args.n_iter_no_change, random_state=args.seed,
                   verbose=0 if args.quiet else 1,
                   dtype=None if args.dtype == "auto" else args.dtype,
                   checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                   checkpoint_seconds=args.checkpoint_seconds,
                   keep_checkpoints=args.keep_checkpoints,
                   comm_timeout=args.comm_timeout or None, model_parallel=args.model_parallel,
-                  shard=_split_of(args), comm=c)
+                  comm=c)
+    if cls_name.startswith("MLP"):
+        kwargs.update(hidden_layer_sizes=_hidden(args.hidden), activation=args.activation,
+                      solver=args.solver,
+                      learning_rate_init=0.001 if args.lr is None else args.lr,
+                      momentum=0.9 if args.momentum is None else args.momentum)
+        return cls(**kwargs)
+    kwargs.update(penalty=None if args.penalty == "none" else args.penalty,
+                  l1_ratio=args.l1_ratio, learning_rate=args.lr_schedule,
+                  eta0=0.1 if args.lr is None else args.lr, power_t=args.power_t,
+                  momentum=0.0 if args.momentum is None else args.momentum,
+                  shard=_split_of(args))
     if cls_name == "SGDRegressor":
         kwargs["epsilon"] = args.epsilon
     return cls(**kwargs)
@@ -223,6 +252,8 @@ def _estimator(args, c):
 def _split_of(args):
     """The CLI decides the split before reading the data (the ranks of a feature split
     read only their columns): softmax by classes, every other model by features."""
+    if args.model.startswith("mlp"):
+        return "layers"
     if args.shard != "auto":
         return args.shard
     return "classes" if args.model == "softmax" else "features"
@@ -254,6 +285,10 @@ def _dry_run(args, c, grid):
         if split == "features":
             f0, f1 = chunk(d, grid.K, m)
             text += f", features {f0}:{f1} of {d} (W[:, {f0}:{f1}], reads only these columns)"
+        elif split == "layers":
+            parts = [f"{a}:{b} of {h}" for h in _hidden(args.hidden)
+                     for a, b in [chunk(h, grid.K, m)]]
+            text += f", hidden units {', '.join(parts)} (column/row-parallel layer pairs)"
         elif split == "classes":
             k0, k1 = chunk(n_classes, grid.K, m)
             text += f", classes {k0}:{k1} of {n_classes} (W[{k0}:{k1}, :], all {d} features)"
