@@ -19,13 +19,13 @@ except ImportError as _exc:  # pragma: no cover - depends on how mpiml was insta
         "another directory, or build in place with `python setup.py build_ext --inplace`."
     ) from None
 
-from .comm import Comm, chunk, get_comm  # noqa: E402
+from .comm import Comm, chunk, get_comm, get_grid  # noqa: E402
 from .errors import ConfigError, DataError, MpimlError, OutputError, TrainingError  # noqa: E402
 from .io import load_hdf5  # noqa: E402
-from .models import SGDClassifier, SGDRegressor  # noqa: E402
+from .models import MLPClassifier, MLPRegressor, SGDClassifier, SGDRegressor  # noqa: E402
 from .models import load as load_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Comm", "chunk", "get_comm", "load_hdf5", "load_model", "SGDClassifier",
-           "SGDRegressor", "MpimlError", "DataError", "ConfigError", "OutputError",
+__all__ = ["Comm", "chunk", "get_comm", "get_grid", "load_hdf5", "load_model", "SGDClassifier",
+           "SGDRegressor", "MLPClassifier", "MLPRegressor", "MpimlError", "DataError", "ConfigError", "OutputError",
            "TrainingError", "__version__"]

@@ -88,7 +88,7 @@ def build_parser():
     sub.required = True
 
     p = sub.add_parser("make-data", help="write a reproducible synthetic dataset")
-    p.add_argument("--task", required=True, choices=["regression", "binary", "multiclass"])
+    p.add_argument("--task", required=True, choices=["regression", "binary", "multiclass", "circles"])
     p.add_argument("--rows", type=_positive_int, required=True)
     p.add_argument("--features", type=_positive_int, required=True)
     p.add_argument("--classes", type=_positive_int, default=3, help="multiclass: number of classes")

@@ -14,6 +14,11 @@ binary
     ``balance`` of the rows positive (exactly, in expectation), then a fraction
     ``noise`` of the labels is flipped (so the best possible accuracy is
     ``1 - noise``).
+circles
+    Two concentric classes: ``y = 1`` where the radius of the first two features
+    exceeds its median (``sqrt(2 ln 2)``), so half the rows are in each class and no
+    linear model does better than chance; the other features are noise. Then a
+    fraction ``noise`` of the labels is flipped (default 0 for this task).
 multiclass
     ``y = argmax(X @ W.T + log(weights))``, then a fraction ``noise`` of the
     labels is replaced by a uniformly random class. ``weights`` shifts the class
@@ -32,7 +37,8 @@ from .io import check_output_path, write_rows
 
 __all__ = ["make_data", "TASKS", "BLOCK"]
 
-TASKS = ("regression", "binary", "multiclass")
+TASKS = ("regression", "binary", "multiclass", "circles")
+_CIRCLE_RADIUS = float(np.sqrt(2.0 * np.log(2.0)))   # median radius of a 2-D standard normal
 BLOCK = 1 << 16
 
 
@@ -40,6 +46,8 @@ def _truth(task, d, seed, classes, balance, weights):
     rng = np.random.default_rng([seed, 0])
     if task == "regression":
         return rng.standard_normal(d), np.array([rng.standard_normal()])
+    if task == "circles":
+        return np.zeros((1, d)), np.array([_CIRCLE_RADIUS])
     if task == "binary":
         # ||w|| = 3 so that X @ w ~ N(0, 9): classes are well separated but not trivially
         w = rng.standard_normal(d)
@@ -56,6 +64,11 @@ def _block(task, split, i, n, d, seed, dtype, coef, intercept, noise, classes):
     Xd = X.astype(np.float64)
     if task == "regression":
         y = Xd @ coef + intercept[0] + noise * rng.standard_normal(n)
+        return X, y
+    if task == "circles":
+        y = (np.hypot(Xd[:, 0], Xd[:, 1]) > intercept[0]).astype(np.int64)
+        flip = rng.random(n) < noise
+        y[flip] = 1 - y[flip]
         return X, y
     margins = Xd @ coef.T + intercept
     if task == "binary":
@@ -78,6 +91,8 @@ def _validate(task, rows, features, classes, noise, balance, weights, dtype, tes
         raise ConfigError("--test-rows must be >= 0")
     if task == "multiclass" and classes < 3:
         raise ConfigError("multiclass needs --classes >= 3 (use --task binary for 2)")
+    if task == "circles" and features < 2:
+        raise ConfigError("circles needs --features >= 2")
     if not 0.0 <= noise < (1.0 if task != "regression" else float("inf")):
         raise ConfigError(f"--noise must be in [0, 1) for classification, >= 0 for regression; got {noise}")
     if not 0.0 < balance < 1.0:
@@ -95,7 +110,7 @@ def make_data(task, rows, features, out, *, seed=0, test_out=None, test_rows=0, 
 
     Parameters
     ----------
-    task : {"regression", "binary", "multiclass"}
+    task : {"regression", "binary", "multiclass", "circles"}
     rows, features : int
     out : str
         Output HDF5 file with datasets ``X`` (rows x features) and ``y``.
@@ -120,7 +135,7 @@ def make_data(task, rows, features, out, *, seed=0, test_out=None, test_rows=0, 
     """
     c = get_comm(comm)
     if noise is None:
-        noise = 0.1 if task == "regression" else 0.02
+        noise = {"regression": 0.1, "circles": 0.0}.get(task, 0.02)
     if task == "binary":
         classes = 2
     if task == "multiclass" and weights is None:

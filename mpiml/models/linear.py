@@ -11,6 +11,7 @@ from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
 from .base import check_local_X
+from .neural import MLP_TYPES, load_mlp
 from .training import Trainer
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
@@ -465,7 +466,8 @@ MODEL_TYPES = {"SGDClassifier": SGDClassifier, "SGDRegressor": SGDRegressor}
 
 
 def load(path, comm=None, model_parallel=1, shard="auto"):
-    """Read a model saved with ``save`` (collective); returns the fitted estimator.
+    """Read a model saved with ``save`` (collective); returns the fitted estimator
+    (any of mpiml's model types).
 
     The file holds the logical weights, whatever split trained them. With
     ``model_parallel=K`` each rank keeps only its shard (split by classes for a
@@ -478,6 +480,9 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
     model_type, params, arrays, attrs = load_model(path, comm=c, lazy=("coef",))
+    if model_type in MLP_TYPES:
+        return load_mlp(model_type, params, arrays, attrs, comm=comm,
+                        model_parallel=model_parallel)
     cls = MODEL_TYPES.get(model_type)
     if cls is None:
         raise DataError(f"{path} holds a model of type {model_type!r}, which this mpiml does not know")
