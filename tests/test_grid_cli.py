@@ -43,6 +43,22 @@ def test_2x2_grid_gives_the_one_rank_model(data, tmp_path, model, shard):
         np.testing.assert_array_equal(a["pred"][()], b["pred"][()])
 
 
+def test_mlp_on_a_2x2_grid_gives_the_one_rank_model(data, tmp_path):
+    common = ["train", "--data", data / "mc.h5", "--model", "mlp", "--hidden", "9,5",
+              "--epochs", 2, "--batch-size", 64, "--solver", "sgd", "--lr", 0.05, "--quiet"]
+    code, _, err, _ = mpirun(1, common + ["--out", tmp_path / "one.h5"], tmp_path)
+    assert code == 0, err
+    code, out, err, _ = mpirun(4, common + ["--model-parallel", 2, "--out", tmp_path / "grid.h5"],
+                               tmp_path, timeout=120)
+    assert code == 0, err
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "grid.h5") as b:
+        for name in ("coef_0", "intercept_0", "coef_1", "coef_2", "intercept_2"):
+            np.testing.assert_allclose(b[name][()], a[name][()], rtol=1e-8, atol=1e-12)
+    code, out, err, _ = mpirun(3, ["score", "--model", tmp_path / "grid.h5", "--data",
+                                   data / "mc.h5", "--json"], tmp_path, timeout=120)
+    assert code == 0 and '"accuracy"' in out, err
+
+
 def test_dry_run_prints_the_layout(data, tmp_path):
     code, out, err, _ = mpirun(4, ["train", "--data", data / "mc.h5", "--model", "logistic",
                                    "--model-parallel", 2, "--out", tmp_path / "m.h5",
@@ -52,6 +68,11 @@ def test_dry_run_prints_the_layout(data, tmp_path):
     assert "shard 1: ranks [1, 3] share it" in out
     assert "rank 3: rows 600:1200, features 4:7 of 7" in out
     assert not (tmp_path / "m.h5").exists()
+    code, out, err, _ = mpirun(2, ["train", "--data", data / "mc.h5", "--model", "mlp",
+                                   "--hidden", "4096,4096", "--model-parallel", 2, "--out",
+                                   tmp_path / "m.h5", "--dry-run"], tmp_path, timeout=120)
+    assert code == 0, err
+    assert "rank 1: rows 0:1200, hidden units 2048:4096 of 4096, 2048:4096 of 4096" in out
 
 
 @pytest.mark.parametrize("n,k,message", [
