@@ -367,9 +367,10 @@ def cmd_predict(args):
     c = get_comm()
     grid = get_grid(c, args.model_parallel)
     est = load(args.model, comm=c, model_parallel=grid.K)
-    if args.proba and getattr(est, "loss", None) != "log_loss":
+    if args.proba and (not hasattr(est, "predict_proba")
+                       or getattr(est, "loss", "log_loss") != "log_loss"):
         from .errors import ConfigError
-        raise ConfigError("--proba needs a probabilistic model (logistic or softmax)",
+        raise ConfigError("--proba needs a probabilistic model (logistic, softmax or mlp)",
                           ranks=range(c.size))
     check_output_path(args.out, comm=c)
     X, _ = load_hdf5(args.data, X=args.X, y=None, comm=c, model_parallel=grid.K)
