@@ -23,8 +23,9 @@ import numpy as np
 from mpi4py import MPI
 
 from .._kernels import sgd as _k
+from ..comm import chunks
 from .engine import StepEngine
-from .model import divide
+from .model import divide, gather_from
 
 __all__ = ["ShardedLinear", "ShardedLinearEngine", "choose_split"]
 
@@ -92,8 +93,8 @@ class ShardedLinear:
         nW = int(np.prod(self.shape))
         Wl = np.asarray(flat_local[:nW], dtype=np.float64).reshape(self.shape)
         bl = np.asarray(flat_local[nW:], dtype=np.float64)
-        sizes = [hi - lo for lo, hi in (divide_all(self.K if self.split == "classes" else self.d,
-                                                   m.size))]
+        sizes = [int(hi - lo) for lo, hi in chunks(self.K if self.split == "classes" else self.d,
+                                                     m.size)]
         if self.split == "classes":
             send = np.concatenate([Wl.ravel(), bl])
             counts = [n * (self.d + 1) for n in sizes]
@@ -144,7 +145,7 @@ class ShardedLinear:
         for s in self._blocks(X.shape[0]):
             Z = self._logits(X[s:s + _PREDICT_BLOCK])
             if self.split == "classes":
-                Z = _gather_columns(Z, self.model, self.K)
+                Z = _gather_columns(Z, self.model)
             out[s:s + Z.shape[0]] = Z
         return out
 
@@ -191,7 +192,7 @@ class ShardedLinear:
         for s in self._blocks(X.shape[0]):
             Z = self._logits(X[s:s + _PREDICT_BLOCK])
             _, E, S, _ = self.softmax_stats(Z)
-            out[s:s + Z.shape[0]] = _gather_columns(E / S[:, None], self.model, self.K)
+            out[s:s + Z.shape[0]] = _gather_columns(E / S[:, None], self.model)
         return out
 
     def loss_sum(self, X, y_enc, loss):
@@ -209,16 +210,8 @@ class ShardedLinear:
         return total
 
 
-def divide_all(n, size):
-    from ..comm import chunks
-    return [tuple(r) for r in chunks(n, size)]
-
-
-def _gather_columns(Z, model, K):
-    if model.size == 1:
-        return Z
-    from .model import gather_from
-    return gather_from(np.ascontiguousarray(Z), model)
+def _gather_columns(Z, model):
+    return Z if model.size == 1 else gather_from(np.ascontiguousarray(Z), model)
 
 
 class ShardedLinearEngine(StepEngine):
