@@ -86,3 +86,39 @@ def test_bad_model_parallel_one_message_every_rank_fails(data, tmp_path, n, k, m
     assert err.count(message) == 1, err          # printed once, by rank 0
     assert rank_exits(err) == [1] * n, err       # and every rank exits 1
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_signal_on_one_rank_of_the_grid_stops_every_rank_at_the_same_step(data, tmp_path):
+    """SIGUSR1 reaches rank 3 only (data replica 1, model shard 1): the stop request
+    travels through its data group's Allreduce and the model group's flag reduction,
+    so all 4 ranks checkpoint the same update and exit 75; resuming on 1 rank gives
+    the uninterrupted model."""
+    from launch import clean_env
+    common = ["train", "--data", data / "mc.h5", "--model", "softmax", "--epochs", 3,
+              "--batch-size", 64, "--lr", 0.05, "--momentum", 0.5, "--quiet"]
+    ck = tmp_path / "ck"
+    env = clean_env(MPIML_TEST_SIGNAL="3:25:SIGUSR1")
+    code, _, err, _ = mpirun(4, common + ["--model-parallel", 2, "--checkpoint-dir", ck,
+                                          "--out", tmp_path / "m.h5"], tmp_path, timeout=120,
+                             wrap=True, env=env)
+    assert rank_exits(err) == [75] * 4, err
+    assert sorted(p.name for p in ck.iterdir()) == ["ckpt-000000000026.h5"]
+    code, _, err, _ = mpirun(1, common + ["--resume", ck, "--out", tmp_path / "m.h5"], tmp_path)
+    assert code == 0, err
+    code, _, err, _ = mpirun(1, common + ["--out", tmp_path / "ref.h5"], tmp_path)
+    assert code == 0, err
+    with h5py.File(tmp_path / "m.h5") as a, h5py.File(tmp_path / "ref.h5") as b:
+        np.testing.assert_allclose(a["coef"][()], b["coef"][()], rtol=1e-8, atol=1e-12)
+
+
+def test_watchdog_ends_a_grid_job_with_a_stopped_rank(data, tmp_path):
+    from launch import clean_env
+    env = clean_env(MPIML_TEST_SIGNAL="2:10:SIGSTOP")
+    code, _, err, seconds = mpirun(4, ["train", "--data", data / "mc.h5", "--model", "mlp",
+                                       "--hidden", 8, "--epochs", 50, "--batch-size", 64,
+                                       "--model-parallel", 2, "--comm-timeout", 3, "--quiet",
+                                       "--out", tmp_path / "m.h5"], tmp_path, timeout=120, env=env)
+    assert code == 70, err
+    assert err.count("mpiml: watchdog:") == 1
+    assert "not answering (stopped, or hung outside MPI): rank 2\n" in err, err
+    assert seconds < 3 + 20

@@ -167,6 +167,7 @@ class StepControl:
         self.where = "training"
         # failure-injection hooks for the reliability tests: "rank:update"
         self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
+        self.world_rank = MPI.COMM_WORLD.Get_rank()     # the hooks name world ranks
         # "rank:update:SIGNAL": that rank sends itself SIGNAL after that update
         raw = os.environ.get("MPIML_TEST_SIGNAL", "")
         self.signal_hook = None
@@ -195,8 +196,9 @@ class StepControl:
 
     def boundary(self, engine, step, stop, due):
         """After an update: checkpoint and/or stop, identically on every rank."""
-        if self.signal_hook is not None and self.signal_hook[:2] == (self.comm.rank, int(engine.t)):
-            sys.stderr.write(f"mpiml-test: rank {self.comm.rank} sends itself "
+        world = self.world_rank
+        if self.signal_hook is not None and self.signal_hook[:2] == (world, int(engine.t)):
+            sys.stderr.write(f"mpiml-test: rank {world} sends itself "
                              f"{self.signal_hook[2].name} at {time.time():.3f}\n")
             sys.stderr.flush()
             os.kill(os.getpid(), self.signal_hook[2])
@@ -268,7 +270,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
                 buf[base + 1] = 1.0
             if clock and s % control.TIME_EVERY == 0 and control.time_due():
                 buf[base + 2] = 1.0
-            if hooks and control.skip == (comm.rank, int(engine.t) + 1):
+            if hooks and control.skip == (control.world_rank, int(engine.t) + 1):
                 buf[base] *= size       # test hook: this rank skips one collective
             else:
                 allreduce(in_place, buf)
