@@ -122,3 +122,23 @@ def test_watchdog_ends_a_grid_job_with_a_stopped_rank(data, tmp_path):
     assert err.count("mpiml: watchdog:") == 1
     assert "not answering (stopped, or hung outside MPI): rank 2\n" in err, err
     assert seconds < 3 + 20
+
+
+@pytest.mark.parametrize("model", ["softmax", "mlp"])
+def test_saved_with_2_way_split_predicts_identically_at_1_and_3_ranks(data, tmp_path, model):
+    code, _, err, _ = mpirun(2, ["train", "--data", data / "mc.h5", "--model", model,
+                                 "--hidden", 6, "--epochs", 2, "--model-parallel", 2, "--quiet",
+                                 "--out", tmp_path / "m.h5"], tmp_path)
+    assert code == 0, err
+    preds = []
+    for n, k in ((1, 1), (3, 1), (3, 3)):
+        out = tmp_path / f"p{n}{k}.h5"
+        code, _, err, _ = mpirun(n, ["predict", "--model", tmp_path / "m.h5", "--data",
+                                     data / "mc.h5", "--out", out, "--proba",
+                                     "--model-parallel", k], tmp_path, timeout=120)
+        assert code == 0, err
+        with h5py.File(out) as f:
+            preds.append((f["pred"][()], f["proba"][()]))
+    for pred, proba in preds[1:]:
+        np.testing.assert_array_equal(pred, preds[0][0])
+        np.testing.assert_allclose(proba, preds[0][1], rtol=1e-12, atol=1e-15)
