@@ -647,6 +647,14 @@ cdef class Engine:
             raise ValueError("velocity vector has the wrong length")
         self.vel_arr[:] = v
 
+    def sync_arrays(self):
+        """The local state that model averaging (local SGD) averages, as views."""
+        return [self.w_arr, self.vel_arr]
+
+    def after_sync(self):
+        """Call after changing the arrays of :meth:`sync_arrays` in place."""
+        self._sync32()
+
     def run_steps(self, lo, hi):
         """Run ``len(lo)`` single-range steps (tests and benchmarks)."""
         self.set_plan(lo, hi, np.arange(len(lo) + 1))

@@ -113,7 +113,7 @@ def dataset_info(path, X="X", y="y"):
 
 
 def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
-              split_features=False):
+              split_features=False, sync="allreduce"):
     """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
 
     Collective. Rows are split by :func:`mpiml.comm.chunk`; no rank reads rows
@@ -121,7 +121,9 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     ``size / K`` data-parallel replicas of the process grid (the ``K`` ranks of a
     model-parallel group read the same rows), and with ``split_features`` each of
     them reads only its own hyperslab of columns, ``chunk(n_features, K, rank % K)``
-    (for feature-sharded models: pass ``columns=(lo, hi, n_features)`` to ``fit``). Any problem on any rank raises the same
+    (for feature-sharded models: pass ``columns=(lo, hi, n_features)`` to ``fit``).
+    With ``sync="ps:S"`` the rows are split over the workers only: the last ``S``
+    ranks (the parameter servers) read none. Any problem on any rank raises the same
     :class:`~mpiml.errors.DataError` on every rank.
 
     Parameters
@@ -147,6 +149,14 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     """
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
+    from .parallel.sync import parse_sync
+    kind, servers = parse_sync(sync)
+    parts, part = grid.D, grid.data_rank
+    if kind == "ps":
+        if servers >= c.size:
+            raise ConfigError(f"sync={sync!r} needs more than {servers} rank(s)", ranks=range(c.size))
+        parts = c.size - servers
+        part = c.rank if c.rank < parts else None
 
     def local():
         with _open_read(path) as f:
@@ -157,12 +167,12 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
             n, d = dX.shape
             if n == 0 or d == 0:
                 raise DataError(f"{path}: dataset '{X}' is empty (shape {dX.shape})")
-            if n < grid.D:
+            if n < parts:
                 what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
                 raise ConfigError(f"{what} but only {n} rows in {path}: "
                                   f"run with at most {n * grid.K} ranks")
             out_dtype = _resolve_dtype(dtype, dX.dtype)
-            lo, hi = chunk(n, grid.D, grid.data_rank)
+            lo, hi = chunk(n, parts, part) if part is not None else (0, 0)
             c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
             if c1 <= c0:
                 raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "

@@ -32,6 +32,7 @@ LOSSES = {
 
 class _BaseSGD(Trainer):
     _losses = ()
+    _supports_ps = True
     _resumed_params = _RESUMED_PARAMS
 
     # ------------------------------------------------------------ validation
@@ -282,7 +283,8 @@ class SGDClassifier(_BaseSGD):
                  multi_class="auto", random_state=None, verbose=0, dtype=None,
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
-                 comm=None):
+                 sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
+                 stats=None, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -306,6 +308,12 @@ class SGDClassifier(_BaseSGD):
         self.keep_checkpoints = keep_checkpoints
         self.comm_timeout = comm_timeout
         self.model_parallel = model_parallel
+        self.sync = sync
+        self.sync_warmup = sync_warmup
+        self.max_staleness = max_staleness
+        self.overlap = overlap
+        self.compress = compress
+        self.stats = stats
         self.shard = shard
         self.comm = comm
 
@@ -409,7 +417,8 @@ class SGDRegressor(_BaseSGD):
                  batch_size=256, n_iter_no_change=5, random_state=None, verbose=0,
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
-                 comm=None):
+                 sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
+                 stats=None, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -433,6 +442,12 @@ class SGDRegressor(_BaseSGD):
         self.keep_checkpoints = keep_checkpoints
         self.comm_timeout = comm_timeout
         self.model_parallel = model_parallel
+        self.sync = sync
+        self.sync_warmup = sync_warmup
+        self.max_staleness = max_staleness
+        self.overlap = overlap
+        self.compress = compress
+        self.stats = stats
         self.shard = shard
         self.comm = comm
 

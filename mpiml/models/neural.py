@@ -27,7 +27,8 @@ class _BaseMLP(Trainer):
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  random_state=None, verbose=0, dtype=None, checkpoint_dir=None,
                  checkpoint_every=None, checkpoint_seconds=None, keep_checkpoints=3,
-                 comm_timeout=600.0, model_parallel=1, comm=None):
+                 comm_timeout=600.0, model_parallel=1, sync="allreduce", sync_warmup=0,
+                 max_staleness=4, overlap=False, compress="none", stats=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -53,6 +54,12 @@ class _BaseMLP(Trainer):
         self.keep_checkpoints = keep_checkpoints
         self.comm_timeout = comm_timeout
         self.model_parallel = model_parallel
+        self.sync = sync
+        self.sync_warmup = sync_warmup
+        self.max_staleness = max_staleness
+        self.overlap = overlap
+        self.compress = compress
+        self.stats = stats
         self.comm = comm
 
     # ------------------------------------------------------------ validation

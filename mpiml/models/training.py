@@ -22,6 +22,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
 from ..parallel.data import StepControl, group_layout, layout_plan, run_epoch
+from ..parallel.ps import run_parameter_server, server_ranks
+from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
+                             run_epoch_local, run_epoch_sync)
 from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
 
@@ -67,6 +71,7 @@ class Trainer(BaseEstimator):
     ``_validate_model_params``, ``_encode``, ``_make_engine``, ``_store``,
     ``_fitted_state``)."""
     _is_classifier = False
+    _supports_ps = False
     _resumed_params = ()        # hyper-parameters a resumed run takes from its checkpoint
 
     # ------------------------------------------------------------ validation
@@ -99,7 +104,32 @@ class Trainer(BaseEstimator):
             bad(f"keep_checkpoints must be a positive integer, not {self.keep_checkpoints!r}")
         if (self.checkpoint_every or self.checkpoint_seconds) and not self.checkpoint_dir:
             bad("checkpoint_every / checkpoint_seconds need checkpoint_dir")
-        check_model_parallel(self.model_parallel, get_comm(self.comm).size)
+        size = get_comm(self.comm).size
+        check_model_parallel(self.model_parallel, size)
+        kind, num = parse_sync(self.sync)
+        comp, _ = parse_compress(self.compress)
+        if not isinstance(self.overlap, (bool, np.bool_)):
+            bad(f"overlap must be True or False, not {self.overlap!r}")
+        if not isinstance(self.sync_warmup, (int, np.integer)) or self.sync_warmup < 0:
+            bad(f"sync_warmup must be a non-negative integer, not {self.sync_warmup!r}")
+        if not isinstance(self.max_staleness, (int, np.integer)) or self.max_staleness < 0:
+            bad(f"max_staleness must be a non-negative integer, not {self.max_staleness!r}")
+        if (comp != "none" or self.overlap) and kind != "allreduce":
+            bad(f"compress and overlap apply to sync='allreduce', not {self.sync!r}")
+        if comp != "none" and self.overlap:
+            bad("choose compress or overlap, not both")
+        if kind == "ps":
+            if num >= size:
+                bad(f"sync={self.sync!r} needs at least one worker: {num} server(s) on {size} "
+                    f"rank(s)")
+            if self.model_parallel != 1:
+                bad("sync='ps:S' is for data-parallel training (model_parallel=1)")
+            if self.checkpoint_dir is not None:
+                bad("checkpoints are not supported with sync='ps:S' (asynchronous training has "
+                    "no step at which every rank agrees)")
+            if not self._supports_ps:
+                bad("sync='ps:S' is implemented for the linear models (SGDClassifier, "
+                    "SGDRegressor)")
 
     def _validate_model_params(self, bad):
         pass
@@ -177,8 +207,14 @@ class Trainer(BaseEstimator):
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
         group = grid.model.allgather((Xl.shape[0], float(np.sum(yl)), Xl.shape[1]))
+        sync_kind, sync_num = parse_sync(self.sync)
+        servers = server_ranks(c.size, sync_num) if sync_kind == "ps" else []
 
         def check_global():
+            if c.rank in servers and Xl.shape[0] > 0:
+                raise DataError(f"with sync={self.sync!r} ranks {servers} are parameter servers "
+                                "and hold no rows: load the data with load_hdf5(..., "
+                                f"sync={self.sync!r})")
             if len({g[:2] for g in group}) > 1:
                 raise DataError("the ranks of a model-parallel group passed different rows "
                                 f"(rows, sum of y per rank: {[g[:2] for g in group]}); each "
@@ -264,12 +300,34 @@ class Trainer(BaseEstimator):
             engine.t = self.t_ - 1.0
         target = self.max_iter if epochs is None else self.n_iter_ + epochs
         control = self._control(c, grid, engine, K, d, n_global, batch)
+        counters = CommCounters()
+        writer = StatsWriter(self.stats, c, {"sync": self.sync, "compress": self.compress,
+                                             "overlap": bool(self.overlap), "ranks": c.size})
+        if sync_kind == "ps":
+            with watching(c, self.comm_timeout, control):
+                self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
+            self.t_ = engine.t + 1.0
+            self._store(engine, K, d)
+            return self
+        comp_kind, ratio = parse_compress(self.compress)
+        compressor = None
+        if comp_kind != "none":
+            compressor = Compressor(comp_kind, ratio, engine.P, len(engine.buf_arr) - engine.P,
+                                    engine.buf_arr.dtype)
+        local = {"samples": 0.0, "since": 0}
         with _signals(control), watching(c, self.comm_timeout, control):
             while self.n_iter_ < target:
                 epoch = self._epochs_done
                 control.where = f"epoch {epoch + 1} (step Allreduce)"
-                stats = run_epoch(engine, grid.data, layout_plan(gptr, self._seed, epoch),
-                                  start_step, control)
+                plan = layout_plan(gptr, self._seed, epoch)
+                if sync_kind == "local":
+                    stats = run_epoch_local(engine, grid.data, plan, start_step, control, counters,
+                                            sync_num, self.sync_warmup, local)
+                elif compressor is not None or self.overlap or self.stats:
+                    stats = run_epoch_sync(engine, grid.data, plan, start_step, control, counters,
+                                           compressor, bool(self.overlap))
+                else:
+                    stats = run_epoch(engine, grid.data, plan, start_step, control)
                 start_step = 0
                 self._epochs_done += 1
                 self.n_iter_ += 1
@@ -280,6 +338,8 @@ class Trainer(BaseEstimator):
                                         "lower the learning rate (eta0 / --lr) or scale the features")
                 self.loss_curve_.append(mean_loss)
                 self.epoch_times_.append(stats.seconds)
+                writer.epoch(self.n_iter_, counters, mean_loss, stats.seconds)
+                counters.reset()
                 if self.verbose:
                     c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
                              f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
@@ -295,6 +355,41 @@ class Trainer(BaseEstimator):
         self.t_ = engine.t + 1.0
         self._store(engine, K, d)
         return self
+
+    def _fit_ps(self, c, engine, gptr, target, n_servers, counters, writer):
+        """The asynchronous parameter-server run (see mpiml.parallel.ps)."""
+        first = self.n_iter_
+        plans = [layout_plan(gptr, self._seed, e) for e in range(self._epochs_done,
+                                                                   self._epochs_done + target - first)]
+        t0 = time.perf_counter()
+        out = run_parameter_server(engine, c, n_servers, plans, self._hyper(),
+                                   engine.P - engine.K, self.max_staleness, counters,
+                                   record=getattr(self, "_ps_record", False))
+        seconds = time.perf_counter() - t0
+        engine.set_state({"w": out["w"], "velocity": out["velocity"]})
+        engine.t = float(sum(i["updates"] for i in out["servers"] if i) / n_servers)
+        servers = [i for i in out["servers"] if i]
+        self.ps_stats_ = {
+            "max_clock_gap": max(i["max_clock_gap"] for i in servers),
+            "max_update_staleness": max(i["max_update_staleness"] for i in servers),
+            "mean_update_staleness": float(np.mean([i["mean_update_staleness"] for i in servers])),
+            "updates_per_worker": servers[0]["updates_per_worker"],
+            "servers": servers}
+        for e in range(len(plans)):
+            mean_loss = out["loss"][e] / max(out["count"][e], 1.0)
+            if not math.isfinite(mean_loss) or not engine.params_finite():
+                raise TrainingError(f"training diverged in epoch {first + e + 1} (loss {mean_loss}):"
+                                    " lower the learning rate (eta0 / --lr) or scale the features")
+            self.loss_curve_.append(float(mean_loss))
+            self.epoch_times_.append(seconds / len(plans))
+            self.n_iter_ += 1
+            self._epochs_done += 1
+            if self.verbose:
+                c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g} (asynchronous: the mean over "
+                         "the pushes of this epoch)")
+        writer.epoch("all", counters, self.loss_curve_[-1], seconds,
+                     {"max_clock_gap": self.ps_stats_["max_clock_gap"],
+                      "max_update_staleness": self.ps_stats_["max_update_staleness"]})
 
     def _control(self, c, grid, engine, K, d, n_global, batch):
         """The step control: checkpoints (if ``checkpoint_dir``) and signals."""

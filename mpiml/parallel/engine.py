@@ -111,6 +111,14 @@ class StepEngine:
             self.model.mpi.Allreduce(MPI.IN_PLACE, ok, op=MPI.MIN)
         return bool(ok[0] > 0.0) and math.isfinite(self.t)
 
+    def sync_arrays(self):
+        """The local state that model averaging (local SGD) averages, as views."""
+        return [self.params] + list(getattr(self, "slots", [getattr(self, "velocity", None)]))
+
+    def after_sync(self):
+        """Call after changing the arrays of :meth:`sync_arrays` in place."""
+        self.W_c = None
+
     # ------------------------------------------------------------ subclass API
     def _grad(self, lo, hi):
         raise NotImplementedError

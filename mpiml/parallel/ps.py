@@ -1,0 +1,214 @@
+"""Asynchronous training with a parameter server (``sync="ps:S"``).
+
+The last ``S`` ranks are servers; the others are workers and hold the rows (load
+them with ``load_hdf5(..., sync="ps:S")``, which gives the servers none). Server
+``j`` owns the slice ``chunk(P, S, j)`` of the flat parameter vector (weights,
+then intercepts) and its momentum.
+
+A worker runs its own steps of the usual batch schedule, epoch after epoch,
+without waiting for the other workers: it computes the gradient of its rows of a
+step with the weights it holds, sends each server its slice (non-blocking sends),
+and receives each server's fresh slice back. A server applies every gradient as
+it arrives (the data-parallel engine's update kernel, with the learning-rate
+schedule counting server updates) and answers with its current weights.
+
+Bounded staleness (stale synchronous parallel): a server counts each worker's
+pushes (its clock) and answers a worker only while that worker is at most
+``max_staleness`` pushes ahead of the slowest worker still running; otherwise the
+answer waits until the slow worker catches up. So the clock gap never exceeds the
+bound. The *update staleness* of a gradient -- how many other updates the server
+applied between the worker reading the weights and the gradient arriving -- is
+recorded too.
+
+Shutdown: a worker that has made all its steps has received an answer to each of
+its pushes; it then sends each server a DONE message, which needs no answer. A
+server stops when every worker is done, so no message is left in flight, and
+uneven shards are fine (a finished worker no longer holds the others back). Then
+every rank receives the final weights (one Allgatherv) and the per-epoch losses
+(one Allreduce).
+"""
+import os
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .._kernels import sgd as _k
+from ..comm import chunk
+
+__all__ = ["run_parameter_server", "server_ranks"]
+
+_GRAD, _DONE, _WEIGHTS = 7501, 7502, 7503
+
+
+def server_ranks(size, n_servers):
+    """World ranks of the servers: the last ``n_servers``."""
+    return list(range(size - n_servers, size))
+
+
+def _slow_hook(rank):
+    """Test hook MPIML_TEST_SLOW_WORKER=rank:seconds: that worker sleeps after each push."""
+    raw = os.environ.get("MPIML_TEST_SLOW_WORKER", "")
+    if raw:
+        r, secs = raw.split(":")
+        if int(r) == rank:
+            return float(secs)
+    return 0.0
+
+
+def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_staleness,
+                         counters, record=False):
+    """Train asynchronously (collective over ``comm``; see the module doc).
+
+    ``plans[e]`` is the epoch plan of epoch ``e`` (ignored on servers). Returns a
+    dict: ``loss`` (per-epoch loss sums), ``count`` (per-epoch rows), final
+    ``w`` and ``velocity`` (on every rank), and the server's counters and log.
+    """
+    size, rank = comm.size, comm.rank
+    servers = server_ranks(size, n_servers)
+    workers = [r for r in range(size) if r not in servers]
+    P = engine.P
+    slices = [chunk(P, n_servers, j) for j in range(n_servers)]
+    epochs = len(plans)
+    losses = np.zeros((2, epochs))
+    info = {}
+    if rank in servers:
+        j = servers.index(rank)
+        info = _serve(engine, comm, slices[j], workers, hyper, n_weights, max_staleness,
+                      counters, record)
+    else:
+        _work(engine, comm, servers, slices, plans, losses, counters, _slow_hook(rank))
+    # final weights on every rank: the servers' slices in order
+    state = engine.get_state()
+    out = {}
+    for name in ("w", "velocity"):
+        mine = state[name][slices[servers.index(rank)][0]:slices[servers.index(rank)][1]] \
+            if rank in servers else np.zeros(0)
+        full = np.empty(P)
+        counts = [0] * size
+        for jj, r in enumerate(servers):
+            counts[r] = slices[jj][1] - slices[jj][0]
+        comm.Allgatherv(np.ascontiguousarray(mine), full, counts)
+        out[name] = full
+    comm.mpi.Allreduce(MPI.IN_PLACE, losses, op=MPI.SUM)
+    out["loss"], out["count"] = losses[0], losses[1]
+    out["servers"] = comm.allgather(info if rank in servers else None)
+    return out
+
+
+def _work(engine, comm, servers, slices, plans, losses, counters, slow):
+    mpi = comm.mpi
+    P = engine.P
+    buf = engine.buf_arr
+    w = engine.get_state()["w"]
+    versions = [0] * len(servers)
+    sends = [np.empty(hi - lo + 4) for lo, hi in slices]
+    recvs = [np.empty(hi - lo + 1) for lo, hi in slices]
+    step_id = 0
+    for epoch, plan in enumerate(plans):
+        lo, hi, ptr = plan
+        engine.set_plan(lo, hi, ptr)
+        for s in range(len(ptr) - 1):
+            a, b = ptr[s], ptr[s + 1]
+            if b == a or hi[a] <= lo[a]:
+                continue                          # no rows of this step here
+            engine.grad_step(s)
+            losses[0, epoch] += buf[P]
+            losses[1, epoch] += buf[P + 1]
+            c0 = time.perf_counter()
+            reqs = []
+            for j, (slo, shi) in enumerate(slices):
+                m = sends[j]
+                m[:shi - slo] = buf[slo:shi]
+                m[-4:] = (buf[P] if j == 0 else 0.0, buf[P + 1], versions[j], step_id)
+                reqs.append(mpi.Isend(m, dest=servers[j], tag=_GRAD))
+                counters.bytes_sent += m.nbytes
+                counters.messages += 1
+            MPI.Request.Waitall(reqs)
+            counters.comm_seconds += time.perf_counter() - c0
+            w0 = time.perf_counter()
+            for j, (slo, shi) in enumerate(slices):
+                mpi.Recv(recvs[j], source=servers[j], tag=_WEIGHTS)
+                w[slo:shi] = recvs[j][:-1]
+                versions[j] = recvs[j][-1]
+            counters.wait_seconds += time.perf_counter() - w0
+            engine.set_params(w)
+            engine.t += 1.0                       # this worker's pushes (watchdog progress)
+            step_id += 1
+            if slow:
+                time.sleep(slow)
+    for r in servers:
+        mpi.Send(np.zeros(0), dest=r, tag=_DONE)
+
+
+def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters, record):
+    mpi = comm.mpi
+    lo, hi = sl
+    n = hi - lo
+    state = engine.get_state()
+    w = np.ascontiguousarray(state["w"][lo:hi])
+    vel = np.ascontiguousarray(state["velocity"][lo:hi])
+    nw = max(0, min(n_weights - lo, n))            # weights in this slice; the rest intercepts
+    msg = np.empty(n + 4)
+    reply = np.empty(n + 1)
+    clocks = {r: 0 for r in workers}
+    pushes = dict(clocks)
+    deferred = set()
+    version = 0
+    gaps, stale, log = [], [], []
+    status = MPI.Status()
+
+    def answer(r):
+        reply[:n] = w
+        reply[n] = version
+        c0 = time.perf_counter()
+        mpi.Send(reply, dest=r, tag=_WEIGHTS)
+        counters.comm_seconds += time.perf_counter() - c0
+        counters.bytes_sent += reply.nbytes
+        counters.messages += 1
+        gaps.append(clocks[r] - min(clocks.values()))
+
+    def release():
+        for r in sorted(deferred):
+            if clocks[r] - min(clocks.values()) <= max_staleness:
+                deferred.discard(r)
+                answer(r)
+
+    while clocks:
+        w0 = time.perf_counter()
+        mpi.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+        counters.wait_seconds += time.perf_counter() - w0
+        src, tag = status.Get_source(), status.Get_tag()
+        if tag == _DONE:
+            mpi.Recv(np.zeros(0), source=src, tag=_DONE)
+            del clocks[src]
+            release()
+            continue
+        mpi.Recv(msg, source=src, tag=_GRAD)
+        count, read, step_id = msg[n + 1], int(msg[n + 2]), int(msg[n + 3])
+        version += 1
+        engine.t = float(version)
+        stale.append(version - 1 - read)
+        if record:
+            log.append((src, step_id, read, msg[:n].copy(), count))
+        eta = _k.step_size(hyper["schedule"], float(version), hyper["eta0"], hyper["alpha"],
+                           hyper["power_t"], hyper["optimal_init"])
+        _k.sgd_update(w, vel, msg[:n], nw, count, eta, hyper["penalty"], hyper["alpha"],
+                      hyper["l1_ratio"], hyper["momentum"], hyper["fit_intercept"])
+        clocks[src] += 1
+        pushes[src] += 1
+        if clocks[src] - min(clocks.values()) <= max_staleness:
+            answer(src)
+        else:
+            deferred.add(src)
+        release()
+    full_w = state["w"]
+    full_w[lo:hi] = w
+    full_v = state["velocity"]
+    full_v[lo:hi] = vel
+    engine.set_state({"w": full_w, "velocity": full_v})
+    return {"updates": version, "max_clock_gap": max(gaps, default=0),
+            "max_update_staleness": max(stale, default=0),
+            "mean_update_staleness": float(np.mean(stale)) if stale else 0.0,
+            "updates_per_worker": {int(r): int(v) for r, v in pushes.items()},
+            "log": log if record else None, "slice": (lo, hi)}

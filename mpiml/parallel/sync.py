@@ -1,0 +1,325 @@
+"""How the data-parallel ranks combine their work, behind one switch.
+
+``sync``:
+
+* ``"allreduce"`` (default) -- one packed Allreduce per step
+  (:func:`mpiml.parallel.data.run_epoch`, or :func:`run_epoch_sync` below when
+  communication is compressed, overlapped or counted);
+* ``"local:K"`` -- local SGD: every rank updates its own copy of the model from its
+  own rows for ``K`` steps, then the copies (and their momentum) are averaged,
+  weighted by the samples each rank processed since the last average
+  (:func:`run_epoch_local`). ``local:1`` without momentum is exactly ``allreduce``:
+  the weighted average of one local step each is the step with the summed
+  gradient. ``sync_warmup`` synchronous steps come first;
+* ``"ps:S"`` -- an asynchronous parameter server (:mod:`mpiml.parallel.ps`).
+
+``overlap=True``: the step's Allreduce is started non-blocking (``Iallreduce``) and
+the next step's gradient is computed while it is in flight, so each gradient is
+computed with weights one update old (a delayed update: staleness 1). MPICH moves
+a non-blocking collective forward only inside MPI calls unless asynchronous
+progress is on (``MPICH_ASYNC_PROGRESS=1``): see benchmarks/README.md for what that
+means here.
+
+``compress``: ``"fp16"`` (half-precision gradients) or ``"topk:R"`` (the fraction
+``R`` of largest-magnitude entries, as index/value pairs), both with error feedback:
+what compression dropped is added to the next step's gradient, so nothing is lost,
+only delayed. Compressed messages cannot be summed by MPI, so each rank's packed
+message (compressed gradient + the exact loss, count and control words) is
+Allgathered and every rank sums the decoded messages in rank order (the same
+result on every rank).
+"""
+import json
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ..errors import ConfigError
+from .data import EpochStats
+
+__all__ = ["parse_sync", "parse_compress", "CommCounters", "Compressor", "run_epoch_sync",
+           "run_epoch_local", "StatsWriter"]
+
+
+def parse_sync(spec):
+    """``"allreduce"`` -> ("allreduce", 0); ``"local:K"`` -> ("local", K); ``"ps:S"`` ->
+    ("ps", S). Raises ConfigError on anything else."""
+    if spec == "allreduce":
+        return "allreduce", 0
+    if isinstance(spec, str) and ":" in spec:
+        kind, _, num = spec.partition(":")
+        if kind in ("local", "ps") and num.isdigit() and int(num) >= 1:
+            return kind, int(num)
+    raise ConfigError(f"sync must be 'allreduce', 'local:K' or 'ps:S' (K, S positive integers), "
+                      f"not {spec!r}")
+
+
+def parse_compress(spec):
+    """``"none"`` / ``"fp16"`` / ``"topk:R"`` (0 < R <= 1) -> (kind, ratio)."""
+    if spec in (None, "none"):
+        return "none", 0.0
+    if spec == "fp16":
+        return "fp16", 0.0
+    if isinstance(spec, str) and spec.startswith("topk:"):
+        try:
+            r = float(spec[5:])
+        except ValueError:
+            r = -1.0
+        if 0.0 < r <= 1.0:
+            return "topk", r
+    raise ConfigError(f"compress must be 'none', 'fp16' or 'topk:RATIO' with 0 < RATIO <= 1, "
+                      f"not {spec!r}")
+
+
+class CommCounters:
+    """This rank's communication counters of the current epoch."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.bytes_sent = 0
+        self.comm_seconds = 0.0
+        self.wait_seconds = 0.0
+        self.messages = 0
+
+    def as_dict(self):
+        return {"bytes_sent": int(self.bytes_sent), "comm_seconds": self.comm_seconds,
+                "wait_seconds": self.wait_seconds, "messages": int(self.messages)}
+
+
+class StatsWriter:
+    """Per-epoch JSON lines on rank 0 (``--stats FILE``): the counters of every rank,
+    gathered once per epoch (a collective: every rank calls :meth:`epoch`)."""
+
+    def __init__(self, path, comm, mode):
+        self.path, self.comm, self.mode = path, comm, mode
+        if path is not None and comm.rank == 0:
+            open(path, "w").close()
+
+    def epoch(self, epoch, counters, loss, seconds, extra=None):
+        if self.path is None:
+            return
+        everyone = self.comm.allgather(counters.as_dict())
+        if self.comm.rank != 0:
+            return
+        rec = {"epoch": epoch, **self.mode, "loss": loss, "seconds": seconds,
+               "bytes_sent_per_rank": [e["bytes_sent"] for e in everyone],
+               "comm_seconds_per_rank": [e["comm_seconds"] for e in everyone],
+               "wait_seconds_per_rank": [e["wait_seconds"] for e in everyone],
+               "messages_per_rank": [e["messages"] for e in everyone]}
+        rec.update(extra or {})
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+# ------------------------------------------------------------------------------ compression
+class Compressor:
+    """Error-feedback compression of the first ``P`` entries of a step buffer."""
+
+    def __init__(self, kind, ratio, P, tail, dtype):
+        self.kind, self.P, self.tail = kind, int(P), int(tail)
+        self.dtype = np.dtype(dtype)
+        self.residual = np.zeros(self.P, dtype=np.float64)
+        self.k = max(1, int(round(ratio * self.P))) if kind == "topk" else 0
+        if kind == "fp16":
+            self.nbytes = 2 * self.P + 8 * self.tail
+        else:
+            self.nbytes = 8 * self.k + 8 * self.tail      # int32 index + float32 value
+        self.send = np.zeros(self.nbytes, dtype=np.uint8)
+
+    def encode(self, buf):
+        """Pack ``buf`` (gradient + exact tail) into ``self.send``; keep the error."""
+        v = self.residual
+        v += buf[:self.P]
+        if self.kind == "fp16":
+            h = v.astype(np.float16)
+            self.send[:2 * self.P] = h.view(np.uint8)
+            v -= h                       # what the half precision dropped, kept for next time
+            head = 2 * self.P
+        else:
+            idx = np.argpartition(np.abs(v), self.P - self.k)[self.P - self.k:].astype(np.int32)
+            idx.sort()
+            vals = v[idx].astype(np.float32)
+            self.send[:4 * self.k] = idx.view(np.uint8)
+            self.send[4 * self.k:8 * self.k] = vals.view(np.uint8)
+            v[idx] -= vals
+            head = 8 * self.k
+        self.send[head:] = np.asarray(buf[self.P:self.P + self.tail],
+                                      dtype=np.float64).view(np.uint8)
+        return self.send
+
+    def decode_sum(self, gathered, buf):
+        """Sum every rank's message (rows of ``gathered``) into ``buf``, in rank order."""
+        grad = np.zeros(self.P, dtype=np.float64)
+        tail = np.zeros(self.tail, dtype=np.float64)
+        for msg in gathered:
+            if self.kind == "fp16":
+                grad += msg[:2 * self.P].view(np.float16)
+                head = 2 * self.P
+            else:
+                idx = msg[:4 * self.k].view(np.int32)
+                grad[idx] += msg[4 * self.k:8 * self.k].view(np.float32)
+                head = 8 * self.k
+            tail += msg[head:].view(np.float64)
+        buf[:self.P] = grad
+        buf[self.P:self.P + self.tail] = tail
+
+
+# ------------------------------------------------------------------------------ runners
+def _apply_reduced(engine, comm, control, s):
+    """After the step's reduction: the checked update and the step-boundary decisions."""
+    code = engine.apply_checked(float(comm.size))
+    if code:
+        if code & 1:
+            control.out_of_step(engine)
+        control.boundary(engine, s + 1, code & 2, code & 4)
+
+
+def _request_flags(engine, comm, control, s):
+    base = engine.P + 2
+    buf = engine.buf_arr
+    if control.stop_requested:
+        buf[base + 1] = 1.0
+    if control.every_seconds is not None and comm.rank == 0 and s % control.TIME_EVERY == 0 \
+            and control.time_due():
+        buf[base + 2] = 1.0
+
+
+def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None,
+                   overlap=False):
+    """Synchronous steps with counters, optional compression and optional overlap
+    (see the module doc). Collective over ``comm``."""
+    lo, hi, ptr = plan
+    n_steps = len(ptr) - 1
+    if start == 0:
+        engine.epoch_loss = 0.0
+        engine.epoch_count = 0.0
+    engine.set_plan(lo, hi, ptr)
+    control.attach(engine)
+    buf = engine.buf_arr
+    mpi = comm.mpi
+    t0 = time.perf_counter()
+    if overlap:
+        inflight = np.empty_like(buf)
+        spare = np.empty_like(buf)
+        req = None
+        seq_mod = getattr(engine, "SEQ_MOD", None)
+        for s in range(start, n_steps):
+            engine.grad_step(s)                 # with weights one update old (see module doc)
+            _request_flags(engine, comm, control, s)
+            # the update number this gradient will make: one more if one is in flight
+            seq = engine.t + 1.0 + (1.0 if req is not None else 0.0)
+            buf[engine.P + 2] = seq % seq_mod if seq_mod else seq
+            spare[:] = buf
+            if req is not None:
+                w0 = time.perf_counter()
+                req.Wait()
+                counters.wait_seconds += time.perf_counter() - w0
+                buf[:] = inflight
+                _apply_reduced(engine, comm, control, s - 1)
+            inflight, spare = spare, inflight
+            c0 = time.perf_counter()
+            req = mpi.Iallreduce(MPI.IN_PLACE, inflight, op=MPI.SUM)
+            counters.comm_seconds += time.perf_counter() - c0
+            counters.bytes_sent += inflight.nbytes
+            counters.messages += 1
+        if req is not None:
+            w0 = time.perf_counter()
+            req.Wait()
+            counters.wait_seconds += time.perf_counter() - w0
+            buf[:] = inflight
+            _apply_reduced(engine, comm, control, n_steps - 1)
+    else:
+        gathered = None
+        if compressor is not None:
+            gathered = np.empty((comm.size, compressor.nbytes), dtype=np.uint8)
+        for s in range(start, n_steps):
+            engine.grad_step(s)
+            _request_flags(engine, comm, control, s)
+            c0 = time.perf_counter()
+            if compressor is None:
+                mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                counters.bytes_sent += buf.nbytes
+            else:
+                msg = compressor.encode(buf)
+                mpi.Allgather(msg, gathered)
+                compressor.decode_sum(gathered, buf)
+                counters.bytes_sent += msg.nbytes
+            counters.comm_seconds += time.perf_counter() - c0
+            counters.messages += 1
+            _apply_reduced(engine, comm, control, s)
+    return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
+                      engine.epoch_count)
+
+
+def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, state):
+    """Local SGD: local updates, a weighted model average every ``k`` steps (and at
+    the end of the epoch). ``state`` carries the step count since the last average
+    and the samples seen, across epochs. Returns global epoch statistics."""
+    lo, hi, ptr = plan
+    n_steps = len(ptr) - 1
+    if start == 0:
+        engine.epoch_loss = 0.0
+        engine.epoch_count = 0.0
+    engine.set_plan(lo, hi, ptr)
+    control.attach(engine)
+    buf = engine.buf_arr
+    mpi = comm.mpi
+    arrays = engine.sync_arrays()
+    sizes = [a.size for a in arrays]
+    avg = np.zeros(sum(sizes) + 4)              # weighted arrays, samples, stop, checkpoint, seq
+    t0 = time.perf_counter()
+    for s in range(start, n_steps):
+        t_before = engine.t
+        engine.grad_step(s)
+        if engine.t < warmup:                   # synchronous warm-up steps
+            _request_flags(engine, comm, control, s)
+            c0 = time.perf_counter()
+            mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            counters.comm_seconds += time.perf_counter() - c0
+            counters.bytes_sent += buf.nbytes
+            counters.messages += 1
+            _apply_reduced(engine, comm, control, s)
+            continue
+        n_local = float(buf[engine.P + 1])
+        engine.apply()                          # this rank's own update (count = its rows)
+        engine.t = t_before + 1.0               # every rank counts the step, rows or not
+        state["samples"] += n_local
+        state["since"] += 1
+        if state["since"] < k and s < n_steps - 1:
+            continue
+        # average the models, weighted by the samples each rank processed
+        w = state["samples"]
+        pos = 0
+        for a in arrays:
+            avg[pos:pos + a.size] = a
+            avg[pos:pos + a.size] *= w
+            pos += a.size
+        avg[pos] = w
+        avg[pos + 1] = 1.0 if control.stop_requested else 0.0
+        avg[pos + 2] = 1.0 if (control.every_seconds is not None and comm.rank == 0
+                               and control.time_due()) else 0.0
+        avg[pos + 3] = engine.t
+        c0 = time.perf_counter()
+        mpi.Allreduce(MPI.IN_PLACE, avg, op=MPI.SUM)
+        counters.comm_seconds += time.perf_counter() - c0
+        counters.bytes_sent += avg.nbytes
+        counters.messages += 1
+        if avg[pos + 3] != comm.size * engine.t:
+            control.out_of_step(engine)
+        total = avg[pos]
+        pos = 0
+        for a in arrays:
+            a[...] = avg[pos:pos + a.size] / total
+            pos += a.size
+        engine.after_sync()
+        state["samples"] = 0.0
+        state["since"] = 0
+        due = avg[-2] > 0 or (control.every_steps and int(engine.t) % control.every_steps == 0)
+        if avg[-3] > 0 or due:
+            control.boundary(engine, s + 1, avg[-3] > 0, due)
+    seconds = time.perf_counter() - t0
+    tot = np.array([engine.epoch_loss, engine.epoch_count])
+    mpi.Allreduce(MPI.IN_PLACE, tot, op=MPI.SUM)
+    return EpochStats(n_steps - start, seconds, tot[0], tot[1])
