@@ -143,6 +143,21 @@ def build_parser():
                         "features (each rank reads only its columns; default otherwise)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the process grid and each rank's shard, then exit")
+    g = p.add_argument_group("how the ranks combine their work")
+    g.add_argument("--sync", default="allreduce", metavar="MODE",
+                   help="allreduce (default: one packed Allreduce per step) | local:K (K local "
+                        "steps, then model averaging) | ps:S (S parameter-server ranks, "
+                        "asynchronous workers)")
+    g.add_argument("--sync-warmup", type=int, default=0, metavar="STEPS",
+                   help="local:K: synchronous steps before local SGD starts")
+    g.add_argument("--max-staleness", type=int, default=4, metavar="N",
+                   help="ps:S: a worker may be at most N pushes ahead of the slowest (default 4)")
+    g.add_argument("--overlap", action="store_true",
+                   help="overlap each step's Iallreduce with the next gradient (delayed update)")
+    g.add_argument("--compress", default="none", metavar="KIND",
+                   help="none | fp16 | topk:RATIO (gradient compression with error feedback)")
+    g.add_argument("--stats", default=None, metavar="FILE",
+                   help="write per-epoch communication counters (JSON lines) here")
     g = p.add_argument_group("never hang, never lose work")
     g.add_argument("--checkpoint-dir", default=None,
                    help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
@@ -232,7 +247,8 @@ def _estimator(args, c):
                   checkpoint_seconds=args.checkpoint_seconds,
                   keep_checkpoints=args.keep_checkpoints,
                   comm_timeout=args.comm_timeout or None, model_parallel=args.model_parallel,
-                  comm=c)
+                  sync=args.sync, sync_warmup=args.sync_warmup, max_staleness=args.max_staleness,
+                  overlap=args.overlap, compress=args.compress, stats=args.stats, comm=c)
     if cls_name.startswith("MLP"):
         kwargs.update(hidden_layer_sizes=_hidden(args.hidden), activation=args.activation,
                       solver=args.solver,
@@ -299,6 +315,8 @@ def _dry_run(args, c, grid):
 
 
 def cmd_train(args):
+    from mpi4py import MPI
+
     from .comm import chunk, get_comm, get_grid
     from .io import check_output_path, dataset_info, load_hdf5
 
@@ -314,7 +332,7 @@ def cmd_train(args):
     split_features = grid.K > 1 and _split_of(args) == "features"
     X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c,
                      dtype=None if args.dtype == "auto" else args.dtype, require_y=True,
-                     model_parallel=grid.K, split_features=split_features)
+                     model_parallel=grid.K, split_features=split_features, sync=args.sync)
     columns = None
     if split_features:
         d = c.run(dataset_info, args.data, X=args.X, y=args.y)["shape"][1]
@@ -323,9 +341,12 @@ def cmd_train(args):
     if os.environ.get("MPIML_TEST_RAISE") == str(c.rank):     # failure injection for the tests
         raise RuntimeError(f"injected failure on rank {c.rank}")
     n = grid.data.allreduce(X.shape[0])
-    width = columns[2] if columns else X.shape[1]
+    width = columns[2] if columns else c.allreduce(X.shape[1], op=MPI.MAX)
     layout = f"{c.size} rank(s)" if grid.K == 1 else \
         f"{c.size} ranks = {grid.D} data-parallel x {grid.K} model-parallel ({_split_of(args)})"
+    if args.sync != "allreduce" or args.overlap or args.compress != "none":
+        layout += f", sync {args.sync}" + (", overlap" if args.overlap else "") + \
+            (f", compress {args.compress}" if args.compress != "none" else "")
     c.print0(f"mpiml train: {args.model} on {n} x {width} ({X.dtype}) from {args.data}, "
              f"{layout}, global batch {args.batch_size}; loaded in {t_load:.2f} s")
     t0 = time.perf_counter()

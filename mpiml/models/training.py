@@ -119,6 +119,9 @@ class Trainer(BaseEstimator):
         if comp != "none" and self.overlap:
             bad("choose compress or overlap, not both")
         if kind == "ps":
+            if not self._supports_ps:
+                bad("sync='ps:S' is implemented for the linear models (SGDClassifier, "
+                    "SGDRegressor)")
             if num >= size:
                 bad(f"sync={self.sync!r} needs at least one worker: {num} server(s) on {size} "
                     f"rank(s)")
@@ -127,9 +130,6 @@ class Trainer(BaseEstimator):
             if self.checkpoint_dir is not None:
                 bad("checkpoints are not supported with sync='ps:S' (asynchronous training has "
                     "no step at which every rank agrees)")
-            if not self._supports_ps:
-                bad("sync='ps:S' is implemented for the linear models (SGDClassifier, "
-                    "SGDRegressor)")
 
     def _validate_model_params(self, bad):
         pass
@@ -374,6 +374,7 @@ class Trainer(BaseEstimator):
             "max_update_staleness": max(i["max_update_staleness"] for i in servers),
             "mean_update_staleness": float(np.mean([i["mean_update_staleness"] for i in servers])),
             "updates_per_worker": servers[0]["updates_per_worker"],
+            "pushes_when_done": servers[0]["pushes_when_done"],
             "servers": servers}
         for e in range(len(plans)):
             mean_loss = out["loss"][e] / max(out["count"][e], 1.0)

@@ -153,6 +153,7 @@ def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters,
     reply = np.empty(n + 1)
     clocks = {r: 0 for r in workers}
     pushes = dict(clocks)
+    at_done = {}                 # every worker's pushes when each worker finished
     deferred = set()
     version = 0
     gaps, stale, log = [], [], []
@@ -181,6 +182,7 @@ def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters,
         src, tag = status.Get_source(), status.Get_tag()
         if tag == _DONE:
             mpi.Recv(np.zeros(0), source=src, tag=_DONE)
+            at_done[int(src)] = {int(r): int(v) for r, v in pushes.items()}
             del clocks[src]
             release()
             continue
@@ -211,4 +213,5 @@ def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters,
             "max_update_staleness": max(stale, default=0),
             "mean_update_staleness": float(np.mean(stale)) if stale else 0.0,
             "updates_per_worker": {int(r): int(v) for r, v in pushes.items()},
+            "pushes_when_done": at_done,
             "log": log if record else None, "slice": (lo, hi)}
