@@ -51,6 +51,9 @@ class Network:
                 layer = Linear(a, b, dtype=self.dtype)      # the odd one out, replicated
             self.layers.append(layer)
         self.P = sum(layer.n_params for layer in self.layers)
+        # called between layers when set (overlap: drives a pending non-blocking
+        # Allreduce forward, since MPICH progresses it only inside MPI calls)
+        self.poll = None
 
     def bind(self, params, grads):
         pos = 0
@@ -81,6 +84,8 @@ class Network:
                     np.tanh(z, out=z)
             if keep:
                 acts.append(z)
+            if self.poll is not None:
+                self.poll()
             a = z
         self._acts = acts if keep else None
         return a
@@ -90,6 +95,8 @@ class Network:
         acts = self._acts
         for i in range(len(self.layers) - 1, -1, -1):
             g = self.layers[i].backward(g, need_input_grad=i > 0)
+            if self.poll is not None:
+                self.poll()
             if i > 0:
                 a = acts[i - 1]
                 if self.activation == "relu":
@@ -198,6 +205,10 @@ class MLPEngine(StepEngine):
         self.h = dict(hyper)
         self.slots = [np.zeros(self.P, dtype=dtype)
                       for _ in range(2 if self.h["solver"] == "adam" else 1)]
+
+    def set_poll(self, fn):
+        """Call ``fn`` between layers of the next passes (None: stop)."""
+        self.net.poll = fn
 
     # ------------------------------------------------------------ loss
     def _output_grad(self, out, lo, hi):

@@ -205,8 +205,13 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
         spare = np.empty_like(buf)
         req = None
         seq_mod = getattr(engine, "SEQ_MOD", None)
+        set_poll = getattr(engine, "set_poll", None)      # MLPs: Test() between layers
         for s in range(start, n_steps):
+            if set_poll is not None and req is not None:
+                set_poll(req.Test)
             engine.grad_step(s)                 # with weights one update old (see module doc)
+            if set_poll is not None:
+                set_poll(None)
             _request_flags(engine, comm, control, s)
             # the update number this gradient will make: one more if one is in flight
             seq = engine.t + 1.0 + (1.0 if req is not None else 0.0)
