@@ -44,3 +44,21 @@ def test_a_slow_worker_does_not_hold_back_the_fast_one(tmp_path):
 def test_a_tight_bound_makes_the_fast_worker_wait(tmp_path):
     r = _run(3, 1, 2, tmp_path, MPIML_TEST_SLOW_WORKER="1:0.01")
     assert r["replay_ok"] and r["max_clock_gap"] <= 2, r
+
+
+def test_cli_trains_with_a_parameter_server(tmp_path):
+    code, _, err, _ = mpirun(1, ["make-data", "--task", "binary", "--rows", 4000, "--features",
+                                 8, "--seed", 2, "--out", tmp_path / "d.h5"], tmp_path)
+    assert code == 0, err
+    code, out, err, _ = mpirun(3, ["train", "--data", tmp_path / "d.h5", "--model", "logistic",
+                                   "--epochs", 3, "--sync", "ps:1", "--max-staleness", 2,
+                                   "--stats", tmp_path / "s.jsonl", "--out", tmp_path / "m.h5"],
+                               tmp_path, timeout=120)
+    assert code == 0, err
+    assert "sync ps:1" in out
+    rec = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[-1])
+    assert rec["epoch"] == "all" and rec["max_clock_gap"] <= 2
+    assert rec["bytes_sent_per_rank"][2] > 0            # the server answered
+    code, out, err, _ = mpirun(2, ["score", "--model", tmp_path / "m.h5", "--data",
+                                   tmp_path / "d.h5", "--json"], tmp_path)
+    assert code == 0 and json.loads(out)["accuracy"] > 0.9, out + err

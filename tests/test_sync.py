@@ -153,3 +153,19 @@ def test_bad_sync_settings_are_one_error_everywhere(comm):
         lo, hi = chunk(20, comm.size, comm.rank)
         with pytest.raises(Exception, match="parameter servers"):
             SGDClassifier(sync="ps:1").fit(X[lo:hi], y[lo:hi])     # the server got rows
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("mode", [dict(sync="local:4"), dict(compress="fp16"),
+                                  dict(overlap=True)], ids=["local4", "fp16", "overlap"])
+def test_mlp_modes_reach_the_synchronous_accuracy(comm, mode):
+    from mpiml.datasets import _CIRCLE_RADIUS
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 4))
+    y = (np.hypot(X[:, 0], X[:, 1]) > _CIRCLE_RADIUS).astype(int)
+    lo, hi = comm.chunk(len(X))
+    kw = dict(hidden_layer_sizes=(16, 16), learning_rate_init=0.01, batch_size=64,
+              max_iter=15, tol=None, random_state=0)
+    ref = MLPClassifier(**kw).fit(X[lo:hi], y[lo:hi]).score(X[lo:hi], y[lo:hi])
+    acc = MLPClassifier(**kw, **mode).fit(X[lo:hi], y[lo:hi]).score(X[lo:hi], y[lo:hi])
+    assert acc >= ref - 0.01, (acc, ref)
