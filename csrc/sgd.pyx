@@ -590,8 +590,11 @@ cdef class Engine:
         self.buf[self.P] = s
         self.buf[self.P + 1] = <double>count
         if self.n_control > 0:
-            # control word 0: the number of the update this step makes (sequence check)
+            # control word 0: the number of the update this step makes (sequence check);
+            # the others are requests the caller raises for this step only
             self.buf[self.P + 2] = self.t + 1.0
+            for j in range(1, self.n_control):
+                self.buf[self.P + 2 + j] = 0.0
 
     cpdef double eta(self):
         """The learning rate the next update will use."""
@@ -603,7 +606,8 @@ cdef class Engine:
 
         Returns 0, or a bit set: 1 the ranks are out of step (the sequence words do
         not add up to ``size * (t + 1)``; nothing applied), 2 a stop was requested,
-        4 a checkpoint is due (requested, or every ``checkpoint_every`` updates)."""
+        4 a checkpoint is due (requested, or every ``checkpoint_every`` updates),
+        8 a control command is waiting (a fourth control word)."""
         cdef Py_ssize_t base = self.P + 2
         cdef int code = 0
         if self.buf[base] != size * (self.t + 1.0):
@@ -615,6 +619,8 @@ cdef class Engine:
             code |= 4
         if self.checkpoint_every > 0 and (<long long>self.t) % self.checkpoint_every == 0:
             code |= 4
+        if self.n_control > 3 and self.buf[base + 3] > 0.0:
+            code |= 8
         return code
 
     cpdef void apply(self):

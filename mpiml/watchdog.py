@@ -78,7 +78,8 @@ class Watchdog:
     def _run(self):
         while not self._stop.wait(self.poll):
             progress = self.control.progress
-            if progress != self._last[0]:
+            if progress != self._last[0] or getattr(self.control, "paused", False):
+                # a paused run (mpiml ctl pause) is waiting on purpose
                 self._last = (progress, time.monotonic())
             self._serve()
             if time.monotonic() - self._last[1] > self.timeout:

@@ -136,10 +136,14 @@ def test_periodic_checkpoints_keep_the_newest(data, tmp_path, reference):
 def test_time_based_checkpoints(data, tmp_path):
     ck = tmp_path / "ck"
     code, _, err, _ = _train(2, data, tmp_path / "m.h5", "--checkpoint-dir", ck,
-                             "--checkpoint-seconds", 0.001, "--keep-checkpoints", 50)
+                             "--checkpoint-seconds", 0.0001, "--keep-checkpoints", 200)
     assert code == 0, err
     steps = sorted(int(f[5:17]) for f in os.listdir(ck))
     assert len(steps) >= 10          # rank 0's clock triggered many, all ranks wrote together
+    # rank 0 looks at its clock every 16 steps of an epoch (125 steps), and a request is
+    # for one step only (a request word left standing once made every later step save)
+    assert all((t % 125) % 16 == 1 for t in steps[:-1]), steps
+    assert steps[-1] == 750
 
 
 # ------------------------------------------------------------------ 5. killed ranks

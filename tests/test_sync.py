@@ -77,7 +77,7 @@ def test_stats_file_counts_the_traffic(comm, task, shared_tmp):
     lines = [json.loads(line) for line in open(stats)]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     steps = -(-6000 // 64)
-    buf = (est.coef_.size + est.intercept_.size + 2 + 3) * 8      # the packed step buffer
+    buf = (est.coef_.size + est.intercept_.size + 2 + 4) * 8      # the packed step buffer
     for r in lines:
         assert r["sync"] == "allreduce" and len(r["bytes_sent_per_rank"]) == comm.size
         assert r["bytes_sent_per_rank"] == [steps * buf] * comm.size
@@ -88,7 +88,7 @@ def test_stats_file_counts_the_traffic(comm, task, shared_tmp):
     _fit_score(task, compress="topk:0.1", stats=stats2)
     comm.barrier()
     small = json.loads(open(stats2).readline())["bytes_sent_per_rank"][0]
-    assert small == steps * (8 * 2 + 5 * 8)          # k = 2 of 21 entries, exact tail
+    assert small == steps * (8 * 2 + 6 * 8)          # k = 2 of 21 entries, exact tail
 
 
 @pytest.mark.mpi(min_size=3)

@@ -284,7 +284,7 @@ class SGDClassifier(_BaseSGD):
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, comm=None):
+                 stats=None, run_dir=None, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -314,6 +314,7 @@ class SGDClassifier(_BaseSGD):
         self.overlap = overlap
         self.compress = compress
         self.stats = stats
+        self.run_dir = run_dir
         self.shard = shard
         self.comm = comm
 
@@ -418,7 +419,7 @@ class SGDRegressor(_BaseSGD):
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, comm=None):
+                 stats=None, run_dir=None, comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -448,6 +449,7 @@ class SGDRegressor(_BaseSGD):
         self.overlap = overlap
         self.compress = compress
         self.stats = stats
+        self.run_dir = run_dir
         self.shard = shard
         self.comm = comm
 

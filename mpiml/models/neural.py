@@ -28,7 +28,7 @@ class _BaseMLP(Trainer):
                  random_state=None, verbose=0, dtype=None, checkpoint_dir=None,
                  checkpoint_every=None, checkpoint_seconds=None, keep_checkpoints=3,
                  comm_timeout=600.0, model_parallel=1, sync="allreduce", sync_warmup=0,
-                 max_staleness=4, overlap=False, compress="none", stats=None, comm=None):
+                 max_staleness=4, overlap=False, compress="none", stats=None, run_dir=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -60,6 +60,7 @@ class _BaseMLP(Trainer):
         self.overlap = overlap
         self.compress = compress
         self.stats = stats
+        self.run_dir = run_dir
         self.comm = comm
 
     # ------------------------------------------------------------ validation

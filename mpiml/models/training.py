@@ -20,6 +20,7 @@ models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
 """
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -29,12 +30,14 @@ import numpy as np
 from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
-from ..parallel.data import StepControl, group_layout, layout_plan, run_epoch
+from ..parallel.data import StepControl, StopTraining, group_layout, layout_plan, run_epoch
 from ..parallel.ps import run_parameter_server, server_ranks
 from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
                              run_epoch_local, run_epoch_sync)
+from ..runctl import RunDir
 from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
+from .steering import Progress, Steering, set_engine_hyper, summarise
 
 __all__ = ["Trainer"]
 
@@ -162,7 +165,7 @@ class Trainer(BaseEstimator):
         return X, y, local_classes
 
     # ------------------------------------------------------------ training
-    def fit(self, X, y, resume=None, columns=None):
+    def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None):
         """Fit on the rows every rank passes (collective).
 
         Parameters
@@ -180,19 +183,30 @@ class Trainer(BaseEstimator):
             Feature-sharded models only: ``X`` holds only columns ``lo:hi`` of the
             ``n_features`` (this rank's shard, as read by
             ``load_hdf5(..., columns=...)``) instead of all of them.
+        validation : (X_val, y_val), optional
+            This rank's validation rows: global validation metrics after every epoch
+            (in the epoch logs, the verbose lines and the run directory's metrics log).
+        callbacks : list, optional
+            Objects with ``on_epoch_end(estimator, logs) -> bool`` (True stops the fit),
+            e.g. :class:`mpiml.models.steering.EarlyStopping`. They run on every rank
+            with the same global logs; a callback may change hyper-parameters with
+            ``estimator.set_params(...)`` (learning rate, momentum, alpha from the next
+            step, batch_size from the next epoch).
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, None, reset=True, resume=resume, columns=columns)
+        return self._fit(X, y, None, reset=True, resume=resume, columns=columns,
+                         validation=validation, callbacks=callbacks)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over the rows every rank passes, continuing from the current state
         (collective)."""
         return self._fit(X, y, 1, reset=not hasattr(self, "n_features_in_"), classes=classes)
 
-    def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None):
+    def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
+             callbacks=None):
         c = get_comm(self.comm)
         Xl, yl, local_classes = c.run(self._prepare_local, X, y)
         grid = get_grid(c, self.model_parallel)
@@ -315,46 +329,146 @@ class Trainer(BaseEstimator):
             compressor = Compressor(comp_kind, ratio, engine.P, len(engine.buf_arr) - engine.P,
                                     engine.buf_arr.dtype)
         local = {"samples": 0.0, "since": 0}
+        steer, run = None, None
+        if self.run_dir is not None:
+            run = RunDir(self.run_dir, c.rank)
+            steer = Steering(self, c, control, run)
+            control.run, control.on_command, control.timing = run, steer.on_command, True
+            run.log({"event": "start", "time": time.time(), "ranks": c.size,
+                     "model": type(self).__name__, "rows": n_global, "features": d,
+                     "params": {k: v for k, v in self.get_params().items() if k != "comm"}})
+        progress = Progress(c.rank, 0, bool(self.verbose))
+        stopped = None
+        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch}
+
+        def relayout(new_batch):
+            """A new global batch size from the next epoch on: the rows are put in the new
+            batch order (one more copy) and a new engine takes over the state."""
+            nonlocal engine
+            n_local = state_["Xl"].shape[0]
+            perm2, gptr2 = group_layout(n_global, new_batch, offset, n_local)
+            inv = np.empty(n_local, dtype=np.intp)
+            inv[state_["perm"] if state_["perm"] is not None else np.arange(n_local)] = \
+                np.arange(n_local)
+            idx = inv[perm2] if perm2 is not None else inv
+            Xn, yn = np.take(state_["Xl"], idx, axis=0), state_["y"][idx]
+            fresh = c.run(self._make_engine, Xn, yn, K, loss, d, grid, columns)
+            for new, old in zip(fresh.sync_arrays(), engine.sync_arrays()):
+                new[...] = old
+            fresh.after_sync()
+            fresh.t = engine.t
+            for name in ("eta0", "momentum", "alpha"):
+                if hasattr(engine, name):
+                    setattr(fresh, name, getattr(engine, name))
+            if hasattr(engine, "h"):
+                fresh.h.update(engine.h)
+            engine = fresh
+            control.attach(engine)
+            state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch)
+            control.batch = new_batch
+
         with _signals(control), watching(c, self.comm_timeout, control):
-            while self.n_iter_ < target:
-                epoch = self._epochs_done
-                control.where = f"epoch {epoch + 1} (step Allreduce)"
-                plan = layout_plan(gptr, self._seed, epoch)
-                if sync_kind == "local":
-                    stats = run_epoch_local(engine, grid.data, plan, start_step, control, counters,
-                                            sync_num, self.sync_warmup, local)
-                elif compressor is not None or self.overlap or self.stats:
-                    stats = run_epoch_sync(engine, grid.data, plan, start_step, control, counters,
-                                           compressor, bool(self.overlap))
-                else:
-                    stats = run_epoch(engine, grid.data, plan, start_step, control)
-                start_step = 0
-                self._epochs_done += 1
-                self.n_iter_ += 1
-                mean_loss = stats.loss / stats.count
-                # every rank holds the same reduced loss and parameters, so all raise together
-                if not math.isfinite(mean_loss) or not engine.params_finite():
-                    raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}): "
-                                        "lower the learning rate (eta0 / --lr) or scale the features")
-                self.loss_curve_.append(mean_loss)
-                self.epoch_times_.append(stats.seconds)
-                writer.epoch(self.n_iter_, counters, mean_loss, stats.seconds)
-                counters.reset()
-                if self.verbose:
-                    c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g}  "
-                             f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
-                             f"({stats.steps} steps, {stats.seconds:.3g} s)")
-                if self.tol is not None and epochs is None:      # fit, not partial_fit
-                    best, stall = self._tol_state
-                    stall = stall + 1 if mean_loss > best - self.tol else 0
-                    self._tol_state = [min(best, mean_loss), stall]
-                    if stall >= self.n_iter_no_change:
+            try:
+                while self.n_iter_ < target:
+                    if steer is not None and steer.pending_batch not in (None, state_["batch"]):
+                        relayout(steer.pending_batch)
+                    elif self.batch_size not in ("full", state_["batch"]) and callbacks:
+                        relayout(int(self.batch_size))      # changed by a callback
+                    epoch = self._epochs_done
+                    control.where = f"epoch {epoch + 1} (step Allreduce)"
+                    plan = layout_plan(state_["gptr"], self._seed, epoch)
+                    if sync_kind == "local":
+                        stats = run_epoch_local(engine, grid.data, plan, start_step, control,
+                                                counters, sync_num, self.sync_warmup, local)
+                    elif compressor is not None or self.overlap or self.stats:
+                        stats = run_epoch_sync(engine, grid.data, plan, start_step, control,
+                                               counters, compressor, bool(self.overlap))
+                    else:
+                        stats = run_epoch(engine, grid.data, plan, start_step, control)
+                    start_step = 0
+                    self._epochs_done += 1
+                    self.n_iter_ += 1
+                    mean_loss = stats.loss / stats.count
+                    # every rank holds the same reduced loss and parameters: all raise together
+                    if not math.isfinite(mean_loss) or not engine.params_finite():
+                        raise TrainingError(f"training diverged at epoch {epoch + 1} (loss "
+                                            f"{mean_loss}): lower the learning rate (eta0 / "
+                                            "--lr) or scale the features")
+                    self.loss_curve_.append(mean_loss)
+                    self.epoch_times_.append(stats.seconds)
+                    writer.epoch(self.n_iter_, counters, mean_loss, stats.seconds)
+                    logs = self._epoch_logs(c, engine, stats, mean_loss, K, d, validation, run,
+                                            control, counters)
+                    counters.reset()
+                    progress.update(engine.t, mean_loss, logs["samples_per_s"])
+                    if self.verbose:
+                        val = "".join(f"  {k} {v:.6g}" for k, v in logs.items()
+                                      if k.startswith("val_") and isinstance(v, float))
+                        progress.write(f"epoch {self.n_iter_}: loss {mean_loss:.6g}{val}  "
+                                       f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
+                                       f"({stats.steps} steps, {stats.seconds:.3g} s)")
+                    if any([bool(cb.on_epoch_end(self, logs)) for cb in callbacks or ()]):
+                        stopped = "a callback"
                         break
-            if self.checkpoint_dir is not None:
+                    for name in ("eta0", "learning_rate_init", "momentum", "alpha"):
+                        if hasattr(self, name):     # a callback may have changed them
+                            set_engine_hyper(engine, name, getattr(self, name))
+                    if self.tol is not None and epochs is None:      # fit, not partial_fit
+                        best, stall = self._tol_state
+                        stall = stall + 1 if mean_loss > best - self.tol else 0
+                        self._tol_state = [min(best, mean_loss), stall]
+                        if stall >= self.n_iter_no_change:
+                            break
+            except StopTraining as exc:
+                stopped = f"mpiml ctl stop at step {exc.args[0]}"
+                control.user_stop = False
+            progress.close()
+            if control.save is not None:
                 control.save(0)         # the final state
+        if run is not None:
+            run.log({"event": "end", "time": time.time(), "step": int(engine.t),
+                     "epochs": self.n_iter_, "stopped_by": stopped})
+            run.write_status(force=True, state="finished", step=int(engine.t))
+        if stopped and self.verbose:
+            c.print0(f"stopped early by {stopped}")
+        self.stopped_by_ = stopped
         self.t_ = engine.t + 1.0
         self._store(engine, K, d)
         return self
+
+    def _epoch_logs(self, c, engine, stats, mean_loss, K, d, validation, run, control, counters):
+        """The epoch's record: loss, validation metrics, lr, throughput, and with a run
+        directory the per-rank time split (written to metrics.jsonl and status.json)."""
+        lr = getattr(self, "eta0", None) if hasattr(self, "eta0") else self.learning_rate_init
+        logs = {"epoch": self.n_iter_, "step": int(engine.t), "loss": float(mean_loss),
+                "lr": float(lr), "samples_per_s": stats.count / max(stats.seconds, 1e-12),
+                "seconds": stats.seconds}
+        if validation is not None:
+            self._store(engine, K, d)
+            for k, v in self.metrics(*validation).items():
+                logs[f"val_{k}"] = float(v) if k != "n_samples" else int(v)
+        if run is None:
+            return logs
+        # time in the step's collective, sampled every 16th step (see run_epoch)
+        comm = 0.0
+        if control.samples:
+            comm = control.comm_sampled * stats.steps / control.samples
+        comm = max(comm, counters.comm_seconds + counters.wait_seconds)
+        control.comm_sampled, control.samples = 0.0, 0
+        io = control.io_seconds
+        control.io_seconds = 0.0
+        everyone = np.array(c.allgather((stats.seconds, comm, io)))
+        waiting = everyone[:, 1] - everyone[:, 1].min()    # the part spent on slower ranks
+        logs["time"] = {"compute": summarise(np.maximum(everyone[:, 0] - everyone[:, 1], 0.0)),
+                        "communication": summarise(everyone[:, 1] - waiting),
+                        "waiting": summarise(waiting), "io": summarise(everyone[:, 2])}
+        logs["bytes_per_rank"] = int(counters.bytes_sent or stats.steps * engine.buf_arr.nbytes)
+        logs["ranks"] = c.size
+        run.log(logs)
+        run.write_status(force=True, state="running", epoch=self.n_iter_, step=int(engine.t),
+                         loss=float(mean_loss), lr=float(lr), ranks=c.size,
+                         samples_per_s=logs["samples_per_s"])
+        return logs
 
     def _fit_ps(self, c, engine, gptr, target, n_servers, counters, writer):
         """The asynchronous parameter-server run (see mpiml.parallel.ps)."""
@@ -395,24 +509,32 @@ class Trainer(BaseEstimator):
     def _control(self, c, grid, engine, K, d, n_global, batch):
         """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
         control = StepControl(grid.data, self.checkpoint_every, self.checkpoint_seconds)
-        if self.checkpoint_dir is None:
+        directory = self.checkpoint_dir
+        if directory is None and self.run_dir is not None:
+            directory = os.path.join(self.run_dir, "checkpoints")
+        if directory is None:
             return control
-        policy = CheckpointPolicy(self.checkpoint_dir, self.checkpoint_every,
+        policy = CheckpointPolicy(directory, self.checkpoint_every,
                                   self.checkpoint_seconds, self.keep_checkpoints)
 
         def save(step):
+            eng = control.engine if control.engine is not None else engine   # may be replaced
             state = {"model_type": type(self).__name__,
                      "params": {k: v for k, v in self.get_params().items() if k != "comm"},
-                     "epoch": self._epochs_done, "step": step, "t": engine.t,
-                     "epoch_loss": engine.epoch_loss, "epoch_count": engine.epoch_count,
+                     "epoch": self._epochs_done, "step": step, "t": eng.t,
+                     "epoch_loss": eng.epoch_loss, "epoch_count": eng.epoch_count,
                      "best": self._tol_state[0], "stall": self._tol_state[1],
-                     "n_iter": self.n_iter_, "n_global": n_global, "batch": batch,
+                     "n_iter": self.n_iter_, "n_global": n_global,
+                     "batch": getattr(control, "batch", batch),     # after `set batch_size`
                      "seed": self._seed, "n_features": d, "n_outputs": K}
-            arrays = dict(engine.get_state())       # logical arrays, gathered if sharded
+            arrays = dict(eng.get_state())       # logical arrays, gathered if sharded
             arrays["loss_curve"] = np.asarray(self.loss_curve_, dtype=np.float64)
             if self._is_classifier:
                 arrays["classes"] = self.classes_
-            return write_checkpoint(policy, state, arrays, comm=c)
+            t0 = time.perf_counter()
+            path = write_checkpoint(policy, state, arrays, comm=c)
+            control.io_seconds += time.perf_counter() - t0
+            return path
 
         def on_stop(path):
             raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "

@@ -37,7 +37,7 @@ from mpi4py import MPI
 from ..errors import MpimlError
 
 __all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
-           "run_epoch", "EpochStats", "StepControl"]
+           "run_epoch", "EpochStats", "StepControl", "StopTraining"]
 
 
 def block_rows(batch_size):
@@ -123,6 +123,10 @@ def layout_plan(gptr, seed, epoch):
             np.arange(n_steps + 1, dtype=np.intp))
 
 
+class StopTraining(Exception):
+    """Raised on every rank at the same step boundary to end a fit early (normally)."""
+
+
 class EpochStats:
     """Timing of one epoch on this rank (seconds)."""
     __slots__ = ("steps", "seconds", "loss", "count")
@@ -139,19 +143,22 @@ def _hook(name):
 class StepControl:
     """Decisions taken at step boundaries, agreed through the step's own Allreduce.
 
-    Three control words travel at the end of the packed buffer: the number of the
+    Four control words travel at the end of the packed buffer: the number of the
     update the step makes (so a rank that skipped or repeated a collective is
     caught at once: the words must add up to ``size * (t + 1)``), a stop request
-    (a signal that reached any rank) and a checkpoint request (rank 0's clock, for
-    time-based checkpoints). Every rank sees the same sums, so every rank takes the
+    (a signal that reached any rank), a checkpoint request (rank 0's clock, for
+    time-based checkpoints) and a command request (rank 0 saw a command in the run
+    directory, :mod:`mpiml.runctl`). Every rank sees the same sums, so every rank takes the
     same decision at the same step; nothing is decided by one rank alone. The
     kernel writes and checks the words (``Engine.apply_checked``), so a step costs
     one Python branch more than without them.
 
     ``save(step)`` is called (on every rank) when a checkpoint is due;
-    ``on_stop(path)`` when a stop was requested, after the checkpoint.
+    ``on_stop(path)`` when a stop was requested, after the checkpoint;
+    ``on_command(engine, step)`` when a command is waiting (it returns whether a
+    checkpoint is now wanted).
     """
-    WORDS = 3
+    WORDS = 4
     CHUNK = 64      # one-rank path: steps run in the kernel between two checks
     TIME_EVERY = 16  # rank 0 looks at its clock every this many steps
 
@@ -165,6 +172,14 @@ class StepControl:
         self.last_save = time.monotonic()
         self.engine = None
         self.where = "training"
+        self.run = None              # the RunDir when the job has a run directory
+        self.on_command = None
+        self.paused = False          # read by the watchdog thread
+        self.user_stop = False       # `mpiml ctl DIR stop` / a callback: end the fit normally
+        self.timing = False          # sample the time spent in the step's collective
+        self.io_seconds = 0.0        # checkpoint writing in the current epoch
+        self.comm_sampled = 0.0
+        self.samples = 0
         # failure-injection hooks for the reliability tests: "rank:update"
         self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
         self.world_rank = MPI.COMM_WORLD.Get_rank()     # the hooks name world ranks
@@ -184,6 +199,15 @@ class StepControl:
         self.engine = engine
         engine.checkpoint_every = int(self.every_steps or 0) if self.save is not None else 0
 
+    def commands_due(self):
+        """Rank 0: a command waits in the run directory (cheap: see mpiml.runctl); also
+        refreshes status.json (at most once a second)."""
+        if self.run is None or self.world_rank != 0:
+            return False
+        if self.engine is not None:
+            self.run.write_status(step=int(self.engine.t), state="running")
+        return self.run.commands_waiting()
+
     def time_due(self):
         return (self.every_seconds is not None and self.comm.rank == 0
                 and time.monotonic() - self.last_save >= self.every_seconds)
@@ -194,8 +218,10 @@ class StepControl:
             n = min(n, self.every_steps - int(t) % self.every_steps)
         return max(1, n)
 
-    def boundary(self, engine, step, stop, due):
-        """After an update: checkpoint and/or stop, identically on every rank."""
+    def boundary(self, engine, step, stop, due, command=False):
+        """After an update: commands, checkpoint and/or stop, identically on every rank."""
+        if command and self.on_command is not None:
+            due = self.on_command(engine, step) or due
         world = self.world_rank
         if self.signal_hook is not None and self.signal_hook[:2] == (world, int(engine.t)):
             sys.stderr.write(f"mpiml-test: rank {world} sends itself "
@@ -209,6 +235,8 @@ class StepControl:
             self.last_save = time.monotonic()
         if stop:
             self.on_stop(path)
+        if self.user_stop:
+            raise StopTraining(int(engine.t))
 
     def out_of_step(self, engine):
         """The update numbers disagree: name the ranks (all ranks get here together)."""
@@ -244,7 +272,8 @@ def run_epoch(engine, comm, plan, start=0, control=None):
             engine.run_plan(s, stop)
             s = stop
             if control is not None:
-                control.boundary(engine, s, control.stop_requested, control.time_due())
+                control.boundary(engine, s, control.stop_requested, control.time_due(),
+                                 control.commands_due())
     elif control is None:
         buf = engine.buf_arr
         allreduce = comm.mpi.Allreduce
@@ -262,22 +291,31 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         grad, apply_checked = engine.grad_step, engine.apply_checked
         in_place = MPI.IN_PLACE
         size = float(comm.size)
-        clock = control.every_seconds is not None and comm.rank == 0
+        clock = comm.rank == 0 and (control.every_seconds is not None or control.run is not None)
         hooks = control.skip is not None or control.signal_hook is not None
+        timing = control.timing
         for s in range(start, n_steps):
             grad(s)
             if control.stop_requested:
                 buf[base + 1] = 1.0
-            if clock and s % control.TIME_EVERY == 0 and control.time_due():
-                buf[base + 2] = 1.0
+            if clock and s % control.TIME_EVERY == 0:
+                if control.time_due():
+                    buf[base + 2] = 1.0
+                if control.commands_due():
+                    buf[base + 3] = 1.0
             if hooks and control.skip == (control.world_rank, int(engine.t) + 1):
                 buf[base] *= size       # test hook: this rank skips one collective
+            elif timing and s % 16 == 8:     # off the steps where rank 0 polls (s % 16 == 0)
+                c0 = time.perf_counter()
+                allreduce(in_place, buf)
+                control.comm_sampled += time.perf_counter() - c0
+                control.samples += 1
             else:
                 allreduce(in_place, buf)
             code = apply_checked(size)
             if code or hooks:
                 if code & 1:
                     control.out_of_step(engine)
-                control.boundary(engine, s + 1, code & 2, code & 4)
+                control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)

@@ -39,7 +39,7 @@ class StepEngine:
         self.epoch_count = 0.0
         self.checkpoint_every = 0
         self._plan = None
-        self._flags = np.zeros(3)
+        self._flags = np.zeros(4)
 
     # ------------------------------------------------------------ plan and steps
     def set_plan(self, lo, hi, ptr):
@@ -49,7 +49,7 @@ class StepEngine:
     def grad(self, lo, hi):
         """Fill the buffer for local rows [lo, hi)."""
         buf = self.buf_arr
-        buf[:self.P + 2] = 0.0
+        buf[:] = 0.0                 # gradient, loss, count and this step's requests
         loss = self._grad(int(lo), int(hi)) if hi > lo else self._grad_empty()
         buf[self.P] = loss
         buf[self.P + 1] = max(0, hi - lo)
@@ -85,6 +85,7 @@ class StepEngine:
         flags[0] = 1.0 if buf[base] != (size * ((self.t + 1.0) % self.SEQ_MOD)) else 0.0
         flags[1] = buf[base + 1]
         flags[2] = buf[base + 2]
+        flags[3] = buf[base + 3] if self.n_control > 3 else 0.0
         if self.model.size > 1:
             self.model.mpi.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
         if flags[0] > 0.0:
@@ -95,6 +96,8 @@ class StepEngine:
             code |= 2
         if flags[2] > 0.0 or (self.checkpoint_every > 0 and int(self.t) % self.checkpoint_every == 0):
             code |= 4
+        if flags[3] > 0.0:
+            code |= 8
         return code
 
     def run_plan(self, start=0, stop=-1):

@@ -173,7 +173,7 @@ def _apply_reduced(engine, comm, control, s):
     if code:
         if code & 1:
             control.out_of_step(engine)
-        control.boundary(engine, s + 1, code & 2, code & 4)
+        control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
 
 
 def _request_flags(engine, comm, control, s):
@@ -181,9 +181,11 @@ def _request_flags(engine, comm, control, s):
     buf = engine.buf_arr
     if control.stop_requested:
         buf[base + 1] = 1.0
-    if control.every_seconds is not None and comm.rank == 0 and s % control.TIME_EVERY == 0 \
-            and control.time_due():
-        buf[base + 2] = 1.0
+    if comm.rank == 0 and s % control.TIME_EVERY == 0:
+        if control.every_seconds is not None and control.time_due():
+            buf[base + 2] = 1.0
+        if control.commands_due():
+            buf[base + 3] = 1.0
 
 
 def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None,
@@ -273,7 +275,7 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
     mpi = comm.mpi
     arrays = engine.sync_arrays()
     sizes = [a.size for a in arrays]
-    avg = np.zeros(sum(sizes) + 4)              # weighted arrays, samples, stop, checkpoint, seq
+    avg = np.zeros(sum(sizes) + 5)     # weighted arrays, samples, stop, checkpoint, seq, command
     t0 = time.perf_counter()
     for s in range(start, n_steps):
         t_before = engine.t
@@ -306,6 +308,7 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
         avg[pos + 2] = 1.0 if (control.every_seconds is not None and comm.rank == 0
                                and control.time_due()) else 0.0
         avg[pos + 3] = engine.t
+        avg[pos + 4] = 1.0 if control.commands_due() else 0.0
         c0 = time.perf_counter()
         mpi.Allreduce(MPI.IN_PLACE, avg, op=MPI.SUM)
         counters.comm_seconds += time.perf_counter() - c0
@@ -321,9 +324,10 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
         engine.after_sync()
         state["samples"] = 0.0
         state["since"] = 0
-        due = avg[-2] > 0 or (control.every_steps and int(engine.t) % control.every_steps == 0)
-        if avg[-3] > 0 or due:
-            control.boundary(engine, s + 1, avg[-3] > 0, due)
+        stop, asked, command = avg[pos + 1] > 0, avg[pos + 2] > 0, avg[pos + 4] > 0
+        due = asked or (control.every_steps and int(engine.t) % control.every_steps == 0)
+        if stop or due or command:
+            control.boundary(engine, s + 1, stop, due, command)
     seconds = time.perf_counter() - t0
     tot = np.array([engine.epoch_loss, engine.epoch_count])
     mpi.Allreduce(MPI.IN_PLACE, tot, op=MPI.SUM)

@@ -1,0 +1,196 @@
+"""The job side of live control, progress and the metrics log (a fit with ``run_dir``).
+
+Commands arrive through :mod:`mpiml.runctl`; :meth:`Steering.on_command` runs on
+every rank at the same step boundary (the control word of that step's Allreduce
+said so), receives the commands by one broadcast from rank 0, and applies them:
+
+* ``set lr=… momentum=… alpha=…`` at that step; ``set batch_size=…`` from the next
+  epoch (the batch schedule is built per epoch);
+* ``pause`` at that step: every rank waits (without polling MPI hard) until
+  ``resume`` or ``stop``; the collective watchdog is suspended meanwhile;
+* ``checkpoint`` writes a checkpoint at that step; ``stop`` ends the fit at that
+  step, normally (the caller saves the model).
+
+Every command gets a response file and a record in ``metrics.jsonl``; changed
+hyper-parameters are the estimator's parameters too, so checkpoints carry them and
+a resumed run keeps them.
+"""
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["Steering", "EarlyStopping", "Progress"]
+
+# the CLI / ctl name of a hyper-parameter -> the estimator parameter per model family
+_PARAM = {"lr": ("eta0", "learning_rate_init"), "momentum": ("momentum", "momentum"),
+          "alpha": ("alpha", "alpha"), "batch_size": ("batch_size", "batch_size")}
+
+
+def set_engine_hyper(engine, est_param, value):
+    """Carry a hyper-parameter change into a running engine."""
+    h = getattr(engine, "h", None)
+    if h is None:                                   # the Cython engine
+        if est_param in ("eta0", "momentum", "alpha"):
+            setattr(engine, est_param, float(value))
+        return
+    if est_param in h:
+        h[est_param] = value
+
+
+class Steering:
+    def __init__(self, est, comm, control, run):
+        self.est, self.c, self.control, self.run = est, comm, control, run
+        self.pending_batch = None
+        self.mlp = hasattr(est, "learning_rate_init")
+
+    def _param(self, name):
+        return _PARAM[name][1 if self.mlp else 0]
+
+    def on_command(self, engine, step):
+        c, run = self.c, self.run
+        cmds = run.take_commands() if c.rank == 0 else None
+        # responses and the log name the update number, which is global
+        return self._apply(engine, int(engine.t), c.bcast(cmds))
+
+    def _respond(self, cid, text, status, step, message):
+        if self.c.rank == 0:
+            self.run.respond(cid, status, step, message)
+            self.run.log({"event": "command", "command": text, "status": status, "step": step,
+                          "message": message, "time": time.time()})
+
+    def _apply(self, engine, step, cmds):
+        want_checkpoint = False
+        for cid, text, (name, args) in cmds:
+            if name == "set":
+                done = []
+                for key, value in args.items():
+                    param = self._param(key)
+                    setattr(self.est, param, value)
+                    if key == "batch_size":
+                        self.pending_batch = value
+                        done.append(f"batch_size={value} from the next epoch")
+                    else:
+                        set_engine_hyper(engine, param, value)
+                        done.append(f"{key}={value}")
+                self._respond(cid, text, "applied", step, "set " + ", ".join(done))
+            elif name == "checkpoint":
+                if self.control.save is None:
+                    self._respond(cid, text, "rejected", step, "no checkpoint directory")
+                else:
+                    want_checkpoint = True
+                    self._respond(cid, text, "applied", step, "checkpoint written at this step")
+            elif name == "stop":
+                self.control.user_stop = True
+                self._respond(cid, text, "applied", step, "stopping at this step; the model "
+                                                          "is saved as at a normal end")
+            elif name == "resume":
+                self._respond(cid, text, "rejected", step, "the run is not paused")
+            elif name == "pause":
+                self._respond(cid, text, "applied", step, "paused")
+                want_checkpoint |= self._pause(engine, step)
+        return want_checkpoint
+
+    def _pause(self, engine, step):
+        """Every rank waits here until rank 0 reads ``resume`` (or ``stop``)."""
+        c, run = self.c, self.run
+        self.control.paused = True
+        run.write_status(force=True, state="paused", step=step)
+        later = []
+        if c.rank == 0:
+            while True:
+                time.sleep(0.1)
+                if not run.commands_waiting():
+                    continue
+                cmds = run.take_commands()
+                resumed = False
+                for cmd in cmds:
+                    name = cmd[2][0]
+                    if name == "resume":
+                        self._respond(cmd[0], cmd[1], "applied", step, "resumed")
+                        resumed = True
+                    elif name == "pause":
+                        self._respond(cmd[0], cmd[1], "rejected", step, "already paused")
+                    else:
+                        later.append(cmd)
+                        resumed |= name == "stop"
+                if resumed:
+                    break
+        req = c.mpi.Ibarrier()
+        while not req.Test():
+            time.sleep(0.02)
+        self.control.paused = False
+        run.write_status(force=True, state="running")
+        return self._apply(engine, step, c.bcast(later))
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` (a key of the epoch logs: ``"loss"``, ``"val_loss"``,
+    ``"val_accuracy"``, ...) has not improved by ``min_delta`` for ``patience`` epochs.
+    Callbacks run on every rank with the same (global) logs, so every rank stops at
+    the same epoch."""
+
+    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, mode=None):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = mode or ("max" if "acc" in monitor or "r2" in monitor else "min")
+        self.best, self.wait = None, 0
+
+    def on_epoch_end(self, estimator, logs):
+        v = logs.get(self.monitor)
+        if v is None:
+            return False
+        better = (self.best is None or (v < self.best - self.min_delta if self.mode == "min"
+                                        else v > self.best + self.min_delta))
+        if better:
+            self.best, self.wait = v, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
+class Progress:
+    """Rank 0's progress: a tqdm bar on a terminal, plain lines otherwise (Slurm logs)."""
+
+    LINE_SECONDS = 30.0
+
+    def __init__(self, rank, total_steps, enabled):
+        self.bar = None
+        self.enabled = enabled and rank == 0
+        self.tty = self.enabled and sys.stdout.isatty()
+        self.next_line = time.monotonic() + self.LINE_SECONDS
+        if self.tty:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(self, step, loss=None, samples_per_s=None):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.n = int(step)
+            post = {}
+            if loss is not None:
+                post["loss"] = f"{loss:.4g}"
+            if samples_per_s:
+                post["samples/s"] = f"{samples_per_s:.3g}"
+            self.bar.set_postfix(post, refresh=True)
+        elif time.monotonic() >= self.next_line:
+            self.next_line = time.monotonic() + self.LINE_SECONDS
+            print(f"step {int(step)}" + (f"  loss {loss:.6g}" if loss is not None else ""),
+                  flush=True)
+
+    def write(self, text):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summarise(values):
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
