@@ -158,6 +158,11 @@ def build_parser():
                    help="none | fp16 | topk:RATIO (gradient compression with error feedback)")
     g.add_argument("--stats", default=None, metavar="FILE",
                    help="write per-epoch communication counters (JSON lines) here")
+    g = p.add_argument_group("watch and steer (mpiml ctl / mpiml plot)")
+    g.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="control commands, status.json, metrics.jsonl and checkpoints live here")
+    g.add_argument("--val", default=None, metavar="FILE",
+                   help="validation data (HDF5, same datasets): metrics after every epoch")
     g = p.add_argument_group("never hang, never lose work")
     g.add_argument("--checkpoint-dir", default=None,
                    help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
@@ -189,6 +194,20 @@ def build_parser():
     p.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
                    help="hold the weights split over K consecutive ranks (any model file)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ctl", help="steer a running job: status | set K=V ... | pause | resume | "
+                                   "checkpoint | stop")
+    p.add_argument("run_dir", help="the job's --run-dir")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="status, set lr=0.01 batch_size=512, pause, resume, checkpoint, stop")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the job's response (default 60)")
+    p.set_defaults(func=cmd_ctl)
+
+    p = sub.add_parser("plot", help="PNG of a run's curves from its metrics log")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
     p.set_defaults(func=cmd_doctor)
@@ -248,7 +267,8 @@ def _estimator(args, c):
                   keep_checkpoints=args.keep_checkpoints,
                   comm_timeout=args.comm_timeout or None, model_parallel=args.model_parallel,
                   sync=args.sync, sync_warmup=args.sync_warmup, max_staleness=args.max_staleness,
-                  overlap=args.overlap, compress=args.compress, stats=args.stats, comm=c)
+                  overlap=args.overlap, compress=args.compress, stats=args.stats,
+                  run_dir=args.run_dir, comm=c)
     if cls_name.startswith("MLP"):
         kwargs.update(hidden_layer_sizes=_hidden(args.hidden), activation=args.activation,
                       solver=args.solver,
@@ -349,10 +369,22 @@ def cmd_train(args):
             (f", compress {args.compress}" if args.compress != "none" else "")
     c.print0(f"mpiml train: {args.model} on {n} x {width} ({X.dtype}) from {args.data}, "
              f"{layout}, global batch {args.batch_size}; loaded in {t_load:.2f} s")
+    validation = None
+    if args.val:
+        Xv, yv = load_hdf5(args.val, X=args.X, y=args.y, comm=c, require_y=True,
+                           dtype=X.dtype, model_parallel=grid.K,
+                           split_features=split_features, sync=args.sync)
+        validation = (Xv, yv)
+    if args.run_dir:
+        from .runctl import RunDir
+        loads = c.allgather(t_load)
+        RunDir(args.run_dir, c.rank).log({"event": "load", "data": os.path.abspath(args.data),
+                                          "seconds_min": min(loads), "seconds_max": max(loads)})
+        c.print0(f"steer with: mpiml ctl {args.run_dir} status | set lr=... | pause | stop")
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
-    est.fit(X, y, resume=args.resume, columns=columns)
+    est.fit(X, y, resume=args.resume, columns=columns, validation=validation)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
@@ -406,6 +438,42 @@ def cmd_predict(args):
     write_rows(args.out, rows, comm=c, attrs={"model": os.path.abspath(args.model),
                                               "data": os.path.abspath(args.data)})
     c.print0(f"wrote predictions for {grid.data.allreduce(X.shape[0])} rows to {args.out}")
+
+
+def cmd_ctl(args):
+    from .runctl import CommandError, send_command
+
+    if not args.command:
+        raise UsageError("mpiml ctl: give a command: status | set K=V ... | pause | resume | "
+                         "checkpoint | stop")
+    try:
+        resp = send_command(args.run_dir, args.command, timeout=args.timeout)
+    except CommandError as exc:
+        write_stderr(f"mpiml ctl: rejected: {exc}\n")
+        return EXIT_ERROR
+    except (FileNotFoundError, TimeoutError) as exc:
+        write_stderr(f"mpiml ctl: {exc}\n")
+        return EXIT_ERROR
+    if args.command[0] == "status":
+        for key in ("state", "epoch", "step", "loss", "lr", "samples_per_s", "ranks"):
+            if key in resp:
+                v = resp[key]
+                print(f"{key:<14}{v:.6g}" if isinstance(v, float) else f"{key:<14}{v}")
+        return 0
+    where = f" at step {resp['step']}" if resp.get("step") is not None else ""
+    print(f"{resp['status']}{where}: {resp['message']}")
+    return 0 if resp["status"] == "applied" else EXIT_ERROR
+
+
+def cmd_plot(args):
+    from .plot import plot_run
+    try:
+        plot_run(args.run_dir, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        write_stderr(f"mpiml plot: {exc}\n")
+        return EXIT_ERROR
+    print(f"wrote {args.out}")
+    return 0
 
 
 def info_dict():
