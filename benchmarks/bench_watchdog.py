@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_sgd import machine  # noqa: E402
 
 from mpiml import SGDClassifier, get_comm, load_hdf5  # noqa: E402
+from mpiml._kernels import sgd as _k  # noqa: E402
 from mpiml.datasets import make_data  # noqa: E402
 from mpiml.parallel.data import group_layout, layout_plan, run_epoch  # noqa: E402
 
@@ -48,7 +49,7 @@ def main():
             off = c.exscan(X.shape[0])
             perm, gptr = group_layout(n, 256, off, X.shape[0])
             Xr, yr = np.take(X, perm, axis=0), np.where(y[perm] > 0, 1.0, -1.0)
-            bare = clf._engine(Xr, yr, 1, clf._encode(y[:1])[2])
+            bare = _k.Engine(Xr, yr, 1, clf._encode(y[:1])[2], **clf._hyper())
         c.barrier()
         times["no control words"].append(run_epoch(bare, c, layout_plan(gptr, 0, rep)).seconds)
     med = {k: float(np.median([c.allreduce(t, op=MPI.MAX) for t in v])) for k, v in times.items()}

@@ -161,6 +161,7 @@ class StepControl:
     WORDS = 4
     CHUNK = 64      # one-rank path: steps run in the kernel between two checks
     TIME_EVERY = 16  # rank 0 looks at its clock every this many steps
+    POLL_SECONDS = 0.1  # and at the run directory at most this often
 
     def __init__(self, comm, every_steps=None, every_seconds=None, save=None, on_stop=None):
         self.comm = comm
@@ -174,6 +175,7 @@ class StepControl:
         self.where = "training"
         self.run = None              # the RunDir when the job has a run directory
         self.on_command = None
+        self.next_poll = 0.0
         self.paused = False          # read by the watchdog thread
         self.user_stop = False       # `mpiml ctl DIR stop` / a callback: end the fit normally
         self.timing = False          # sample the time spent in the step's collective
@@ -204,6 +206,7 @@ class StepControl:
         refreshes status.json (at most once a second)."""
         if self.run is None or self.world_rank != 0:
             return False
+        self.next_poll = time.monotonic() + self.POLL_SECONDS
         if self.engine is not None:
             self.run.write_status(step=int(self.engine.t), state="running")
         return self.run.commands_waiting()
@@ -294,14 +297,19 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         clock = comm.rank == 0 and (control.every_seconds is not None or control.run is not None)
         hooks = control.skip is not None or control.signal_hook is not None
         timing = control.timing
+        timed = control.every_seconds is not None
+        polled = control.run is not None
+        mono = time.monotonic
         for s in range(start, n_steps):
             grad(s)
             if control.stop_requested:
                 buf[base + 1] = 1.0
             if clock and s % control.TIME_EVERY == 0:
-                if control.time_due():
+                if timed and control.time_due():
                     buf[base + 2] = 1.0
-                if control.commands_due():
+                # the run directory: a clock comparison here, the poll itself at most every
+                # POLL_SECONDS (see mpiml.runctl)
+                if polled and mono() >= control.next_poll and control.commands_due():
                     buf[base + 3] = 1.0
             if hooks and control.skip == (control.world_rank, int(engine.t) + 1):
                 buf[base] *= size       # test hook: this rank skips one collective
