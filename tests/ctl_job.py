@@ -8,14 +8,15 @@ import numpy as np
 from mpiml import SGDClassifier, get_comm
 
 
-def main(run_dir, out):
+def main(run_dir, out, comm_timeout=600.0):
     c = get_comm()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(20000, 10))
     y = (X @ rng.normal(size=10) > 0).astype(int)
     lo, hi = c.chunk(len(X))
     est = SGDClassifier(learning_rate="constant", eta0=0.01, momentum=0.5, tol=None,
-                        max_iter=100000, batch_size=16, random_state=0, run_dir=run_dir)
+                        max_iter=100000, batch_size=16, random_state=0, run_dir=run_dir,
+                        comm_timeout=comm_timeout)
     est.fit(X[lo:hi], y[lo:hi], validation=(X[lo:hi][:500], y[lo:hi][:500]))
     est.save(out)
     flat = np.concatenate([est.coef_.ravel(), est.intercept_])
@@ -25,4 +26,4 @@ def main(run_dir, out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *map(float, sys.argv[3:]))

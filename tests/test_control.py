@@ -17,10 +17,11 @@ from launch import MPIEXEC, MPIML, clean_env  # noqa: E402
 JOB = os.path.join(os.path.dirname(__file__), "ctl_job.py")
 
 
-def _start(tmp_path):
+def _start(tmp_path, *extra):
     run = tmp_path / "run"
     p = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", JOB, str(run),
-                          str(tmp_path / "model.h5")], env=clean_env(), cwd=tmp_path,
+                          str(tmp_path / "model.h5"), *map(str, extra)], env=clean_env(),
+                         cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (run / "status.json").exists():
@@ -153,3 +154,17 @@ def test_plot_of_a_real_run(tmp_path):
     r = subprocess.run([MPIML, "plot", str(tmp_path), "--out", str(out)], capture_output=True,
                        text=True, env=clean_env(), timeout=120)
     assert r.returncode == 1 and "no metrics log" in r.stderr
+
+
+def test_a_pause_longer_than_the_watchdog_timeout_is_not_a_hang(tmp_path):
+    p, run = _start(tmp_path, 2.0)                        # --comm-timeout 2 s
+    try:
+        assert ctl(run, "pause")[0] == 0
+        time.sleep(5.0)
+        assert p.poll() is None                            # the watchdog did not end it
+        assert ctl(run, "resume")[0] == 0
+        time.sleep(0.5)
+        assert ctl(run, "stop")[0] == 0
+    finally:
+        result = _finish(p)
+    assert result["identical_on_all_ranks"]
