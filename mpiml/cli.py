@@ -195,6 +195,25 @@ def build_parser():
                    help="hold the weights split over K consecutive ranks (any model file)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("explain", help="SHAP values or permutation importance, in parallel")
+    p.add_argument("--model", required=True)
+    _data_args(p)
+    p.add_argument("--method", choices=["shap", "permutation"], default="shap")
+    p.add_argument("--out", default=None,
+                   help="shap: HDF5 file of SHAP values in input row order (+ base_value); "
+                        "permutation: JSON file of the importances")
+    p.add_argument("--plot", default=None, help="bar chart of the global importances (PNG)")
+    p.add_argument("--background", default=None,
+                   help="HDF5 file of background rows (default: the explained data)")
+    p.add_argument("--background-rows", type=_positive_int, default=100,
+                   help="Kernel SHAP (MLPs): background rows rank 0 takes and broadcasts")
+    p.add_argument("--nsamples", type=_positive_int, default=None,
+                   help="Kernel SHAP coalitions per row (default 2*features + 2048)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="permutation repeats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=_positive_int, default=10, help="features in the summary")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("ctl", help="steer a running job: status | set K=V ... | pause | resume | "
                                    "checkpoint | stop")
     p.add_argument("run_dir", help="the job's --run-dir")
@@ -403,11 +422,19 @@ def cmd_score(args):
     X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c, require_y=True,
                      model_parallel=args.model_parallel)
     result = est.metrics(X, y)
+    if hasattr(est, "classes_"):
+        from .models.base import classification_report
+        report = classification_report(est, X, y)
+        result.update({k: v for k, v in report.items() if k not in ("accuracy", "n_samples")})
     if args.json:
         c.print0(json.dumps(result))
     else:
         c.print0("  ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in result.items()))
+                           for k, v in result.items() if not isinstance(v, (dict, list))))
+        if "per_class" in result:
+            for label, m in result["per_class"].items():
+                c.print0(f"  class {label}: precision {m['precision']:.4f}  recall "
+                         f"{m['recall']:.4f}  f1 {m['f1']:.4f}  support {m['support']}")
 
 
 def cmd_predict(args):
@@ -438,6 +465,77 @@ def cmd_predict(args):
     write_rows(args.out, rows, comm=c, attrs={"model": os.path.abspath(args.model),
                                               "data": os.path.abspath(args.data)})
     c.print0(f"wrote predictions for {grid.data.allreduce(X.shape[0])} rows to {args.out}")
+
+
+def cmd_explain(args):
+    import numpy as np
+
+    from .comm import get_comm
+    from .explain import (global_mean, kernel_shap, linear_shap, model_output,
+                          permutation_importance, plot_importance, summarise_importance)
+    from .io import check_output_path, load_hdf5, write_rows
+    from .models import load
+
+    c = get_comm()
+    est = load(args.model, comm=c)
+    for path in (args.out, args.plot):
+        if path:
+            check_output_path(path, comm=c)
+    need_y = args.method == "permutation"
+    X, y = load_hdf5(args.data, X=args.X, y=args.y if need_y else None, comm=c,
+                     require_y=need_y)
+    d = X.shape[1]
+    t0 = time.perf_counter()
+    if args.method == "permutation":
+        mean, std, base = permutation_importance(est, X, y, repeats=args.repeats,
+                                                 seed=args.seed, comm=c)
+        c.print0(f"permutation importance ({args.repeats} repeats; baseline score "
+                 f"{base:.6g}; mean drop of the score):")
+        for line in summarise_importance(mean, top=args.top):
+            c.print0(line)
+        if args.out and c.rank == 0:
+            with open(args.out, "w") as fh:
+                json.dump({"baseline_score": base, "mean": mean.tolist(), "std": std.tolist(),
+                           "repeats": args.repeats, "seed": args.seed}, fh)
+        if args.plot and c.rank == 0:
+            plot_importance(mean, args.plot, "mean drop of the score when permuted", std=std)
+        c.print0(f"done in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
+        return 0
+    if hasattr(est, "_net"):                               # MLP: Kernel SHAP
+        bg = None
+        if c.rank == 0:
+            import h5py
+            with h5py.File(args.background or args.data, "r", locking=False) as f:
+                bg = np.asarray(f[args.X][:args.background_rows], dtype=np.float64)
+        bg = c.bcast(bg)
+        values, base = kernel_shap(model_output(est), X, bg, nsamples=args.nsamples,
+                                   seed=args.seed)
+        what = "Kernel SHAP of the " + ("predicted probabilities" if hasattr(est, "classes_")
+                                        else "predictions")
+    else:
+        if args.background:
+            Xb, _ = load_hdf5(args.background, X=args.X, y=None, comm=c)
+            mean = global_mean(Xb, c)
+        else:
+            mean = global_mean(X, c)
+        coef, intercept = est.gather_coef()
+        values, base = linear_shap(coef, intercept, X, mean)
+        what = "exact linear SHAP of the margins"
+    if args.out:
+        write_rows(args.out, {"shap": values}, comm=c,
+                   attrs={"model": os.path.abspath(args.model), "method": what},
+                   extra={"base_value": np.asarray(base)})
+    absum = np.abs(values).reshape(len(X), -1, d).sum(axis=(0, 1)) if len(X) else np.zeros(d)
+    tot = c.allreduce(np.concatenate([absum, [float(len(X))]]))
+    importance = tot[:-1] / max(tot[-1], 1.0)
+    c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
+             f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
+    c.print0("global importance (mean |SHAP|):")
+    for line in summarise_importance(importance, top=args.top):
+        c.print0(line)
+    if args.plot and c.rank == 0:
+        plot_importance(importance, args.plot, "mean |SHAP value|")
+    return 0
 
 
 def cmd_ctl(args):

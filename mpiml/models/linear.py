@@ -19,7 +19,7 @@ __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
 # optimisation hyper-parameters that a resumed run takes from its checkpoint
 _RESUMED_PARAMS = ("loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "learning_rate",
                    "eta0", "power_t", "momentum", "batch_size", "tol", "n_iter_no_change",
-                   "epsilon", "multi_class", "dtype")
+                   "epsilon", "multi_class", "class_weight", "dtype")
 
 # the user's loss name -> factory of the kernel's loss object (STYLE.md rule 4)
 LOSSES = {
@@ -243,6 +243,9 @@ class SGDClassifier(_BaseSGD):
         ``n_iter_no_change`` epochs (``tol=None``: run ``max_iter`` epochs).
     multi_class : {"auto", "multinomial"}
         ``"multinomial"`` uses a softmax model even for two classes.
+    class_weight : None, "balanced" or dict
+        Weights of each class's rows in the loss and gradient; ``"balanced"`` is
+        ``n / (n_classes * count)`` from the global counts (see :mod:`mpiml.imbalance`).
     checkpoint_dir : str, optional
         Write checkpoints there (see :mod:`mpiml.checkpoint`): at the end, every
         ``checkpoint_every`` updates and/or every ``checkpoint_seconds`` seconds, and
@@ -280,7 +283,7 @@ class SGDClassifier(_BaseSGD):
     def __init__(self, loss="log_loss", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, max_iter=1000, tol=1e-3, learning_rate="optimal",
                  eta0=0.01, power_t=0.5, momentum=0.0, batch_size=256, n_iter_no_change=5,
-                 multi_class="auto", random_state=None, verbose=0, dtype=None,
+                 multi_class="auto", class_weight=None, random_state=None, verbose=0, dtype=None,
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
@@ -299,6 +302,7 @@ class SGDClassifier(_BaseSGD):
         self.batch_size = batch_size
         self.n_iter_no_change = n_iter_no_change
         self.multi_class = multi_class
+        self.class_weight = class_weight
         self.random_state = random_state
         self.verbose = verbose
         self.dtype = dtype

@@ -165,7 +165,8 @@ class Trainer(BaseEstimator):
         return X, y, local_classes
 
     # ------------------------------------------------------------ training
-    def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None):
+    def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None,
+            sample_weight=None):
         """Fit on the rows every rank passes (collective).
 
         Parameters
@@ -192,13 +193,16 @@ class Trainer(BaseEstimator):
             with the same global logs; a callback may change hyper-parameters with
             ``estimator.set_params(...)`` (learning rate, momentum, alpha from the next
             step, batch_size from the next epoch).
+        sample_weight : array (n_local,), optional
+            Per-row weights multiplying each row's loss and gradient (data-parallel
+            linear models); combined with ``class_weight``.
 
         Returns
         -------
         self
         """
         return self._fit(X, y, None, reset=True, resume=resume, columns=columns,
-                         validation=validation, callbacks=callbacks)
+                         validation=validation, callbacks=callbacks, sample_weight=sample_weight)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over the rows every rank passes, continuing from the current state
@@ -206,7 +210,7 @@ class Trainer(BaseEstimator):
         return self._fit(X, y, 1, reset=not hasattr(self, "n_features_in_"), classes=classes)
 
     def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
-             callbacks=None):
+             callbacks=None, sample_weight=None):
         c = get_comm(self.comm)
         Xl, yl, local_classes = c.run(self._prepare_local, X, y)
         grid = get_grid(c, self.model_parallel)
@@ -296,12 +300,16 @@ class Trainer(BaseEstimator):
             state, arrays = self._restore(c, resume, d, n_global)
             batch = int(state["batch"])
         K, y_enc, loss = self._encode(yl)
+        sw = self._row_weights(c, grid, yl, sample_weight, meta)
         # one reordered copy of the local rows: every step then reads contiguous memory
         perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
         if perm is not None:
             Xl = np.take(Xl, perm, axis=0)
             y_enc = y_enc[perm]
+            sw = sw[perm] if sw is not None else None
         engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
+        if sw is not None:
+            engine.set_sample_weight(sw)
         start_step = 0
         if state is not None:
             c.run(engine.set_state, arrays)
@@ -339,7 +347,7 @@ class Trainer(BaseEstimator):
                      "params": {k: v for k, v in self.get_params().items() if k != "comm"}})
         progress = Progress(c.rank, 0, bool(self.verbose))
         stopped = None
-        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch}
+        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch, "sw": sw}
 
         def relayout(new_batch):
             """A new global batch size from the next epoch on: the rows are put in the new
@@ -353,6 +361,9 @@ class Trainer(BaseEstimator):
             idx = inv[perm2] if perm2 is not None else inv
             Xn, yn = np.take(state_["Xl"], idx, axis=0), state_["y"][idx]
             fresh = c.run(self._make_engine, Xn, yn, K, loss, d, grid, columns)
+            if state_["sw"] is not None:
+                state_["sw"] = state_["sw"][idx]
+                fresh.set_sample_weight(state_["sw"])
             for new, old in zip(fresh.sync_arrays(), engine.sync_arrays()):
                 new[...] = old
             fresh.after_sync()
@@ -505,6 +516,37 @@ class Trainer(BaseEstimator):
         writer.epoch("all", counters, self.loss_curve_[-1], seconds,
                      {"max_clock_gap": self.ps_stats_["max_clock_gap"],
                       "max_update_staleness": self.ps_stats_["max_update_staleness"]})
+
+    def _row_weights(self, c, grid, yl, sample_weight, meta):
+        """Per-row weights from ``class_weight`` (global class counts) and
+        ``sample_weight``, or None (collective when either is given)."""
+        from ..imbalance import class_weights, global_class_counts, warn_missing_classes
+        cw_spec = getattr(self, "class_weight", None)
+        if cw_spec is None and sample_weight is None:
+            return None
+
+        def check():
+            if grid.K > 1 or not self._supports_ps:
+                raise ConfigError("class_weight and sample_weight are supported by the "
+                                  "data-parallel linear models (SGDClassifier, SGDRegressor)")
+            if sample_weight is None:
+                return None
+            w = np.asarray(sample_weight, dtype=np.float64).ravel()
+            if w.shape[0] != yl.shape[0]:
+                raise DataError(f"sample_weight has {w.shape[0]} values for {yl.shape[0]} rows")
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise DataError("sample_weight must be finite and >= 0")
+            return w
+
+        w = c.run(check)
+        sw = np.ones(yl.shape[0]) if w is None else w
+        if cw_spec is not None and self._is_classifier:
+            counts = global_class_counts(yl, self.classes_, grid.data)
+            cw = c.run(class_weights, cw_spec, self.classes_, counts)
+            sw = sw * cw[np.searchsorted(self.classes_, yl)]
+            self.class_weight_ = cw
+            warn_missing_classes([m[3] for m in meta], self.classes_, c.rank)
+        return sw
 
     def _control(self, c, grid, engine, K, d, n_global, batch):
         """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
