@@ -130,6 +130,14 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g = p.add_argument_group("class imbalance")
+    g.add_argument("--class-weight", default=None, metavar="balanced|JSON",
+                   help="'balanced' (from the global class counts) or a JSON map label -> weight")
+    g.add_argument("--sample-weight", default=None, metavar="DATASET",
+                   help="a 1-D dataset of per-row weights in the data file")
+    g.add_argument("--resample", default=None, metavar="over|under[:RATIO]",
+                   help="random over-/under-sampling of the classes to RATIO (default 1) of the "
+                        "largest/smallest class; the same rows at any rank count")
     g = p.add_argument_group("MLPs (--model mlp | mlp-regression)")
     g.add_argument("--hidden", default="100", metavar="H1,H2,...",
                    help="hidden layer sizes (default 100)")
@@ -274,6 +282,7 @@ def _hidden(text):
 
 def _estimator(args, c):
     from . import models
+    from .errors import ConfigError
 
     cls_name, kwargs = MODELS[args.model]
     cls = getattr(models, cls_name)
@@ -288,6 +297,18 @@ def _estimator(args, c):
                   sync=args.sync, sync_warmup=args.sync_warmup, max_staleness=args.max_staleness,
                   overlap=args.overlap, compress=args.compress, stats=args.stats,
                   run_dir=args.run_dir, comm=c)
+    if args.class_weight is not None:
+        if cls_name != "SGDClassifier":
+            raise ConfigError("--class-weight is for the linear classifiers", ranks=range(c.size))
+        cw = args.class_weight
+        if cw != "balanced":
+            try:
+                cw = {float(k): float(v) for k, v in json.loads(cw).items()}
+            except (ValueError, AttributeError):
+                raise ConfigError(f"--class-weight must be 'balanced' or a JSON map like "
+                                  f"'{{\"0\": 1, \"1\": 20}}', not {cw!r}",
+                                  ranks=range(c.size)) from None
+        kwargs["class_weight"] = cw
     if cls_name.startswith("MLP"):
         kwargs.update(hidden_layer_sizes=_hidden(args.hidden), activation=args.activation,
                       solver=args.solver,
@@ -388,6 +409,23 @@ def cmd_train(args):
             (f", compress {args.compress}" if args.compress != "none" else "")
     c.print0(f"mpiml train: {args.model} on {n} x {width} ({X.dtype}) from {args.data}, "
              f"{layout}, global batch {args.batch_size}; loaded in {t_load:.2f} s")
+    sample_weight = None
+    if args.sample_weight:
+        from .io import load_vector
+        sample_weight = load_vector(args.data, args.sample_weight, comm=c, sync=args.sync)
+    if args.resample:
+        from .errors import ConfigError
+        from .imbalance import resample
+        kind, _, ratio = args.resample.partition(":")
+        try:
+            ratio = float(ratio) if ratio else 1.0
+        except ValueError:
+            raise ConfigError(f"--resample must be over|under[:RATIO], not {args.resample!r}",
+                              ranks=range(c.size)) from None
+        if sample_weight is not None:
+            raise ConfigError("--resample and --sample-weight do not combine", ranks=range(c.size))
+        X, y = resample(X, y, kind, ratio, seed=args.seed, comm=c)
+        c.print0(f"resampled ({args.resample}): {c.allreduce(len(y))} rows")
     validation = None
     if args.val:
         Xv, yv = load_hdf5(args.val, X=args.X, y=args.y, comm=c, require_y=True,
@@ -403,7 +441,8 @@ def cmd_train(args):
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
-    est.fit(X, y, resume=args.resume, columns=columns, validation=validation)
+    est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
+            sample_weight=sample_weight)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)

@@ -21,7 +21,7 @@ from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 
 __all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
-           "read_model_slice",
+           "read_model_slice", "load_vector",
            "check_output_path", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
 MODEL_FORMAT = "mpiml-model"
@@ -199,6 +199,28 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
                     Xl[...] = dX[lo:hi, c0:c1]
             _check_finite(Xl, path, X, lo)
             return Xl, yl
+
+    return c.run(local)
+
+
+def load_vector(path, name, comm=None, sync="allreduce"):
+    """This rank's rows of a 1-D dataset (e.g. per-row sample weights), split exactly
+    as :func:`load_hdf5` splits the rows (collective)."""
+    c = get_comm(comm)
+    from .parallel.sync import parse_sync
+    kind, servers = parse_sync(sync)
+    parts, part = (c.size - servers, c.rank if c.rank < c.size - servers else None) \
+        if kind == "ps" else (c.size, c.rank)
+
+    def local():
+        with _open_read(path) as f:
+            ds = _dataset(f, path, name, "the per-row values")
+            if ds.ndim != 1:
+                raise DataError(f"{path}: dataset '{name}' must be 1-D, it has shape {ds.shape}")
+            lo, hi = chunk(ds.shape[0], parts, part) if part is not None else (0, 0)
+            v = np.asarray(ds[lo:hi], dtype=np.float64)
+            _check_finite(v, path, name, lo)
+            return v
 
     return c.run(local)
 
