@@ -316,8 +316,10 @@ cdef inline void _accumulate(const floating* X, Py_ssize_t nb, Py_ssize_t d, con
 
 cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo, Py_ssize_t hi,
                         const floating* W, const double* b, Py_ssize_t K, Loss loss,
-                        floating* Mf, double* Md, double* Gd, floating* gW, double* gb) noexcept nogil:
-    """Summed loss over rows [lo, hi); gW += dW (in the data's precision), gb += db."""
+                        floating* Mf, double* Md, double* Gd, floating* gW, double* gb,
+                        const double* sw) noexcept nogil:
+    """Summed loss over rows [lo, hi); gW += dW (in the data's precision), gb += db.
+    ``sw``: per-row weights (class or sample weights) or NULL."""
     cdef Py_ssize_t d = X.shape[1], r0, nb, i, k, nk
     cdef double s = 0.0
     r0 = lo
@@ -330,7 +332,13 @@ cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo
         for i in range(nb):
             for k in range(K):
                 Md[i * K + k] = Mf[i * K + k] + b[k]
-        s += loss.batch(Md, y + r0, Gd, nb, K)
+        if sw == NULL:
+            s += loss.batch(Md, y + r0, Gd, nb, K)
+        else:
+            for i in range(nb):
+                s += sw[r0 + i] * loss.batch(&Md[i * K], y + r0 + i, &Gd[i * K], 1, K)
+                for k in range(K):
+                    Gd[i * K + k] *= sw[r0 + i]
         for i in range(nk):
             Mf[i] = <floating>Gd[i]
         for i in range(nb):
@@ -446,6 +454,8 @@ cdef class Engine:
     cdef const double[:, ::1] X64
     cdef readonly bint is64
     cdef const double[::1] y
+    cdef const double[::1] sw
+    cdef readonly bint has_sw
     cdef readonly Loss loss
     cdef readonly Py_ssize_t n, d, K, P
     cdef readonly object w_arr, buf_arr, vel_arr
@@ -513,6 +523,18 @@ cdef class Engine:
         self.epoch_loss = 0.0
         self.epoch_count = 0.0
 
+    def set_sample_weight(self, sw):
+        """Per-row weights (in the rows' order) multiplying each row's loss and
+        gradient (class and sample weights); None removes them."""
+        if sw is None:
+            self.has_sw = False
+            return
+        arr = np.ascontiguousarray(sw, dtype=np.float64)
+        if arr.shape[0] != self.n:
+            raise ValueError("sample weights and rows differ in length")
+        self.sw = arr
+        self.has_sw = self.n > 0
+
     def set_params(self, w):
         """Load the flat parameter vector (length P)."""
         w = np.asarray(w, dtype=np.float64).ravel()
@@ -569,6 +591,7 @@ cdef class Engine:
     cdef void _grad(self, const Py_ssize_t* lo, const Py_ssize_t* hi, Py_ssize_t nr) noexcept nogil:
         cdef Py_ssize_t Kd = self.K * self.d, j, r, count = 0
         cdef double s = 0.0
+        cdef const double* swp = &self.sw[0] if self.has_sw else NULL
         memset(&self.buf[0], 0, (self.P + 2) * sizeof(double))
         if not self.is64:
             memset(&self.g32[0], 0, Kd * sizeof(float))
@@ -579,11 +602,11 @@ cdef class Engine:
             if self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
                                  self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
-                                 &self.buf[0], &self.buf[Kd])
+                                 &self.buf[0], &self.buf[Kd], swp)
             else:
                 s += _grad_range(self.X32, &self.y[0], lo[r], hi[r], &self.w32[0], &self.w[Kd],
                                  self.K, self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
-                                 &self.g32[0], &self.buf[Kd])
+                                 &self.g32[0], &self.buf[Kd], swp)
         if not self.is64:
             for j in range(Kd):
                 self.buf[j] = self.g32[j]
