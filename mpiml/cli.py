@@ -203,6 +203,13 @@ def build_parser():
                    help="hold the weights split over K consecutive ranks (any model file)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="write a model as ONNX")
+    p.add_argument("model", help="model file written by `mpiml train`")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the graph's input and weight type (default float32)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("explain", help="SHAP values or permutation importance, in parallel")
     p.add_argument("--model", required=True)
     _data_args(p)
@@ -504,6 +511,20 @@ def cmd_predict(args):
     write_rows(args.out, rows, comm=c, attrs={"model": os.path.abspath(args.model),
                                               "data": os.path.abspath(args.data)})
     c.print0(f"wrote predictions for {grid.data.allreduce(X.shape[0])} rows to {args.out}")
+
+
+def cmd_export(args):
+    from .comm import get_comm
+    from .export import OPSET, export_onnx
+    from .io import check_output_path
+    from .models import load
+
+    c = get_comm()
+    est = load(args.model, comm=c)
+    check_output_path(args.onnx, comm=c)
+    export_onnx(est, args.onnx, dtype=args.dtype)
+    c.print0(f"wrote {args.onnx} (ONNX opset {OPSET}, {args.dtype} input X)")
+    return 0
 
 
 def cmd_explain(args):

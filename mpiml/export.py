@@ -1,0 +1,110 @@
+"""``mpiml export``: a trained model as an ONNX graph (the ``onnx`` package), for
+onnxruntime and the other ONNX runtimes (C, C++, C#, Java, JavaScript, ...).
+
+Graph (ONNX opset :data:`OPSET`, standard ``ai.onnx`` operators only):
+
+* input ``X``: (N, n_features), float32 (default) or float64;
+* linear models: ``scores = X @ coef.T + intercept`` (MatMul, Add); MLPs: the layers
+  (MatMul, Add, Relu or Tanh) of the logical (unsplit) weights, whatever split
+  trained them;
+* classifiers: output ``label`` (N,) int64 — the class labels, ``Gather`` of the
+  classes by the argmax (or by ``scores > 0`` for one output) — and, for log-loss
+  and MLP classifiers, ``probabilities`` (N, n_classes) (Sigmoid for one output,
+  Softmax otherwise); hinge models output ``scores`` instead of probabilities;
+* regressors: output ``variable`` (N, 1).
+"""
+import numpy as np
+
+__all__ = ["to_onnx", "export_onnx", "OPSET"]
+
+OPSET = 17
+
+
+def _layers(est):
+    """[(W (n_in, n_out), b)] of the model, logical weights."""
+    if hasattr(est, "_net"):
+        coefs, intercepts = est.gather_params()
+        return list(zip(coefs, intercepts)), est.activation
+    coef, intercept = est.gather_coef() if hasattr(est, "gather_coef") else (est.coef_,
+                                                                           est.intercept_)
+    return [(np.atleast_2d(coef).T, np.asarray(intercept).ravel())], None
+
+
+def to_onnx(est, dtype="float32"):
+    """The ONNX ModelProto of a fitted mpiml estimator (collective for a split model)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    np_dtype = np.dtype(dtype)
+    if np_dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, not {dtype}")
+    elem = TensorProto.FLOAT if np_dtype == np.float32 else TensorProto.DOUBLE
+    layers, activation = _layers(est)
+    d = layers[0][0].shape[0]
+    nodes, inits = [], []
+    x = "X"
+    for i, (W, b) in enumerate(layers):
+        inits += [numpy_helper.from_array(np.asarray(W, dtype=np_dtype), f"W{i}"),
+                  numpy_helper.from_array(np.asarray(b, dtype=np_dtype), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"]),
+                  helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"])]
+        x = f"z{i}"
+        if i < len(layers) - 1:
+            op = "Relu" if activation == "relu" else "Tanh"
+            nodes.append(helper.make_node(op, [x], [f"a{i}"]))
+            x = f"a{i}"
+    K = layers[-1][0].shape[1]
+    outputs = []
+    if hasattr(est, "classes_"):
+        classes = np.asarray(est.classes_)
+        labels = classes.astype(np.int64) if np.all(classes == np.round(classes)) else classes
+        inits.append(numpy_helper.from_array(np.asarray(labels), "classes"))
+        probabilistic = hasattr(est, "_net") or getattr(est, "loss", None) == "log_loss"
+        if K == 1:
+            inits.append(numpy_helper.from_array(np.zeros(1, dtype=np_dtype), "zero"))
+            nodes += [helper.make_node("Greater", [x, "zero"], ["pos"]),
+                      helper.make_node("Cast", ["pos"], ["idx2"], to=TensorProto.INT64),
+                      helper.make_node("Squeeze", ["idx2", "axis1"], ["idx"])]
+            inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+            if probabilistic:
+                inits.append(numpy_helper.from_array(np.ones(1, dtype=np_dtype), "one"))
+                nodes += [helper.make_node("Sigmoid", [x], ["p1"]),
+                          helper.make_node("Sub", ["one", "p1"], ["p0"]),
+                          helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1)]
+        else:
+            nodes.append(helper.make_node("ArgMax", [x], ["idx"], axis=1, keepdims=0))
+            if probabilistic:
+                nodes.append(helper.make_node("Softmax", [x], ["probabilities"], axis=1))
+        nodes.append(helper.make_node("Gather", ["classes", "idx"], ["label"], axis=0))
+        label_type = TensorProto.INT64 if labels.dtype == np.int64 else TensorProto.DOUBLE
+        outputs.append(helper.make_tensor_value_info("label", label_type, [None]))
+        n_classes = len(classes)
+        if probabilistic:
+            outputs.append(helper.make_tensor_value_info("probabilities", elem, [None, n_classes]))
+        else:
+            nodes.append(helper.make_node("Identity", [x], ["scores"]))
+            outputs.append(helper.make_tensor_value_info("scores", elem, [None, K]))
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["variable"]))
+        outputs.append(helper.make_tensor_value_info("variable", elem, [None, 1]))
+    graph = helper.make_graph(nodes, f"mpiml_{type(est).__name__}",
+                              [helper.make_tensor_value_info("X", elem, [None, d])], outputs,
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="mpiml")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(est, path, dtype="float32"):
+    """Write ``to_onnx(est)`` to ``path`` (rank 0 writes; collective for a split model)."""
+    import onnx
+
+    from .comm import get_comm
+    model = to_onnx(est, dtype)
+    c = get_comm(est.comm)
+    if c.rank == 0:
+        onnx.save(model, path)
+    c.barrier()
+    return path
