@@ -201,6 +201,8 @@ def build_parser():
     p.add_argument("--proba", action="store_true", help="also write class probabilities ('proba')")
     p.add_argument("--model-parallel", type=_positive_int, default=1, metavar="K",
                    help="hold the weights split over K consecutive ranks (any model file)")
+    p.add_argument("--block-rows", type=_positive_int, default=65536, metavar="N",
+                   help="rows read and predicted at a time: bounds the memory (default 65536)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write a model as ONNX")
@@ -484,10 +486,9 @@ def cmd_score(args):
 
 
 def cmd_predict(args):
-    import numpy as np
 
     from .comm import get_comm, get_grid
-    from .io import check_output_path, load_hdf5, write_rows
+    from .io import check_output_path
     from .models import load
 
     c = get_comm()
@@ -499,18 +500,15 @@ def cmd_predict(args):
         raise ConfigError("--proba needs a probabilistic model (logistic, softmax or mlp)",
                           ranks=range(c.size))
     check_output_path(args.out, comm=c)
-    X, _ = load_hdf5(args.data, X=args.X, y=None, comm=c, model_parallel=grid.K)
-    if grid.K == 1:
-        out = c.run(lambda: {"pred": np.asarray(est.predict(X))})
-    else:        # collective over the model-parallel group
-        out = {"pred": np.asarray(est.predict(X))}
-    if args.proba:
-        out["proba"] = est.predict_proba(X)
-    # the K ranks of a model-parallel group hold the same rows: its first rank writes them
-    rows = out if grid.model_rank == 0 else {k: v[:0] for k, v in out.items()}
-    write_rows(args.out, rows, comm=c, attrs={"model": os.path.abspath(args.model),
-                                              "data": os.path.abspath(args.data)})
-    c.print0(f"wrote predictions for {grid.data.allreduce(X.shape[0])} rows to {args.out}")
+    from .predict import stream_predict
+    t0 = time.perf_counter()
+    n = stream_predict(est, args.data, args.out, X=args.X, block_rows=args.block_rows,
+                       proba=args.proba, comm=c, model_parallel=grid.K,
+                       attrs={"model": os.path.abspath(args.model),
+                              "data": os.path.abspath(args.data)})
+    secs = time.perf_counter() - t0
+    c.print0(f"wrote predictions for {n} rows to {args.out} in {secs:.2f} s "
+             f"({n / max(secs, 1e-9):.3g} rows/s, blocks of {args.block_rows} rows)")
 
 
 def cmd_export(args):

@@ -1,0 +1,112 @@
+"""Streaming prediction: inputs larger than memory.
+
+Each rank predicts its rows (the chunk rule over the data-parallel replicas) one
+block of ``block_rows`` rows at a time: it reads the block's hyperslab, predicts,
+and appends the predictions to a part file of its own, so its memory holds one block
+of the input and one of the output whatever the input's size. When every rank has
+finished (agreed), rank 0 assembles the output file in input row order from the
+parts, block by block, into a temporary name, and renames it into place; a failure
+anywhere leaves no output file and no parts.
+"""
+import os
+
+import h5py
+import numpy as np
+
+from .comm import chunk, get_comm, get_grid
+from .errors import DataError
+from .io import _dataset, _open_read
+
+__all__ = ["stream_predict"]
+
+
+def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=None,
+                   model_parallel=1, attrs=None):
+    """Predict the rows of ``data[X]`` into ``out`` (datasets ``pred`` and, with
+    ``proba``, ``proba``), in input row order (collective). Returns the row count."""
+    c = get_comm(comm)
+    grid = get_grid(c, model_parallel)
+    part = f"{os.path.abspath(out)}.part-{c.rank}"
+    writer = grid.model_rank == 0          # one rank per model-parallel group writes
+
+    def info():
+        with _open_read(data) as f:
+            ds = _dataset(f, data, X, "the features")
+            if ds.ndim != 2:
+                raise DataError(f"{data}: dataset '{X}' must be 2-D, it has shape {ds.shape}")
+            return ds.shape
+
+    n, d = c.run(info)
+    lo, hi = chunk(n, grid.D, grid.data_rank)
+    n_blocks = c.allreduce(-(-(hi - lo) // block_rows), op=__import__("mpi4py").MPI.MAX)
+
+    def predict_all():
+        # the same number of blocks on every rank: a split model's predict is collective
+        with _open_read(data) as f, (h5py.File(part, "w", locking=False) if writer
+                                      else _Null()) as p:
+            ds = f[X]
+            dp = dpr = None
+            for b in range(n_blocks):
+                a = min(hi, lo + b * block_rows)
+                e = min(hi, a + block_rows)
+                block = np.asarray(ds[a:e]) if e > a else np.zeros((0, d), dtype=ds.dtype)
+                if not np.isfinite(block).all():
+                    row = a + int(np.argwhere(~np.isfinite(block))[0][0])
+                    raise DataError(f"{data}: dataset '{X}' has a NaN or infinite value at "
+                                    f"row {row}")
+                pred = np.asarray(est.predict(block))
+                pr = np.asarray(est.predict_proba(block)) if proba else None
+                if writer:
+                    if dp is None:
+                        dp = p.create_dataset("pred", shape=(hi - lo,) + pred.shape[1:],
+                                              dtype=pred.dtype)
+                        if proba:
+                            dpr = p.create_dataset("proba", shape=(hi - lo,) + pr.shape[1:],
+                                                   dtype=pr.dtype)
+                    dp[a - lo:e - lo] = pred
+                    if proba:
+                        dpr[a - lo:e - lo] = pr
+
+    try:
+        c.run(predict_all)
+        c.run(_assemble, c, grid, out, n, block_rows, attrs or {})
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    return n
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _assemble(c, grid, out, n, block_rows, attrs):
+    """Rank 0: the parts in rank order into one file (a temporary name, then renamed)."""
+    if c.rank != 0:
+        return
+    tmp = f"{os.path.abspath(out)}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            pos = 0
+            for g in range(grid.D):
+                part = f"{os.path.abspath(out)}.part-{g * grid.K}"
+                with h5py.File(part, "r", locking=False) as p:
+                    for name in p:
+                        src = p[name]
+                        if name not in f:
+                            f.create_dataset(name, shape=(n,) + src.shape[1:], dtype=src.dtype,
+                                             chunks=True)
+                        for a in range(0, src.shape[0], block_rows):
+                            e = min(src.shape[0], a + block_rows)
+                            f[name][pos + a:pos + e] = src[a:e]
+                    pos += p["pred"].shape[0] if "pred" in p else 0
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
