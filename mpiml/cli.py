@@ -205,6 +205,25 @@ def build_parser():
                    help="rows read and predicted at a time: bounds the memory (default 65536)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("convert", help="CSV / .npy / libsvm into HDF5 (X, y), in parallel")
+    p.add_argument("src", help="input file")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--format", choices=["csv", "npy", "libsvm"], default=None,
+                   help="default: from the file name (.csv .txt .npy .svm .libsvm)")
+    p.add_argument("--label-column", default=None,
+                   help="CSV/npy: the label column, by header name or index (negative: from "
+                        "the end)")
+    hdr = p.add_mutually_exclusive_group()
+    hdr.add_argument("--header", dest="header", action="store_const", const=True,
+                     default="auto", help="the first CSV line names the columns")
+    hdr.add_argument("--no-header", dest="header", action="store_const", const=False)
+    p.add_argument("--delimiter", default=",")
+    p.add_argument("--n-features", type=_positive_int, default=None,
+                   help="libsvm: the feature count (default: the largest index)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--compression", choices=["gzip"], default=None)
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("export", help="write a model as ONNX")
     p.add_argument("model", help="model file written by `mpiml train`")
     p.add_argument("--onnx", required=True, help="output .onnx file")
@@ -509,6 +528,25 @@ def cmd_predict(args):
     secs = time.perf_counter() - t0
     c.print0(f"wrote predictions for {n} rows to {args.out} in {secs:.2f} s "
              f"({n / max(secs, 1e-9):.3g} rows/s, blocks of {args.block_rows} rows)")
+
+
+def cmd_convert(args):
+    from .comm import get_comm
+    from .convert import convert
+    from .io import check_output_path
+
+    c = get_comm()
+    check_output_path(args.out, comm=c)
+    t0 = time.perf_counter()
+    rows, cols = convert(args.src, args.out, fmt=args.format, label_column=args.label_column,
+                         header=args.header, delimiter=args.delimiter,
+                         n_features=args.n_features, dtype=args.dtype,
+                         compression=args.compression, comm=c)
+    secs = time.perf_counter() - t0
+    mb = os.path.getsize(args.src) / 1e6
+    c.print0(f"wrote {args.out}: {rows} x {cols} from {args.src} in {secs:.2f} s "
+             f"({mb / max(secs, 1e-9):.1f} MB/s, {c.size} rank(s))")
+    return 0
 
 
 def cmd_export(args):

@@ -1,0 +1,225 @@
+"""``mpiml convert``: CSV, ``.npy`` and libsvm/svmlight files into mpiml's HDF5 layout
+(datasets ``X`` and ``y``), in parallel.
+
+Text formats: the file is cut into ``size`` equal byte ranges; rank ``r`` parses the
+lines that *start* in its range (it skips the partial line at its start and reads
+past its end to finish its last line), so no line is parsed twice or lost. The ranks
+agree the row offsets with one exclusive scan, so a malformed line is reported with
+its global line number, by every rank at once, and nothing is written. CSV fields
+are parsed in bulk by numpy (one call per rank, C speed); only when the count of
+numbers does not match does a rank look line by line for the culprit. The output is
+written through :func:`mpiml.io.write_rows` (rank-ordered, temporary name, rename):
+chunked, optionally gzip-compressed, never half-written.
+"""
+import os
+import warnings
+
+import numpy as np
+
+from .comm import get_comm
+from .errors import ConfigError, DataError
+from .io import write_rows
+
+__all__ = ["convert", "FORMATS"]
+
+FORMATS = ("csv", "npy", "libsvm")
+
+
+def _format_of(path, fmt):
+    if fmt:
+        return fmt
+    ext = os.path.splitext(path)[1].lower()
+    return {".csv": "csv", ".txt": "csv", ".npy": "npy", ".svm": "libsvm", ".libsvm": "libsvm",
+            ".svmlight": "libsvm"}.get(ext, "csv")
+
+
+def _my_lines(path, rank, size):
+    """This rank's bytes: the lines starting in its share of the file."""
+    total = os.path.getsize(path)
+    a, b = total * rank // size, total * (rank + 1) // size
+    with open(path, "rb") as fh:
+        if a > 0:
+            fh.seek(a - 1)
+            # a line starts at a if the byte before is a newline; otherwise skip to the next
+            if fh.read(1) != b"\n":
+                fh.readline()
+        start = fh.tell()
+        if start >= b and rank > 0:
+            return b"", start
+        data = fh.read(max(0, b - start))
+        if data and not data.endswith(b"\n"):
+            data += fh.readline()
+    return data, start
+
+
+def _count_lines(chunk):
+    return chunk.count(b"\n") + (1 if chunk and not chunk.endswith(b"\n") else 0)
+
+
+def _parse_csv(chunk, ncols, first_line, delimiter):
+    """(rows x ncols) floats; DataError naming the first bad line."""
+    lines = [ln for ln in chunk.split(b"\n")]
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        return np.zeros((0, ncols))
+    text = chunk.replace(b"\r", b"").replace(b"\n", delimiter.encode()).decode("ascii", "replace")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat = np.fromstring(text, sep=delimiter)
+    except ValueError:                  # numpy 2: text it cannot read to the end
+        flat = np.zeros(0)
+    if flat.size == len(lines) * ncols and np.all(np.isfinite(flat)):
+        return flat.reshape(len(lines), ncols)
+    for i, ln in enumerate(lines):                  # the slow path: find the culprit
+        fields = ln.decode("ascii", "replace").strip("\r").split(delimiter)
+        if len(fields) != ncols:
+            raise DataError(f"line {first_line + i}: {len(fields)} fields, expected {ncols}")
+        try:
+            vals = [float(v) for v in fields]
+        except ValueError:
+            bad = next(v for v in fields if not _is_float(v))
+            raise DataError(f"line {first_line + i}: {bad!r} is not a number") from None
+        if not all(np.isfinite(vals)):
+            raise DataError(f"line {first_line + i}: NaN or infinite value")
+    raise DataError(f"lines {first_line}..{first_line + len(lines) - 1}: could not parse")
+
+
+def _is_float(v):
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _parse_libsvm(chunk, first_line):
+    """(labels, [(row, col, value)]) of the lines; DataError naming a bad line."""
+    labels, rows, cols, vals = [], [], [], []
+    lines = chunk.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for i, ln in enumerate(lines):
+        parts = ln.split(b"#", 1)[0].split()
+        if not parts:
+            raise DataError(f"line {first_line + i}: empty line")
+        try:
+            labels.append(float(parts[0]))
+            for item in parts[1:]:
+                k, _, v = item.partition(b":")
+                if not _:
+                    raise ValueError(item)
+                j = int(k)
+                if j < 1:
+                    raise ValueError(item)
+                rows.append(i)
+                cols.append(j - 1)
+                vals.append(float(v))
+        except ValueError as exc:
+            raise DataError(f"line {first_line + i}: malformed libsvm entry "
+                            f"({exc.args[0] if exc.args else ''!r})") from None
+    return (np.asarray(labels), np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64),
+            np.asarray(vals))
+
+
+def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
+            n_features=None, dtype="float32", compression=None, comm=None):
+    """Convert ``src`` into ``out`` (collective); returns ``(rows, features)``.
+
+    label_column : int or str, optional
+        CSV/npy: the column holding the labels (a header name for CSV); without it the
+        file has features only. libsvm files always carry labels.
+    header : "auto", True or False
+        CSV: the first line names the columns ("auto": when it is not numeric).
+    n_features : int, optional
+        libsvm: the feature count (default: the largest index in the file).
+    """
+    c = get_comm(comm)
+    fmt = _format_of(src, fmt)
+
+    def check():
+        if fmt not in FORMATS:
+            raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        if not os.path.exists(src):
+            raise DataError(f"no such file: {src}")
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
+
+    c.run(check)
+    y = None
+    if fmt == "npy":
+        def read():
+            a = np.load(src, mmap_mode="r")
+            if a.ndim != 2:
+                raise DataError(f"{src}: the array must be 2-D, it has shape {a.shape}")
+            lo, hi = c.chunk(a.shape[0])
+            return np.asarray(a[lo:hi], dtype=np.float64)
+        block = c.run(read)
+        names = None
+    elif fmt == "csv":
+        def head():
+            with open(src, "rb") as fh:
+                first = fh.readline().decode("utf-8", "replace").strip("\r\n")
+            fields = first.split(delimiter)
+            has = (header is True) or (header == "auto" and not all(_is_float(f) for f in fields))
+            return fields, has
+
+        fields, has_header = c.bcast(c.run(lambda: head() if c.rank == 0 else None))
+        names = fields if has_header else None
+        ncols = len(fields)
+
+        def parse():
+            chunk, start = _my_lines(src, c.rank, c.size)
+            return chunk, start
+
+        chunk, start = c.run(parse)
+        if has_header and c.rank == 0:
+            nl = chunk.find(b"\n")
+            chunk = chunk[nl + 1:] if nl >= 0 else b""
+        n_lines = _count_lines(chunk)
+        first = c.exscan(n_lines) + 1 + (1 if has_header else 0)
+        block = c.run(_parse_csv, chunk, ncols, first, delimiter)
+    else:
+        chunk, _ = c.run(_my_lines, src, c.rank, c.size)
+        n_lines = _count_lines(chunk)
+        first = c.exscan(n_lines) + 1
+        labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
+        d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=__import__("mpi4py").MPI.MAX)
+
+        def dense():
+            width = d if n_features is None else int(n_features)
+            if cols.size and cols.max() >= width:
+                raise DataError(f"feature index {int(cols.max()) + 1} exceeds n_features={width}")
+            Xd = np.zeros((len(labels), width))
+            Xd[rows, cols] = vals
+            return Xd
+
+        block = c.run(dense)
+        y = labels
+        names = None
+    if label_column is not None and fmt != "libsvm":
+        def split():
+            if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
+                if not names or label_column not in names:
+                    raise ConfigError(f"no column named {label_column!r} (columns: "
+                                      f"{', '.join(names or [])[:200] or 'the file has no header'})")
+                k = names.index(label_column)
+            else:
+                k = int(label_column)
+                if not -block.shape[1] <= k < block.shape[1]:
+                    raise ConfigError(f"label column {k} is outside the {block.shape[1]} columns")
+                k %= block.shape[1]
+            return k
+
+        k = c.run(split)
+        y = block[:, k].copy()
+        block = np.delete(block, k, axis=1)
+    rows_total = c.allreduce(block.shape[0])
+    arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
+    if y is not None:
+        integral = c.allreduce(int(not np.all(y == np.round(y)))) == 0   # agreed: one dtype
+        arrays["y"] = y.astype(np.int64) if integral else y
+    write_rows(out, arrays, comm=c, attrs={"source": os.path.abspath(src), "format": fmt},
+               compression=compression)
+    return rows_total, block.shape[1]
