@@ -1,0 +1,120 @@
+/* Predict with an mpiml linear model from C, using only the HDF5 C library.
+ *
+ *   h5cc -o predict examples/c/predict.c -lm
+ *   ./predict model.h5 data.h5 [X]      # prints one prediction per row of data.h5:X
+ *
+ * Reads the datasets documented in docs/model-format.md: coef (K x d), intercept (K),
+ * classes (C) for classifiers; checks the format attributes first.
+ */
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int read_string_attr(hid_t file, const char *name, char *out, size_t size) {
+    hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
+    if (attr < 0) return -1;
+    hid_t type = H5Aget_type(attr);
+    int ok = -1;
+    if (H5Tis_variable_str(type) > 0) {
+        char *value = NULL;
+        hid_t mem = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mem, H5T_VARIABLE);
+        H5Tset_cset(mem, H5Tget_cset(type));   /* h5py writes UTF-8 strings */
+        if (H5Aread(attr, mem, &value) >= 0 && value) {
+            strncpy(out, value, size - 1);
+            out[size - 1] = '\0';
+            H5free_memory(value);
+            ok = 0;
+        }
+        H5Tclose(mem);
+    } else {
+        size_t n = H5Tget_size(type);
+        char *buf = calloc(n + 1, 1);
+        if (H5Aread(attr, type, buf) >= 0) {
+            strncpy(out, buf, size - 1);
+            out[size - 1] = '\0';
+            ok = 0;
+        }
+        free(buf);
+    }
+    H5Tclose(type);
+    H5Aclose(attr);
+    return ok;
+}
+
+/* Read a whole float64 dataset; dims[0..ndims-1] filled; returns malloc'd data. */
+static double *read_doubles(hid_t file, const char *name, hsize_t dims[2], int *ndims) {
+    hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    if (ds < 0) return NULL;
+    hid_t space = H5Dget_space(ds);
+    *ndims = H5Sget_simple_extent_ndims(space);
+    dims[0] = dims[1] = 1;
+    H5Sget_simple_extent_dims(space, dims, NULL);
+    size_t n = (size_t)dims[0] * (*ndims == 2 ? (size_t)dims[1] : 1);
+    double *data = malloc(n * sizeof(double));
+    if (H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+        free(data);
+        data = NULL;
+    }
+    H5Sclose(space);
+    H5Dclose(ds);
+    return data;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s model.h5 data.h5 [X]\n", argv[0]);
+        return 2;
+    }
+    const char *xname = argc > 3 ? argv[3] : "X";
+    hid_t model = H5Fopen(argv[1], H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (model < 0) { fprintf(stderr, "cannot open %s\n", argv[1]); return 1; }
+    char format[64] = "", type[64] = "";
+    read_string_attr(model, "format", format, sizeof format);
+    read_string_attr(model, "model_type", type, sizeof type);
+    if (strcmp(format, "mpiml-model") != 0) {
+        fprintf(stderr, "%s is not an mpiml model file\n", argv[1]);
+        return 1;
+    }
+    if (strcmp(type, "SGDClassifier") != 0 && strcmp(type, "SGDRegressor") != 0) {
+        fprintf(stderr, "this example reads linear models, not %s\n", type);
+        return 1;
+    }
+    hsize_t cd[2], bd[2], kd[2], xd[2];
+    int cn, bn, kn = 0, xn;
+    double *coef = read_doubles(model, "coef", cd, &cn);
+    double *icpt = read_doubles(model, "intercept", bd, &bn);
+    double *classes = NULL;
+    int classifier = strcmp(type, "SGDClassifier") == 0;
+    if (classifier) classes = read_doubles(model, "classes", kd, &kn);
+    H5Fclose(model);
+    size_t K = cn == 2 ? cd[0] : 1, d = cn == 2 ? cd[1] : cd[0];
+
+    hid_t data = H5Fopen(argv[2], H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (data < 0) { fprintf(stderr, "cannot open %s\n", argv[2]); return 1; }
+    double *X = read_doubles(data, xname, xd, &xn);
+    H5Fclose(data);
+    if (!coef || !icpt || !X || (classifier && !classes) || xn != 2 || xd[1] != d) {
+        fprintf(stderr, "unexpected datasets (need coef, intercept%s and a %zu-column %s)\n",
+                classifier ? ", classes" : "", d, xname);
+        return 1;
+    }
+    for (hsize_t i = 0; i < xd[0]; i++) {
+        const double *x = X + i * d;
+        size_t best = 0;
+        double best_s = -INFINITY, s0 = 0.0;
+        for (size_t k = 0; k < K; k++) {
+            double s = icpt[k];
+            for (size_t j = 0; j < d; j++) s += coef[k * d + j] * x[j];
+            if (k == 0) s0 = s;
+            if (s > best_s) { best_s = s; best = k; }
+        }
+        if (!classifier) printf("%.17g\n", s0);
+        else if (K == 1) printf("%.17g\n", classes[s0 > 0 ? 1 : 0]);
+        else printf("%.17g\n", classes[best]);
+    }
+    free(coef); free(icpt); free(classes); free(X);
+    return 0;
+}
