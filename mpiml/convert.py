@@ -58,20 +58,13 @@ def _count_lines(chunk):
 
 def _parse_csv(chunk, ncols, first_line, delimiter):
     """(rows x ncols) floats; DataError naming the first bad line."""
-    lines = [ln for ln in chunk.split(b"\n")]
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if not lines:
+    n_lines = _count_lines(chunk)
+    if n_lines == 0:
         return np.zeros((0, ncols))
-    text = chunk.replace(b"\r", b"").replace(b"\n", delimiter.encode()).decode("ascii", "replace")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flat = np.fromstring(text, sep=delimiter)
-    except ValueError:                  # numpy 2: text it cannot read to the end
-        flat = np.zeros(0)
-    if flat.size == len(lines) * ncols and np.all(np.isfinite(flat)):
-        return flat.reshape(len(lines), ncols)
+    flat = _bulk(chunk, ncols, delimiter)
+    if flat is not None and flat.size == n_lines * ncols and np.isfinite(flat).all():
+        return flat.reshape(n_lines, ncols)
+    lines = chunk.split(b"\n")                       # the slow path: find the culprit
     for i, ln in enumerate(lines):                  # the slow path: find the culprit
         fields = ln.decode("ascii", "replace").strip("\r").split(delimiter)
         if len(fields) != ncols:
@@ -84,6 +77,30 @@ def _parse_csv(chunk, ncols, first_line, delimiter):
         if not all(np.isfinite(vals)):
             raise DataError(f"line {first_line + i}: NaN or infinite value")
     raise DataError(f"lines {first_line}..{first_line + len(lines) - 1}: could not parse")
+
+
+def _bulk(chunk, ncols, delimiter):
+    """All numbers of the chunk, parsed in C: pandas' CSV reader (~10x numpy's text
+    parser), numpy when pandas is missing; None when the chunk does not parse (the
+    caller then finds the bad line)."""
+    try:
+        import io
+
+        import pandas as pd
+        try:
+            return pd.read_csv(io.BytesIO(chunk), header=None, sep=delimiter, dtype=np.float64,
+                               engine="c", na_filter=False).to_numpy().ravel()
+        except (ValueError, pd.errors.ParserError):
+            return None
+    except ImportError:
+        pass
+    text = chunk.replace(b"\r", b"").replace(b"\n", delimiter.encode()).decode("ascii", "replace")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.fromstring(text, sep=delimiter)
+    except ValueError:                  # numpy 2: text it cannot read to the end
+        return None
 
 
 def _is_float(v):
@@ -214,7 +231,9 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
 
         k = c.run(split)
         y = block[:, k].copy()
-        block = np.delete(block, k, axis=1)
+        keep = np.ones(block.shape[1], dtype=bool)
+        keep[k] = False
+        block = block[:, keep].astype(dtype)          # one copy: the columns, in the output type
     rows_total = c.allreduce(block.shape[0])
     arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
     if y is not None:
