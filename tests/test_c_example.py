@@ -19,7 +19,9 @@ SRC = __file__.rsplit("/tests/", 1)[0] + "/examples/c/predict.c"
 @pytest.mark.parametrize("kind", ["binary", "multiclass", "regression"])
 def test_c_predictions_equal_mpiml(tmp_path, kind):
     exe = tmp_path / "predict"
-    r = subprocess.run([H5CC, "-o", str(exe), SRC, "-lm"], capture_output=True, text=True)
+    # (h5cc leaves its object file in the working directory: compile in tmp_path)
+    r = subprocess.run([H5CC, "-o", str(exe), SRC, "-lm"], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 5))
