@@ -80,8 +80,10 @@ def test_peak_memory_is_bounded_by_the_block(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
 
     def peak(out):
-        r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "m.h5"), str(data), out,
-                            "10000"], capture_output=True, text=True, env=env, timeout=300)
+        # -P and cwd: import the installed mpiml, not the source tree
+        r = subprocess.run([sys.executable, "-P", "-c", CHILD, str(tmp_path / "m.h5"), str(data),
+                            out, "10000"], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         return int(r.stdout.split()[-1])
 
