@@ -10,7 +10,7 @@ from mpiml import MLPClassifier, SGDClassifier, SGDRegressor
 from mpiml.explain import (global_mean, kernel_shap, linear_shap, model_output,
                            permutation_importance)
 from mpiml.imbalance import resample
-from mpiml.metrics import classification_metrics, roc_auc
+from mpiml.metrics import roc_auc
 from mpiml.models.base import classification_report
 
 shap = pytest.importorskip("shap")

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from mpiml import MLPClassifier, SGDClassifier, SGDRegressor, chunk, load_hdf5
 from mpiml._kernels import sgd as _k

@@ -188,17 +188,30 @@ def _request_flags(engine, comm, control, s):
             buf[base + 3] = 1.0
 
 
+def _begin(engine, plan, start, control):
+    """Install an epoch plan (a fresh epoch resets the loss sums); the number of steps."""
+    if start == 0:
+        engine.epoch_loss = 0.0
+        engine.epoch_count = 0.0
+    engine.set_plan(*plan)
+    control.attach(engine)
+    return len(plan[2]) - 1
+
+
+def _allreduce(mpi, buf, counters):
+    """The step's blocking Allreduce, counted."""
+    c0 = time.perf_counter()
+    mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    counters.comm_seconds += time.perf_counter() - c0
+    counters.bytes_sent += buf.nbytes
+    counters.messages += 1
+
+
 def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None,
                    overlap=False):
     """Synchronous steps with counters, optional compression and optional overlap
     (see the module doc). Collective over ``comm``."""
-    lo, hi, ptr = plan
-    n_steps = len(ptr) - 1
-    if start == 0:
-        engine.epoch_loss = 0.0
-        engine.epoch_count = 0.0
-    engine.set_plan(lo, hi, ptr)
-    control.attach(engine)
+    n_steps = _begin(engine, plan, start, control)
     buf = engine.buf_arr
     mpi = comm.mpi
     t0 = time.perf_counter()
@@ -244,17 +257,16 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
         for s in range(start, n_steps):
             engine.grad_step(s)
             _request_flags(engine, comm, control, s)
-            c0 = time.perf_counter()
             if compressor is None:
-                mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-                counters.bytes_sent += buf.nbytes
+                _allreduce(mpi, buf, counters)
             else:
+                c0 = time.perf_counter()
                 msg = compressor.encode(buf)
                 mpi.Allgather(msg, gathered)
                 compressor.decode_sum(gathered, buf)
                 counters.bytes_sent += msg.nbytes
-            counters.comm_seconds += time.perf_counter() - c0
-            counters.messages += 1
+                counters.comm_seconds += time.perf_counter() - c0
+                counters.messages += 1
             _apply_reduced(engine, comm, control, s)
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)
@@ -264,13 +276,7 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
     """Local SGD: local updates, a weighted model average every ``k`` steps (and at
     the end of the epoch). ``state`` carries the step count since the last average
     and the samples seen, across epochs. Returns global epoch statistics."""
-    lo, hi, ptr = plan
-    n_steps = len(ptr) - 1
-    if start == 0:
-        engine.epoch_loss = 0.0
-        engine.epoch_count = 0.0
-    engine.set_plan(lo, hi, ptr)
-    control.attach(engine)
+    n_steps = _begin(engine, plan, start, control)
     buf = engine.buf_arr
     mpi = comm.mpi
     arrays = engine.sync_arrays()
@@ -282,11 +288,7 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
         engine.grad_step(s)
         if engine.t < warmup:                   # synchronous warm-up steps
             _request_flags(engine, comm, control, s)
-            c0 = time.perf_counter()
-            mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            counters.comm_seconds += time.perf_counter() - c0
-            counters.bytes_sent += buf.nbytes
-            counters.messages += 1
+            _allreduce(mpi, buf, counters)
             _apply_reduced(engine, comm, control, s)
             continue
         n_local = float(buf[engine.P + 1])
@@ -309,11 +311,7 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
                                and control.time_due()) else 0.0
         avg[pos + 3] = engine.t
         avg[pos + 4] = 1.0 if control.commands_due() else 0.0
-        c0 = time.perf_counter()
-        mpi.Allreduce(MPI.IN_PLACE, avg, op=MPI.SUM)
-        counters.comm_seconds += time.perf_counter() - c0
-        counters.bytes_sent += avg.nbytes
-        counters.messages += 1
+        _allreduce(mpi, avg, counters)
         if avg[pos + 3] != comm.size * engine.t:
             control.out_of_step(engine)
         total = avg[pos]
