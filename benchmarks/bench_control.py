@@ -81,7 +81,7 @@ def main():
               batch_size=256)
     times = {"run directory": [], "no run directory": []}
     labels = list(times)
-    for rep in range(12):
+    for rep in range(int(os.environ.get("BENCH_REPS", "12"))):
         # ABBA order: on this VM a fit's speed drifts with its position in a sequence
         for label in (labels if rep % 2 == 0 else labels[::-1]):
             run = os.path.join(tmp, f"run{rep}") if label == "run directory" else None

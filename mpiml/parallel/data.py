@@ -300,11 +300,16 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         timed = control.every_seconds is not None
         polled = control.run is not None
         mono = time.monotonic
-        for s in range(start, n_steps):
+        every = control.TIME_EVERY
+        special = clock or timing or hooks
+
+        def step(s, first):
+            """A step with the extras: rank 0's clock (first step of a 16-step chunk),
+            a timed collective (the chunk's middle step), the test hooks."""
             grad(s)
             if control.stop_requested:
                 buf[base + 1] = 1.0
-            if clock and s % control.TIME_EVERY == 0:
+            if clock and first:
                 if timed and control.time_due():
                     buf[base + 2] = 1.0
                 # the run directory: a clock comparison here, the poll itself at most every
@@ -313,7 +318,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
                     buf[base + 3] = 1.0
             if hooks and control.skip == (control.world_rank, int(engine.t) + 1):
                 buf[base] *= size       # test hook: this rank skips one collective
-            elif timing and s % 16 == 8:     # off the steps where rank 0 polls (s % 16 == 0)
+            elif timing and s % every == every // 2:   # off the step where rank 0 looks
                 c0 = time.perf_counter()
                 allreduce(in_place, buf)
                 control.comm_sampled += time.perf_counter() - c0
@@ -325,5 +330,39 @@ def run_epoch(engine, comm, plan, start=0, control=None):
                 if code & 1:
                     control.out_of_step(engine)
                 control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
+
+        def plain(a, b):
+            """Steps a..b-1 with nothing but the step itself."""
+            for s in range(a, b):
+                grad(s)
+                if control.stop_requested:
+                    buf[base + 1] = 1.0
+                allreduce(in_place, buf)
+                code = apply_checked(size)
+                if code:
+                    if code & 1:
+                        control.out_of_step(engine)
+                    control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
+
+        s = start
+        while s < n_steps:
+            # chunks of `every` steps: only the first (rank 0's clock) and the middle one
+            # (a timed collective) carry extras; the others run the plain step
+            end = min(n_steps, (s // every + 1) * every)
+            if hooks:
+                for s in range(s, end):
+                    step(s, s % every == 0)
+            elif special:
+                step(s, s % every == 0)
+                mid = (s // every) * every + every // 2
+                if s < mid < end:
+                    plain(s + 1, mid)
+                    step(mid, False)
+                    plain(mid + 1, end)
+                else:
+                    plain(s + 1, end)
+            else:
+                plain(s, end)
+            s = end
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)
