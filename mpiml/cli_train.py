@@ -150,7 +150,8 @@ def cmd_train(args):
     sample_weight = None
     if args.sample_weight:
         from .io import load_vector
-        sample_weight = load_vector(args.data, args.sample_weight, comm=c, sync=args.sync)
+        sample_weight = load_vector(args.data, args.sample_weight, comm=c, sync=args.sync,
+                                    model_parallel=grid.K)
     if args.resample:
         from .errors import ConfigError
         from .imbalance import resample

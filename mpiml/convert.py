@@ -15,6 +15,7 @@ import os
 import warnings
 
 import numpy as np
+from mpi4py import MPI
 
 from .comm import get_comm
 from .errors import ConfigError, DataError
@@ -202,7 +203,7 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
         n_lines = _count_lines(chunk)
         first = c.exscan(n_lines) + 1
         labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
-        d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=__import__("mpi4py").MPI.MAX)
+        d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
 
         def dense():
             width = d if n_features is None else int(n_features)

@@ -112,6 +112,20 @@ def dataset_info(path, X="X", y="y"):
                 "dtype": str(dX.dtype), "has_y": y is not None and y in f}
 
 
+def _row_part(c, grid, sync):
+    """``(parts, part)``: the rows are cut into ``parts`` chunks and this rank reads
+    chunk ``part`` (None: no rows). Data-parallel replicas of the grid share the rows,
+    except with a parameter server (``sync="ps:S"``), whose last S ranks read none."""
+    from .parallel.sync import parse_sync
+    kind, servers = parse_sync(sync)
+    if kind != "ps":
+        return grid.D, grid.data_rank
+    if servers >= c.size:
+        raise ConfigError(f"sync={sync!r} needs more than {servers} rank(s)", ranks=range(c.size))
+    parts = c.size - servers
+    return parts, (c.rank if c.rank < parts else None)
+
+
 def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
               split_features=False, sync="allreduce"):
     """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
@@ -149,14 +163,7 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     """
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
-    from .parallel.sync import parse_sync
-    kind, servers = parse_sync(sync)
-    parts, part = grid.D, grid.data_rank
-    if kind == "ps":
-        if servers >= c.size:
-            raise ConfigError(f"sync={sync!r} needs more than {servers} rank(s)", ranks=range(c.size))
-        parts = c.size - servers
-        part = c.rank if c.rank < parts else None
+    parts, part = _row_part(c, grid, sync)
 
     def local():
         with _open_read(path) as f:
@@ -203,14 +210,11 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     return c.run(local)
 
 
-def load_vector(path, name, comm=None, sync="allreduce"):
+def load_vector(path, name, comm=None, sync="allreduce", model_parallel=1):
     """This rank's rows of a 1-D dataset (e.g. per-row sample weights), split exactly
     as :func:`load_hdf5` splits the rows (collective)."""
     c = get_comm(comm)
-    from .parallel.sync import parse_sync
-    kind, servers = parse_sync(sync)
-    parts, part = (c.size - servers, c.rank if c.rank < c.size - servers else None) \
-        if kind == "ps" else (c.size, c.rank)
+    parts, part = _row_part(c, get_grid(c, model_parallel), sync)
 
     def local():
         with _open_read(path) as f:

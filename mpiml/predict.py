@@ -12,6 +12,7 @@ import os
 
 import h5py
 import numpy as np
+from mpi4py import MPI
 
 from .comm import chunk, get_comm, get_grid
 from .errors import DataError
@@ -38,7 +39,7 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
 
     n, d = c.run(info)
     lo, hi = chunk(n, grid.D, grid.data_rank)
-    n_blocks = c.allreduce(-(-(hi - lo) // block_rows), op=__import__("mpi4py").MPI.MAX)
+    n_blocks = c.allreduce(-(-(hi - lo) // block_rows), op=MPI.MAX)
 
     def predict_all():
         # the same number of blocks on every rank: a split model's predict is collective

@@ -220,6 +220,15 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
         spare = np.empty_like(buf)
         req = None
         seq_mod = getattr(engine, "SEQ_MOD", None)
+
+        def finish(req, reduced, step):
+            """Wait for the step's reduction, then its checked update."""
+            w0 = time.perf_counter()
+            req.Wait()
+            counters.wait_seconds += time.perf_counter() - w0
+            buf[:] = reduced
+            _apply_reduced(engine, comm, control, step)
+
         set_poll = getattr(engine, "set_poll", None)      # MLPs: Test() between layers
         for s in range(start, n_steps):
             if set_poll is not None and req is not None:
@@ -233,11 +242,7 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
             buf[engine.P + 2] = seq % seq_mod if seq_mod else seq
             spare[:] = buf
             if req is not None:
-                w0 = time.perf_counter()
-                req.Wait()
-                counters.wait_seconds += time.perf_counter() - w0
-                buf[:] = inflight
-                _apply_reduced(engine, comm, control, s - 1)
+                finish(req, inflight, s - 1)
             inflight, spare = spare, inflight
             c0 = time.perf_counter()
             req = mpi.Iallreduce(MPI.IN_PLACE, inflight, op=MPI.SUM)
@@ -245,11 +250,7 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
             counters.bytes_sent += inflight.nbytes
             counters.messages += 1
         if req is not None:
-            w0 = time.perf_counter()
-            req.Wait()
-            counters.wait_seconds += time.perf_counter() - w0
-            buf[:] = inflight
-            _apply_reduced(engine, comm, control, n_steps - 1)
+            finish(req, inflight, n_steps - 1)
     else:
         gathered = None
         if compressor is not None:
