@@ -268,6 +268,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="output PNG file")
     p.set_defaults(func=cmd_plot)
 
+    from .cli_bench import add_parser as add_bench
+    add_bench(sub, _positive_int)
+
     p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
     p.set_defaults(func=cmd_doctor)
 
