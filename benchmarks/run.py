@@ -14,8 +14,9 @@ Parts (``--parts``, default all):
   ``SGDClassifier`` (one epoch) and against one numpy read pass ``X @ w`` of the rows.
 * ``scaling``: strong (fixed data and global batch) and weak (fixed rows and batch per
   rank) scaling of ``fit`` for logistic, softmax and an MLP at 1 .. N ranks of this job
-  (sub-communicators of the first p ranks), with the per-step time split into compute,
-  communication and waiting (from the run directory's metrics) and the HDF5 read time.
+  (sub-communicators of the first p ranks), with rank 0's epoch split into compute,
+  communication and waiting (every collective timed, ``stats=``) and the HDF5 read
+  time (I/O: each rank reads its rows once; the steps then run from memory).
 * ``model``: the alpha-beta model with alpha, beta from ``allreduce`` and the compute
   terms from the 1-rank ``scaling`` runs only, its error on every multi-rank step time
   measured in ``scaling``, and its projection to 16..4096 ranks.
@@ -155,42 +156,50 @@ def bench_kernel(c, rows, features=100, reps=5):
 
 
 # --------------------------------------------------------------------- scaling
-def _estimator(name, batch, epochs, sub, run_dir):
+def _estimator(name, batch, epochs, sub, stats):
     from mpiml import MLPClassifier, SGDClassifier
 
     kw, *_ = MODELS[name]
     common = dict(batch_size=batch, max_iter=epochs, tol=None, random_state=0, comm=sub,
-                  run_dir=run_dir)
+                  stats=stats)
     if name == "mlp":
         return MLPClassifier(learning_rate_init=0.05, **kw, **common)
     return SGDClassifier(learning_rate="constant", eta0=0.05, **kw, **common)
 
 
 def _one_run(c, sub, name, path, batch, epochs, tmp):
-    """Train on the first ``sub.size`` ranks; return the slowest rank's figures."""
+    """Train on the first ``sub.size`` ranks; return rank 0's figures.
+
+    ``stats=`` makes every step's collective timed (mpiml.parallel.sync.CommCounters),
+    so rank 0's epoch splits exactly into compute (epoch minus its time in the
+    collective), communication (the least time any rank spent in it) and waiting (the
+    rest: rank 0 waiting in the collective for slower ranks)."""
     from mpiml import load_hdf5
 
-    run_dir = os.path.join(tmp, f"run-{name}-{sub.size}-{batch}")
+    stats = os.path.join(tmp, f"stats-{name}-{sub.size}-{batch}.jsonl")
     t0 = MPI.Wtime()
     X, y = load_hdf5(path, comm=sub)
     io = sub.allreduce(MPI.Wtime() - t0, op=MPI.MAX)
-    est = _estimator(name, batch, epochs, sub, run_dir).fit(X, y)
+    est = _estimator(name, batch, epochs, sub, stats).fit(X, y)
     n = sub.allreduce(X.shape[0])
     steps = -(-n // batch)
     res = None
     if sub.rank == 0:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-            logs = [json.loads(line) for line in fh]
-        logs = [r for r in logs if "epoch" in r and "seconds" in r]
-        logs = logs[1:] or logs                                 # skip the first epoch
+        with open(stats) as fh:
+            logs = [json.loads(line) for line in fh][1:]       # skip the first epoch
+        os.unlink(stats)
         epoch = float(np.median([r["seconds"] for r in logs]))
-        split = {k: float(np.median([r["time"][k]["max"] for r in logs]))
-                 for k in ("compute", "communication", "waiting")}
+        parts = {"compute": [], "communication": [], "waiting": []}
+        for r in logs:
+            comm = r["comm_seconds_per_rank"]
+            parts["compute"].append(r["seconds"] - comm[0])
+            parts["communication"].append(min(comm))
+            parts["waiting"].append(comm[0] - min(comm))
+        split = {k: float(np.median(v)) for k, v in parts.items()}
         res = {"model": name, "ranks": sub.size, "rows": n, "batch": batch,
                "local_batch": batch / sub.size, "steps": steps, "epoch_s": epoch,
                "step_s": epoch / steps, "samples_per_s": n / epoch, "read_s": io,
                "split_s_per_epoch": split, "loss": float(est.loss_curve_[-1])}
-        shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
 
@@ -229,8 +238,8 @@ def bench_scaling(c, rows, epochs, tmp, models):
         else:
             r["efficiency"] = base["epoch_s"] / r["epoch_s"]
         r["speedup_samples_per_s"] = r["samples_per_s"] / base["samples_per_s"]
-    report(c, f"\n# Scaling of fit, {epochs} epochs (median epoch after the first); time split "
-              f"per epoch on the slowest rank")
+    report(c, f"\n# Scaling of fit, {epochs} epochs (median epoch after the first); rank 0's "
+              f"epoch split into compute, communication and waiting; read = HDF5 load")
     report(c, f"{'model':<9}{'kind':<7}{'ranks':>5}{'rows':>9}{'batch':>6}{'epoch':>10}"
               f"{'M samples/s':>12}{'speedup':>8}{'effic.':>7}{'compute':>9}{'comm':>8}"
               f"{'wait':>8}{'read':>8}")
