@@ -29,19 +29,19 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import numpy as np
+from bench_sgd import idle_wait, machine, median_time
+from mpi4py import MPI
 
-from bench_sgd import idle_wait, machine, median_time  # noqa: E402
-from mpiml import perfmodel as pm  # noqa: E402
-from mpiml.comm import Comm, get_comm  # noqa: E402
+from mpiml import perfmodel as pm
+from mpiml.comm import Comm, get_comm
 
 SUITES = {
     # smoke: seconds, for the test that checks the suite runs (tests/test_bench.py)

@@ -161,8 +161,9 @@ def test_cli_bench_model_bad_input(tmp_path, n, args, message):
 @pytest.mark.launcher
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_benchmark_suite_smoke(tmp_path, n):
-    from launch import MPIEXEC, clean_env
     import subprocess
+
+    from launch import MPIEXEC, clean_env
 
     script = os.path.join(REPO, "benchmarks", "run.py")
     p = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", script,
