@@ -26,7 +26,7 @@ __all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model"
 
 MODEL_FORMAT = "mpiml-model"
 MODEL_FORMAT_VERSION = 1
-_FINITE_BLOCK = 1 << 16   # rows per block when scanning for NaN/Inf (bounds the temporary)
+_FINITE_BLOCK = 1 << 16   # NaN/Inf scan: 16 x this many values per block (bounds the temporary)
 _TOKEN = 7301             # tag of the write token (on mpiml's own communicator)
 
 
@@ -60,14 +60,21 @@ def _dataset(f, path, name, what):
     return ds
 
 
-def _check_finite(a, path, name, lo):
-    for s in range(0, a.shape[0], _FINITE_BLOCK):
-        block = a[s:s + _FINITE_BLOCK]
-        ok = np.isfinite(block)
+def first_nonfinite_row(a):
+    """Index of the first row of ``a`` holding a NaN or infinity, or None. Checks
+    blocks of rows, so the temporary is one block's booleans, not a copy of ``a``."""
+    rows = max(1, _FINITE_BLOCK * 16 // max(1, int(np.prod(a.shape[1:]))))
+    for s in range(0, a.shape[0], rows):
+        ok = np.isfinite(a[s:s + rows])
         if not ok.all():
-            bad = np.argwhere(~ok)[0]
-            row = lo + s + int(bad[0])
-            raise DataError(f"{path}: dataset '{name}' has a NaN or infinite value at row {row}")
+            return s + int(np.argwhere(~ok)[0][0])
+    return None
+
+
+def _check_finite(a, path, name, lo):
+    bad = first_nonfinite_row(a)
+    if bad is not None:
+        raise DataError(f"{path}: dataset '{name}' has a NaN or infinite value at row {lo + bad}")
 
 
 def available_memory():

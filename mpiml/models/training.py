@@ -30,6 +30,7 @@ import numpy as np
 from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
+from ..io import first_nonfinite_row
 from ..parallel.data import StepControl, StopTraining, group_layout, layout_plan, run_epoch
 from ..parallel.ps import run_parameter_server, server_ranks
 from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
@@ -150,8 +151,8 @@ class Trainer(BaseEstimator):
             raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         if y.dtype.kind not in "fiub":
             raise DataError(f"y has type {y.dtype}; mpiml needs numeric targets or class labels")
-        if X.size and not np.isfinite(X).all():
-            row = int(np.argwhere(~np.isfinite(X))[0][0])
+        row = first_nonfinite_row(X) if X.size else None
+        if row is not None:
             raise DataError(f"X has a NaN or infinite value (local row {row})")
         y = y.astype(np.float64)
         if y.size and not np.isfinite(y).all():
