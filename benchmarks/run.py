@@ -345,14 +345,14 @@ def plots(out, results):
         plt.close(fig)
     mo = results.get("model")
     if mo:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(9, 4))
         for name, nets in mo["projections"].items():
             for net, rows in nets.items():
                 ax.semilogx([r["ranks"] for r in rows], [r["efficiency"] * 100 for r in rows],
                             "o-", label=f"{name}, {net}")
         ax.set(xlabel="ranks", ylabel="weak-scaling efficiency (%)", ylim=(0, 105),
                title="alpha-beta projection, batch 256 per rank")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(os.path.join(out, "model.png"), dpi=110)
         plt.close(fig)
