@@ -1,0 +1,218 @@
+"""Distributed feature scaling: statistics of all ranks' rows, from one Allreduce.
+
+Each rank summarises its rows as (count, mean as one of its rows plus a residual, M2 =
+sum of squared deviations from the mean, min, max) with a corrected two-pass algorithm over blocks of rows; the
+summaries are merged pairwise in rank order by a user-defined, non-commutative MPI
+reduction (the parallel-variance merge: ``M2 = M2a + M2b + delta^2 na nb / n``), so the
+result does not lose precision on features with a large mean and a tiny variance, as
+sums of squares would, and is the same on every rank.
+"""
+import numpy as np
+from mpi4py import MPI
+
+from .comm import get_comm
+from .errors import ConfigError, DataError, NotFittedError
+
+_BLOCK_VALUES = 1 << 20        # values per block of rows in the local passes
+
+
+def _blocks(X):
+    rows = max(1, _BLOCK_VALUES // max(1, X.shape[1]))
+    for s in range(0, X.shape[0], rows):
+        yield X[s:s + rows]
+
+
+# packed summary: [n, shift(d), mean - shift(d), M2(d), min(d), max(d)]; the shift is a
+# row of the data (exact), so the difference of two ranks' means is computed from the
+# shifts' exact difference plus small residuals, not from two rounded means near 1e8
+def _parts(buf, d):
+    return (buf[1 + k * d:1 + (k + 1) * d] for k in range(5))
+
+
+def local_summary(X):
+    """(n, shift, mean - shift, M2, min, max) of the local rows, packed in one vector."""
+    n, d = X.shape
+    buf = np.zeros(1 + 5 * d)
+    buf[0] = n
+    shift, res, m2, lo, hi = _parts(buf, d)
+    lo[:], hi[:] = np.inf, -np.inf
+    if n == 0:
+        return buf
+    shift[:] = X[0]
+    total = np.zeros(d)
+    for b in _blocks(X):
+        total += (b - shift).sum(axis=0, dtype=np.float64)
+        np.minimum(lo, b.min(axis=0), out=lo)
+        np.maximum(hi, b.max(axis=0), out=hi)
+    res[:] = total / n
+    sq = np.zeros(d)
+    corr = np.zeros(d)
+    for b in _blocks(X):
+        dev = (b - shift) - res
+        corr += dev.sum(axis=0)
+        sq += np.einsum("ij,ij->j", dev, dev)
+    # the correction term removes the first-order error of the rounded mean
+    res += corr / n
+    m2[:] = np.maximum(sq - corr * corr / n, 0.0)
+    return buf
+
+
+def merge_summaries(a, b):
+    """Merge packed summary ``a`` (lower ranks) into ``b`` in place."""
+    d = (len(b) - 1) // 5
+    na, nb = a[0], b[0]
+    if na == 0:
+        return b
+    if nb == 0:
+        b[:] = a
+        return b
+    n = na + nb
+    sa, ra, m2a, loa, hia = _parts(a, d)
+    sb, rb, m2b, lob, hib = _parts(b, d)
+    delta = (sb - sa) + (rb - ra)            # mean_b - mean_a
+    m2b += m2a + delta * delta * (na * nb / n)
+    rb[:] = ra + delta * (nb / n)            # the merged mean, relative to a's shift
+    sb[:] = sa
+    np.minimum(lob, loa, out=lob)
+    np.maximum(hib, hia, out=hib)
+    b[0] = n
+    return b
+
+
+def _op_merge(inbuf, inoutbuf, datatype):
+    a = np.frombuffer(inbuf, dtype=np.float64)
+    b = np.frombuffer(inoutbuf, dtype=np.float64)
+    merge_summaries(a, b)
+
+
+_MERGE_OP = None
+
+
+def _merge_op():
+    global _MERGE_OP
+    if _MERGE_OP is None:
+        _MERGE_OP = MPI.Op.Create(_op_merge, commute=False)
+    return _MERGE_OP
+
+
+def global_summary(X, comm=None):
+    """Merged (n, mean, var, min, max) of every rank's rows (collective)."""
+    c = get_comm(comm)
+    X = np.asarray(X)
+    shapes = c.allgather(X.shape[1] if X.ndim == 2 else None)
+    if any(s is None for s in shapes) or len(set(shapes)) != 1:
+        raise DataError(f"every rank needs a 2-D X with the same number of columns; got "
+                        f"{shapes}", ranks=[r for r, s in enumerate(shapes) if s != shapes[0]])
+    buf = c.run(local_summary, X)
+    if c.size > 1:
+        out = np.empty_like(buf)
+        c.mpi.Allreduce(buf, out, op=_merge_op())
+        buf = out
+    n = int(buf[0])
+    if n == 0:
+        raise DataError("no rows on any rank: nothing to scale", ranks=range(c.size))
+    shift, res, m2, lo, hi = _parts(buf, shapes[0])
+    return n, shift + res, m2 / n, lo.copy(), hi.copy()
+
+
+def _constant(var, mean, n):
+    """Features whose variance is within rounding of zero (scaled by 1, not 1/std)."""
+    eps = np.finfo(np.float64).eps
+    return var <= n * eps * var + (n * eps * mean) ** 2
+
+
+class StandardScaler:
+    """``(x - mean) / std`` with the global mean and (population) variance.
+
+    Attributes after ``fit`` follow scikit-learn: ``mean_``, ``var_``, ``scale_``,
+    ``n_samples_seen_``, ``n_features_in_``. Constant features get ``scale_ = 1``.
+    """
+
+    kind = "standard"
+
+    def __init__(self, *, with_mean=True, with_std=True, comm=None):
+        self.with_mean = with_mean
+        self.with_std = with_std
+        self.comm = comm
+
+    def fit(self, X, y=None):
+        n, mean, var, _, _ = global_summary(X, self.comm)
+        self.n_samples_seen_, self.n_features_in_ = n, len(mean)
+        self.mean_ = mean if self.with_mean else None
+        self.var_ = var if self.with_std else None
+        if self.with_std:
+            scale = np.sqrt(var)
+            scale[_constant(var, mean, n)] = 1.0
+            self.scale_ = scale
+        else:
+            self.scale_ = None
+        return self
+
+    def _check(self, X):
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError("this StandardScaler is not fitted yet: call fit first")
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise DataError(f"X has shape {X.shape}; the scaler was fitted on "
+                            f"{self.n_features_in_} features")
+        return X
+
+    def offset_and_scale(self):
+        """(offset, scale) with ``transform(X) = (X - offset) / scale``."""
+        d = self.n_features_in_
+        return (self.mean_ if self.mean_ is not None else np.zeros(d),
+                self.scale_ if self.scale_ is not None else np.ones(d))
+
+    def transform(self, X):
+        X = self._check(X)
+        off, scale = self.offset_and_scale()
+        dtype = X.dtype if X.dtype.kind == "f" else np.float64
+        return ((X - off) / scale).astype(dtype, copy=False)
+
+    def inverse_transform(self, X):
+        X = self._check(X)
+        off, scale = self.offset_and_scale()
+        return X * scale + off
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
+
+
+class MinMaxScaler(StandardScaler):
+    """Scale each feature to ``feature_range`` with the global min and max.
+
+    Attributes after ``fit`` follow scikit-learn: ``data_min_``, ``data_max_``,
+    ``data_range_``, ``scale_``, ``min_`` (``transform(X) = X * scale_ + min_``)."""
+
+    kind = "minmax"
+
+    def __init__(self, feature_range=(0.0, 1.0), *, comm=None):
+        self.feature_range = feature_range
+        self.comm = comm
+
+    def fit(self, X, y=None):
+        lo_t, hi_t = (float(v) for v in self.feature_range)
+        if not lo_t < hi_t:
+            raise ConfigError(f"feature_range must be (min, max) with min < max, got "
+                              f"{self.feature_range}")
+        n, _, _, lo, hi = global_summary(X, self.comm)
+        self.n_samples_seen_, self.n_features_in_ = n, len(lo)
+        self.data_min_, self.data_max_ = lo, hi
+        self.data_range_ = hi - lo
+        rng = np.where(self.data_range_ == 0, 1.0, self.data_range_)
+        self.scale_ = (hi_t - lo_t) / rng
+        self.min_ = lo_t - lo * self.scale_
+        return self
+
+    def offset_and_scale(self):
+        # X * s + m == (X - (-m / s)) / (1 / s)
+        return -self.min_ / self.scale_, 1.0 / self.scale_
+
+    def transform(self, X):
+        X = self._check(X)
+        dtype = X.dtype if X.dtype.kind == "f" else np.float64
+        return (X * self.scale_ + self.min_).astype(dtype, copy=False)
+
+    def inverse_transform(self, X):
+        X = self._check(X)
+        return (X - self.min_) / self.scale_
