@@ -269,7 +269,9 @@ def build_parser():
     p.set_defaults(func=cmd_plot)
 
     from .cli_bench import add_parser as add_bench
+    from .cli_tune import add_parser as add_tune
     add_bench(sub, _positive_int)
+    add_tune(sub, sub.choices["train"])
 
     p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
     p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,190 @@
+"""Hyper-parameter search over groups of ranks, with cross-validation.
+
+The world is split into groups of ``group_size`` consecutive ranks. Every group reads
+the whole training set (each of its ranks its own rows) and trains (configuration,
+fold) pairs data-parallel inside the group. Pairs are handed out dynamically: a
+group's leader takes the next pair number from a counter on world rank 0 (an MPI
+one-sided ``Fetch_and_op``), so a group that finishes early takes more. Folds come from
+:mod:`mpiml.model_selection` (global row index, rank-count independent), so a pair's
+score does not depend on the group size. A pair whose training fails with an mpiml
+error (a diverging loss, a bad parameter) is recorded as failed; the search goes on.
+
+Successive halving (``halving=True``): rung 0 trains every configuration for few
+epochs, each later rung the best ``1/eta`` of the survivors for ``eta`` times more,
+until one rung reaches ``max_epochs``.
+"""
+import itertools
+import math
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .comm import Comm, get_comm
+from .errors import ConfigError, MpimlError
+from .model_selection import fold_of
+
+
+# ---------------------------------------------------------------- configurations
+def _value(text):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(items):
+    """``["lr=0.01,0.1", "alpha=1e-4"]`` -> ``{"lr": [0.01, 0.1], "alpha": [0.0001]}``."""
+    grid = {}
+    for item in items:
+        name, sep, values = str(item).partition("=")
+        if not sep or not name or not values:
+            raise ConfigError(f"--grid entries look like name=v1,v2,...; got {item!r}")
+        grid[name.strip().replace("-", "_")] = [_value(v.strip()) for v in values.split(",")]
+    if not grid:
+        raise ConfigError("the grid is empty")
+    return grid
+
+
+def configurations(grid, search="grid", seed=0):
+    """The configurations to try: the whole grid, or ``random:N`` distinct draws from it."""
+    names = list(grid)
+    every = [dict(zip(names, combo)) for combo in itertools.product(*grid.values())]
+    if search == "grid":
+        return every
+    kind, _, num = str(search).partition(":")
+    if kind != "random" or not num.isdigit() or int(num) < 1:
+        raise ConfigError(f"search must be 'grid' or 'random:N', not {search!r}")
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(every))[:int(num)]
+    return [every[i] for i in sorted(pick)]
+
+
+# ---------------------------------------------------------------- rank groups
+def split_groups(world, group_size):
+    """(group communicator, group index, number of groups)."""
+    if int(group_size) < 1 or world.size % int(group_size):
+        raise ConfigError(f"--group-size must divide the number of ranks ({world.size}); got "
+                          f"{group_size}", ranks=range(world.size))
+    g = world.rank // int(group_size)
+    return Comm(world.mpi.Split(g, world.rank), dup=False), g, world.size // int(group_size)
+
+
+class _Counter:
+    """A shared task counter on world rank 0 (passive-target one-sided atomics)."""
+
+    def __init__(self, world):
+        self.win = MPI.Win.Allocate(8 if world.rank == 0 else 0, 8, comm=world.mpi)
+        if world.rank == 0:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[0] = 0
+        world.mpi.Barrier()
+        self.one = np.ones(1, dtype=np.int64)
+        self.out = np.zeros(1, dtype=np.int64)
+
+    def next(self):
+        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Fetch_and_op(self.one, self.out, 0, 0, MPI.SUM)
+        self.win.Unlock(0)
+        return int(self.out[0])
+
+    def free(self):
+        self.win.Free()
+
+
+def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epochs):
+    """This group's share of ``pairs`` (taken dynamically); returns its records."""
+    X, y, offset, n_global = data
+    folds = fold_of(n_global, offset, X.shape[0], cv, seed)
+    records = []
+    while True:
+        t = counter.next() - base if group.rank == 0 else None
+        t = group.bcast(t)
+        if t >= len(pairs):
+            return records
+        ci, k, config = pairs[t]
+        train, val = folds != k, folds == k
+        t0 = time.perf_counter()
+        rec = {"config": ci, "fold": k, "epochs": epochs}
+        try:
+            est = factory(config, group, epochs)
+            est.fit(X[train], y[train])
+            rec.update(score=float(est.score(X[val], y[val])), status="ok")
+        except MpimlError as exc:                 # agreed: the whole group is here
+            rec.update(score=math.nan, status="failed", error=str(exc).splitlines()[0])
+        rec["seconds"] = time.perf_counter() - t0
+        if group.rank == 0:
+            records.append(rec)
+
+
+def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
+           halving=False, eta=3, comm=None):
+    """Cross-validated search; collective over ``comm``. Returns the summary rows (the
+    same on every rank), best first.
+
+    ``factory(config, comm, epochs)`` builds an unfitted estimator on ``comm``;
+    ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data."""
+    world = get_comm(comm)
+    if int(cv) < 2:
+        raise ConfigError(f"--cv must be at least 2, not {cv}", ranks=range(world.size))
+    group, gi, n_groups = split_groups(world, group_size)
+    X, y = load(group)
+    n_global = group.allreduce(X.shape[0])
+    data = (X, y, group.exscan(X.shape[0]), n_global)
+    if int(cv) > n_global:
+        raise ConfigError(f"--cv {cv} is more than the {n_global} rows", ranks=range(world.size))
+    rungs = [max_epochs]
+    if halving:
+        n_rungs = max(1, math.floor(math.log(len(configs), eta)) + 1) if len(configs) > 1 else 1
+        rungs = [max(1, max_epochs // eta ** (n_rungs - 1 - r)) for r in range(n_rungs)]
+    counter = _Counter(world)
+    alive = list(range(len(configs)))
+    everything, base = [], 0
+    t0 = time.perf_counter()
+    for r, epochs in enumerate(rungs):
+        pairs = [(ci, k, configs[ci]) for ci in alive for k in range(int(cv))]
+        mine = _run_pairs(world, group, counter, base, pairs, data, factory, int(cv), seed,
+                          epochs)
+        base += len(pairs) + n_groups          # every group overshoots the counter once
+        records = [rec for part in world.allgather(mine) for rec in part]
+        for rec in records:
+            rec["rung"] = r
+        everything += records
+        summary = summarise(configs, records, alive)
+        ok = [s for s in summary if s["status"] == "ok"]
+        keep = max(1, math.ceil(len(alive) / eta))
+        alive = [s["config_index"] for s in ok[:keep]] if r + 1 < len(rungs) else alive
+        if not alive:
+            break
+    counter.free()
+    group.mpi.Free()
+    # each configuration by the last rung it reached
+    last = {}
+    for rec in everything:
+        last[rec["config"]] = max(last.get(rec["config"], 0), rec["rung"])
+    final = summarise(configs, [rec for rec in everything if rec["rung"] == last[rec["config"]]],
+                      range(len(configs)))
+    return {"summary": final, "records": everything, "rungs": rungs, "groups": n_groups,
+            "group_size": int(group_size), "seconds": time.perf_counter() - t0}
+
+
+def summarise(configs, records, indices):
+    """Mean and standard deviation of each configuration's fold scores, best first."""
+    rows = []
+    for ci in indices:
+        recs = [rec for rec in records if rec["config"] == ci]
+        if not recs:
+            continue
+        scores = [rec["score"] for rec in recs]
+        failed = [rec for rec in recs if rec["status"] != "ok"]
+        rows.append({"config_index": ci, "params": configs[ci], "folds": len(recs),
+                     "rung": recs[0].get("rung", 0), "epochs": recs[0]["epochs"],
+                     "mean_score": float(np.mean(scores)) if not failed else math.nan,
+                     "std_score": float(np.std(scores)) if not failed else math.nan,
+                     "seconds": float(sum(rec["seconds"] for rec in recs)),
+                     "status": "failed" if failed else "ok",
+                     "error": failed[0].get("error", "") if failed else ""})
+    rows.sort(key=lambda s: (s["status"] != "ok", -s["rung"],
+                             -s["mean_score"] if s["status"] == "ok" else 0.0, s["config_index"]))
+    return rows
