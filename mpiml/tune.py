@@ -188,3 +188,67 @@ def summarise(configs, records, indices):
     rows.sort(key=lambda s: (s["status"] != "ok", -s["rung"],
                              -s["mean_score"] if s["status"] == "ok" else 0.0, s["config_index"]))
     return rows
+
+
+# ---------------------------------------------------------------- Python API
+class GridSearchCV:
+    """Cross-validated grid search of an mpiml estimator over groups of ranks.
+
+    ``GridSearchCV(SGDClassifier(loss="log_loss"), {"eta0": [0.01, 0.1]}, cv=3,
+    group_size=2).fit("train.h5")`` — ``fit`` takes an HDF5 path (each group reads its
+    own rows) or a callable ``load(comm) -> (X, y)``. After ``fit``: ``cv_results_``
+    (rows best first), ``best_params_``, ``best_score_`` and ``best_estimator_``
+    (refitted on all ranks). Epochs come from the estimator's ``max_iter``."""
+
+    search_kind = "grid"
+
+    def __init__(self, estimator, param_grid, *, cv=5, group_size=1, halving=False, eta=3,
+                 refit=True, random_state=0, comm=None):
+        self.estimator = estimator
+        self.param_grid = param_grid
+        self.cv, self.group_size, self.halving, self.eta = cv, group_size, halving, eta
+        self.refit, self.random_state, self.comm = refit, random_state, comm
+
+    def _configs(self):
+        grid = {k: list(v) for k, v in self.param_grid.items()}
+        return configurations(grid, self.search_kind, self.random_state)
+
+    def fit(self, data, X="X", y="y"):
+        from .io import load_hdf5
+
+        world = get_comm(self.comm)
+        load = data if callable(data) else (
+            lambda comm: load_hdf5(data, X=X, y=y, comm=comm, require_y=True))
+        base = self.estimator.get_params()
+
+        def factory(config, comm, epochs):
+            params = dict(base, **config, comm=comm, max_iter=epochs, verbose=0)
+            return type(self.estimator)(**params)
+
+        configs = self._configs()
+        res = search(factory, configs, load, cv=self.cv, group_size=self.group_size,
+                     seed=self.random_state, max_epochs=int(base.get("max_iter", 5)),
+                     halving=self.halving, eta=self.eta, comm=world)
+        self.cv_results_ = res["summary"]
+        self.search_ = res
+        best = next((s for s in res["summary"] if s["status"] == "ok"), None)
+        if best is None:
+            raise ConfigError("every configuration failed", ranks=range(world.size))
+        self.best_params_, self.best_score_ = best["params"], best["mean_score"]
+        if self.refit:
+            Xa, ya = load(world)
+            self.best_estimator_ = factory(best["params"], world,
+                                           int(base.get("max_iter", 5))).fit(Xa, ya)
+        return self
+
+
+class RandomizedSearchCV(GridSearchCV):
+    """:class:`GridSearchCV` on ``n_iter`` distinct configurations drawn from the grid."""
+
+    def __init__(self, estimator, param_distributions, *, n_iter=10, **kwargs):
+        super().__init__(estimator, param_distributions, **kwargs)
+        self.n_iter = n_iter
+
+    @property
+    def search_kind(self):
+        return f"random:{int(self.n_iter)}"
