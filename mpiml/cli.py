@@ -134,6 +134,15 @@ def build_parser():
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    g = p.add_argument_group("feature scaling and validation")
+    g.add_argument("--scale", choices=["none", "standard", "minmax"], default="none",
+                   help="scale the features with global statistics of the training rows "
+                        "(one Allreduce); stored in the model and applied by predict, score, "
+                        "explain and the ONNX export")
+    g.add_argument("--standardize", action="store_true", help="the same as --scale standard")
+    g.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="hold out this fraction of the rows, chosen by global row index and "
+                        "--seed (the same rows at any rank count): metrics after every epoch")
     g = p.add_argument_group("class imbalance")
     g.add_argument("--class-weight", default=None, metavar="balanced|JSON",
                    help="'balanced' (from the global class counts) or a JSON map label -> weight")

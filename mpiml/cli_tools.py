@@ -82,6 +82,7 @@ def cmd_export(args):
     from .export import OPSET, export_onnx
     from .io import check_output_path
     from .models import load
+    from .models.scaling import raw_linear
 
     c = get_comm()
     est = load(args.model, comm=c)
@@ -99,6 +100,7 @@ def cmd_explain(args):
                           permutation_importance, plot_importance, summarise_importance)
     from .io import check_output_path, load_hdf5, write_rows
     from .models import load
+    from .models.scaling import raw_linear
 
     c = get_comm()
     est = load(args.model, comm=c)
@@ -142,7 +144,9 @@ def cmd_explain(args):
             mean = global_mean(Xb, c)
         else:
             mean = global_mean(X, c)
-        coef, intercept = est.gather_coef()
+        # the model's scaler folded into the weights: SHAP values of the raw features
+        # (equal to those of the scaled features, the transform being per feature)
+        coef, intercept = raw_linear(est)
         values, base = linear_shap(coef, intercept, X, mean)
         what = "exact linear SHAP of the margins"
     if args.out:

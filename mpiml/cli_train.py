@@ -24,6 +24,12 @@ def _estimator(args, c):
 
     cls_name, kwargs = MODELS[args.model]
     cls = getattr(models, cls_name)
+    scale = getattr(args, "scale", "none")
+    if getattr(args, "standardize", False):
+        if scale not in ("none", "standard"):
+            raise ConfigError(f"--standardize and --scale {scale} disagree: give one",
+                              ranks=range(c.size))
+        scale = "standard"
     kwargs = dict(kwargs, alpha=args.alpha, batch_size=args.batch_size, max_iter=args.epochs,
                   tol=args.tol, n_iter_no_change=args.n_iter_no_change, random_state=args.seed,
                   verbose=0 if args.quiet else 1,
@@ -34,7 +40,7 @@ def _estimator(args, c):
                   comm_timeout=args.comm_timeout or None, model_parallel=args.model_parallel,
                   sync=args.sync, sync_warmup=args.sync_warmup, max_staleness=args.max_staleness,
                   overlap=args.overlap, compress=args.compress, stats=args.stats,
-                  run_dir=args.run_dir, comm=c)
+                  run_dir=args.run_dir, scaler=None if scale == "none" else scale, comm=c)
     if args.class_weight is not None:
         if cls_name != "SGDClassifier":
             raise ConfigError("--class-weight is for the linear classifiers", ranks=range(c.size))
@@ -112,6 +118,26 @@ def _dry_run(args, c, grid):
     c.print0("\n".join(lines))
 
 
+def _held_out(args, c, grid, n_local):
+    """This rank's rows in the --val-fraction validation part (None without it): the
+    split is over global row indices, so the same rows at any rank count and grid (a
+    resumed run holds out the same rows again)."""
+    from .errors import ConfigError
+    from .model_selection import validation_mask
+
+    if args.val_fraction is None:
+        return None
+    if args.val:
+        raise ConfigError("give --val FILE or --val-fraction F, not both", ranks=range(c.size))
+    # the ranks of a model-parallel group hold the same rows: count them once
+    offset = grid.data.exscan(n_local)
+    n_global = grid.data.allreduce(n_local)
+    try:
+        return validation_mask(n_global, offset, n_local, args.val_fraction, seed=args.seed)
+    except ConfigError as exc:
+        raise ConfigError(f"--val-fraction: {exc}", ranks=range(c.size)) from None
+
+
 def cmd_train(args):
     from mpi4py import MPI
 
@@ -135,6 +161,7 @@ def cmd_train(args):
     if split_features:
         d = c.run(dataset_info, args.data, X=args.X, y=args.y)["shape"][1]
         columns = (*chunk(d, grid.K, grid.model_rank), d)
+    held_out = _held_out(args, c, grid, X.shape[0])
     t_load = time.perf_counter() - t0
     if os.environ.get("MPIML_TEST_RAISE") == str(c.rank):     # failure injection for the tests
         raise RuntimeError(f"injected failure on rank {c.rank}")
@@ -152,6 +179,16 @@ def cmd_train(args):
         from .io import load_vector
         sample_weight = load_vector(args.data, args.sample_weight, comm=c, sync=args.sync,
                                     model_parallel=grid.K)
+        if held_out is not None:
+            sample_weight = sample_weight[~held_out]
+    validation = None
+    if held_out is not None:
+        # split before any resampling, so no copy of a validation row is trained on
+        validation = (X[held_out], y[held_out])
+        X, y = X[~held_out], y[~held_out]
+        c.print0(f"validation: {grid.data.allreduce(len(validation[1]))} rows held out "
+                 f"(--val-fraction {args.val_fraction}, seed {args.seed}); training on "
+                 f"{grid.data.allreduce(len(y))}")
     if args.resample:
         from .errors import ConfigError
         from .imbalance import resample
@@ -165,7 +202,6 @@ def cmd_train(args):
             raise ConfigError("--resample and --sample-weight do not combine", ranks=range(c.size))
         X, y = resample(X, y, kind, ratio, seed=args.seed, comm=c)
         c.print0(f"resampled ({args.resample}): {c.allreduce(len(y))} rows")
-    validation = None
     if args.val:
         Xv, yv = load_hdf5(args.val, X=args.X, y=args.y, comm=c, require_y=True,
                            dtype=X.dtype, model_parallel=grid.K,
@@ -184,6 +220,9 @@ def cmd_train(args):
             sample_weight=sample_weight)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
+    if est.scaler is not None:
+        from .models.scaling import describe
+        c.print0(describe(est))
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
     c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {t_fit:.2f} s "
              f"({n * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s in the "

@@ -66,6 +66,14 @@ def cmd_tune(args):
     except ConfigError as exc:
         raise ConfigError(str(exc), ranks=range(c.size)) from None
     _check_names(args, grid, c)
+    unused = [opt for opt, v in (("--val", args.val), ("--val-fraction", args.val_fraction),
+                                 ("--resume", args.resume), ("--resample", args.resample),
+                                 ("--sample-weight", args.sample_weight),
+                                 ("--dry-run", args.dry_run)) if v]
+    if unused:
+        raise ConfigError(f"mpiml tune does not take {', '.join(unused)} (its folds are the "
+                          "validation; train the chosen configuration with mpiml train for "
+                          "those)", ranks=range(c.size))
     if args.halving and args.eta < 2:
         raise ConfigError("--eta must be at least 2", ranks=range(c.size))
     dtype = None if args.dtype == "auto" else args.dtype

@@ -4,6 +4,7 @@ onnxruntime and the other ONNX runtimes (C, C++, C#, Java, JavaScript, ...).
 Graph (ONNX opset :data:`OPSET`, standard ``ai.onnx`` operators only):
 
 * input ``X``: (N, n_features), float32 (default) or float64;
+* a model with a scaler first computes ``(X - scale_offset) / scale_factor`` (Sub, Div);
 * linear models: ``scores = X @ coef.T + intercept`` (MatMul, Add); MLPs: the layers
   (MatMul, Add, Relu or Tanh) of the logical (unsplit) weights, whatever split
   trained them;
@@ -43,6 +44,13 @@ def to_onnx(est, dtype="float32"):
     d = layers[0][0].shape[0]
     nodes, inits = [], []
     x = "X"
+    if hasattr(est, "scale_offset_"):
+        # the model's scaler first, the same operations as mpiml's predict
+        inits += [numpy_helper.from_array(est.scale_offset_.astype(np_dtype), "scale_offset"),
+                  numpy_helper.from_array(est.scale_factor_.astype(np_dtype), "scale_factor")]
+        nodes += [helper.make_node("Sub", ["X", "scale_offset"], ["X_centred"]),
+                  helper.make_node("Div", ["X_centred", "scale_factor"], ["X_scaled"])]
+        x = "X_scaled"
     for i, (W, b) in enumerate(layers):
         inits += [numpy_helper.from_array(np.asarray(W, dtype=np_dtype), f"W{i}"),
                   numpy_helper.from_array(np.asarray(b, dtype=np_dtype), f"b{i}")]

@@ -25,7 +25,10 @@ __all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model"
            "check_output_path", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
 MODEL_FORMAT = "mpiml-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2          # the newest version this mpiml reads and writes
+# version 2 = version 1 + the optional ``scaler/`` group; a file without a scaler is
+# still written as version 1, so older readers keep reading it
+_VERSION_OF_GROUP = {"scaler": 2}
 _FINITE_BLOCK = 1 << 16   # NaN/Inf scan: 16 x this many values per block (bounds the temporary)
 _TOKEN = 7301             # tag of the write token (on mpiml's own communicator)
 
@@ -370,7 +373,8 @@ def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
         try:
             with h5py.File(tmp, "w", locking=False) as f:
                 f.attrs["format"] = MODEL_FORMAT
-                f.attrs["format_version"] = MODEL_FORMAT_VERSION
+                f.attrs["format_version"] = max(
+                    [1] + [_VERSION_OF_GROUP.get(name.split("/")[0], 1) for name in arrays])
                 f.attrs["model_type"] = model_type
                 f.attrs["params"] = json.dumps(params, sort_keys=True)
                 for key, value in (extra_attrs or {}).items():
@@ -411,6 +415,11 @@ def load_model(path, comm=None, lazy=()):
             params = json.loads(str(f.attrs["params"]))
             arrays = {k: (tuple(v.shape) if k in lazy else v[()])
                       for k, v in f.items() if isinstance(v, h5py.Dataset)}
+            # one level of groups (``scaler/offset``, ...): small, read whole
+            for g, group in f.items():
+                if isinstance(group, h5py.Group):
+                    arrays.update({f"{g}/{k}": v[()] for k, v in group.items()
+                                   if isinstance(v, h5py.Dataset)})
             attrs = {k: v for k, v in f.attrs.items()}
             return model_type, params, arrays, attrs
 

@@ -4,7 +4,8 @@
  *   ./predict model.h5 data.h5 [X]      # prints one prediction per row of data.h5:X
  *
  * Reads the datasets documented in docs/model-format.md: coef (K x d), intercept (K),
- * classes (C) for classifiers; checks the format attributes first.
+ * classes (C) for classifiers, and the optional scaler/offset and scaler/scale (d)
+ * that scale each row before the scores; checks the format attributes first.
  */
 #include <hdf5.h>
 #include <math.h>
@@ -78,6 +79,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s is not an mpiml model file\n", argv[1]);
         return 1;
     }
+    int version = -1;
+    hid_t vattr = H5Aopen(model, "format_version", H5P_DEFAULT);
+    if (vattr >= 0) {
+        H5Aread(vattr, H5T_NATIVE_INT, &version);
+        H5Aclose(vattr);
+    }
+    if (version < 1 || version > 2) {
+        fprintf(stderr, "%s has model format version %d; this example reads 1 and 2\n",
+                argv[1], version);
+        return 1;
+    }
     if (strcmp(type, "SGDClassifier") != 0 && strcmp(type, "SGDRegressor") != 0) {
         fprintf(stderr, "this example reads linear models, not %s\n", type);
         return 1;
@@ -89,6 +101,13 @@ int main(int argc, char **argv) {
     double *classes = NULL;
     int classifier = strcmp(type, "SGDClassifier") == 0;
     if (classifier) classes = read_doubles(model, "classes", kd, &kn);
+    double *offset = NULL, *scale = NULL;
+    hsize_t od[2], sd[2];
+    int on = 0, sn = 0, scaled = H5Lexists(model, "scaler", H5P_DEFAULT) > 0;
+    if (scaled) {
+        offset = read_doubles(model, "scaler/offset", od, &on);
+        scale = read_doubles(model, "scaler/scale", sd, &sn);
+    }
     H5Fclose(model);
     size_t K = cn == 2 ? cd[0] : 1, d = cn == 2 ? cd[1] : cd[0];
 
@@ -101,8 +120,14 @@ int main(int argc, char **argv) {
                 classifier ? ", classes" : "", d, xname);
         return 1;
     }
+    if (scaled && (!offset || !scale || on != 1 || sn != 1 || od[0] != d || sd[0] != d)) {
+        fprintf(stderr, "the model's scaler/offset and scaler/scale must have %zu values\n", d);
+        return 1;
+    }
     for (hsize_t i = 0; i < xd[0]; i++) {
-        const double *x = X + i * d;
+        double *x = X + i * d;
+        if (scaled)     /* the model's input: z_j = (x_j - offset_j) / scale_j */
+            for (size_t j = 0; j < d; j++) x[j] = (x[j] - offset[j]) / scale[j];
         size_t best = 0;
         double best_s = -INFINITY, s0 = 0.0;
         for (size_t k = 0; k < K; k++) {
@@ -115,6 +140,6 @@ int main(int argc, char **argv) {
         else if (K == 1) printf("%.17g\n", classes[s0 > 0 ? 1 : 0]);
         else printf("%.17g\n", classes[best]);
     }
-    free(coef); free(icpt); free(classes); free(X);
+    free(coef); free(icpt); free(classes); free(X); free(offset); free(scale);
     return 0;
 }

@@ -12,6 +12,7 @@ from ..errors import ConfigError, DataError, NotFittedError
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
 from .base import check_local_X
 from .neural import MLP_TYPES, load_mlp
+from .scaling import restore_scaler, scaler_arrays, transform
 from .training import Trainer
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
@@ -19,7 +20,7 @@ __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
 # optimisation hyper-parameters that a resumed run takes from its checkpoint
 _RESUMED_PARAMS = ("loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "learning_rate",
                    "eta0", "power_t", "momentum", "batch_size", "tol", "n_iter_no_change",
-                   "epsilon", "multi_class", "class_weight", "dtype")
+                   "epsilon", "multi_class", "class_weight", "dtype", "scaler")
 
 # the user's loss name -> factory of the kernel's loss object (STYLE.md rule 4)
 LOSSES = {
@@ -158,12 +159,15 @@ class _BaseSGD(Trainer):
                 hasattr(self, "shard_") and self.shard_.split == "features"
                 and X.shape[1] == self.shard_.hi - self.shard_.lo):
             raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features_in_}")
-        return X
+        return transform(self, X)
 
     def decision_function(self, X):
         """Margins of this rank's rows (local; collective over the model-parallel group
         for a sharded model)."""
-        X = self._check_X(X)
+        return self._margins(self._check_X(X))
+
+    def _margins(self, X):
+        """Margins of rows already checked and scaled by :meth:`_check_X`."""
         if hasattr(self, "shard_"):
             scores = self.shard_.decision_function(X)
             return scores.ravel() if scores.shape[1] == 1 else scores
@@ -194,7 +198,7 @@ class _BaseSGD(Trainer):
         if hasattr(self, "shard_"):        # collective over the model-parallel group
             s, scores = self.shard_.loss_sum(Xc, y_enc, loss), None
         else:
-            scores = self.decision_function(Xc)
+            scores = self._margins(Xc)
             m = np.asarray(scores, dtype=np.float64).reshape(len(yy), K)
             s = float(loss.loss_grad(m, y_enc)[0].sum()) if len(yy) else 0.0
         tot = self._sum(c, np.array([s, float(len(yy))]))
@@ -213,6 +217,9 @@ class _BaseSGD(Trainer):
             arrays["classes"] = self.classes_
         params = {k: v for k, v in self.get_params().items() if k != "comm"}
         attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_}
+        more, more_attrs = scaler_arrays(self)
+        arrays.update(more)
+        attrs.update(more_attrs)
         save_model(path, type(self).__name__, params, arrays, comm=self.comm, extra_attrs=attrs)
 
 
@@ -258,6 +265,10 @@ class SGDClassifier(_BaseSGD):
         Seed of the batch order; rank 0's value is used.
     dtype : {None, "float32", "float64"}
         Precision of the data in the kernels (default: float32 if X is float32).
+    scaler : {None, "standard", "minmax"}
+        Scale the features with global statistics of the training rows (one
+        Allreduce): the model trains on ``(X - scale_offset_) / scale_factor_``, and
+        every prediction path, the model file and the ONNX export apply it to raw rows.
     comm : mpi4py communicator, optional
 
     Attributes
@@ -265,6 +276,8 @@ class SGDClassifier(_BaseSGD):
     coef_ : ndarray (1 or n_classes, n_features)
     intercept_ : ndarray (1 or n_classes,)
     classes_, n_iter_, t_, n_features_in_
+    scale_offset_, scale_factor_ : ndarray (n_features,)
+        With ``scaler``: the model's input is ``(X - scale_offset_) / scale_factor_``.
     loss_curve_ : list of float
         Mean training loss of each epoch (global, before the penalty).
     epoch_times_ : list of float
@@ -287,7 +300,8 @@ class SGDClassifier(_BaseSGD):
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, comm=None):
+                 stats=None, run_dir=None, scaler=None,
+                 comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -319,6 +333,7 @@ class SGDClassifier(_BaseSGD):
         self.compress = compress
         self.stats = stats
         self.run_dir = run_dir
+        self.scaler = scaler
         self.shard = shard
         self.comm = comm
 
@@ -423,7 +438,8 @@ class SGDRegressor(_BaseSGD):
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, comm=None):
+                 stats=None, run_dir=None, scaler=None,
+                 comm=None):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -454,6 +470,7 @@ class SGDRegressor(_BaseSGD):
         self.compress = compress
         self.stats = stats
         self.run_dir = run_dir
+        self.scaler = scaler
         self.shard = shard
         self.comm = comm
 
@@ -519,6 +536,7 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
         est.classes_ = np.asarray(arrays["classes"])
     est.n_features_in_ = int(attrs["n_features_in"])
     est.n_iter_ = int(attrs.get("n_iter", 0))
+    restore_scaler(est, arrays, attrs, path)
     if grid.K == 1:
         coef = np.atleast_2d(read_model_slice(path, "coef", (), comm=c))
         est.coef_ = coef.ravel() if cls is SGDRegressor else coef

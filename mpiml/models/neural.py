@@ -8,6 +8,7 @@ from ..comm import get_comm, get_grid
 from ..errors import DataError, NotFittedError
 from ..parallel.network import ACTIVATIONS, MLPEngine, Network
 from .base import check_local_X
+from .scaling import restore_scaler, scaler_arrays, transform
 from .training import Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor", "load_mlp"]
@@ -15,7 +16,7 @@ __all__ = ["MLPClassifier", "MLPRegressor", "load_mlp"]
 _RESUMED_PARAMS = ("hidden_layer_sizes", "activation", "solver", "alpha", "batch_size",
                    "learning_rate", "learning_rate_init", "power_t", "momentum",
                    "nesterovs_momentum", "beta_1", "beta_2", "epsilon", "tol",
-                   "n_iter_no_change", "dtype")
+                   "n_iter_no_change", "dtype", "scaler")
 
 
 class _BaseMLP(Trainer):
@@ -28,7 +29,8 @@ class _BaseMLP(Trainer):
                  random_state=None, verbose=0, dtype=None, checkpoint_dir=None,
                  checkpoint_every=None, checkpoint_seconds=None, keep_checkpoints=3,
                  comm_timeout=600.0, model_parallel=1, sync="allreduce", sync_warmup=0,
-                 max_staleness=4, overlap=False, compress="none", stats=None, run_dir=None, comm=None):
+                 max_staleness=4, overlap=False, compress="none", stats=None, run_dir=None,
+                 scaler=None, comm=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -61,6 +63,7 @@ class _BaseMLP(Trainer):
         self.compress = compress
         self.stats = stats
         self.run_dir = run_dir
+        self.scaler = scaler
         self.comm = comm
 
     # ------------------------------------------------------------ validation
@@ -166,7 +169,7 @@ class _BaseMLP(Trainer):
         X = check_local_X(X)
         if X.shape[1] != self.n_features_in_:
             raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features_in_}")
-        X = np.ascontiguousarray(X, dtype=self._net.dtype)
+        X = np.ascontiguousarray(transform(self, X), dtype=self._net.dtype)
         out = np.empty((X.shape[0], self._net.sizes[-1]))
         for s in range(0, max(X.shape[0], 1), 4096):
             out[s:s + 4096] = self._net.forward(X[s:s + 4096])
@@ -203,6 +206,9 @@ class _BaseMLP(Trainer):
         params["hidden_layer_sizes"] = list(self._hidden())
         attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_,
                  "n_layers": len(coefs), "output": self._net.output}
+        more, more_attrs = scaler_arrays(self)
+        arrays.update(more)
+        attrs.update(more_attrs)
         save_model(path, type(self).__name__, params, arrays, comm=self.comm, extra_attrs=attrs)
 
 
@@ -228,7 +234,10 @@ class MLPClassifier(_BaseMLP):
     ``nesterovs_momentum``, ``beta_1``, ``beta_2``, ``epsilon``, ``random_state``),
     plus mpiml's: ``batch_size`` is the global batch over all ranks; ``dtype``;
     ``checkpoint_dir`` / ``checkpoint_every`` / ``checkpoint_seconds`` /
-    ``keep_checkpoints``; ``comm_timeout``; ``model_parallel``; ``comm``.
+    ``keep_checkpoints``; ``comm_timeout``; ``model_parallel``; ``scaler``
+    (None, ``"standard"`` or ``"minmax"``: global feature scaling fitted on the
+    training rows, kept in ``scale_offset_`` / ``scale_factor_``, stored in the model
+    file and applied to raw rows by every prediction path); ``comm``.
 
     Two classes give one logistic output, more a softmax. With ``model_parallel=K``
     the hidden layers are split over ``K`` consecutive ranks in column-/row-parallel
@@ -360,5 +369,6 @@ def load_mlp(model_type, params, arrays, attrs, comm=None, model_parallel=1):
         est.classes_ = np.asarray(arrays["classes"])
     est.n_features_in_ = int(attrs["n_features_in"])
     est.n_iter_ = int(attrs.get("n_iter", 0))
+    restore_scaler(est, arrays, attrs)
     est._set_public(sizes[-1], sizes[0])
     return est

@@ -38,6 +38,7 @@ from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compre
 from ..runctl import RunDir
 from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
+from .scaling import check_scaler, fit_scaler, transform
 from .steering import Progress, Steering, set_engine_hyper, summarise
 
 __all__ = ["Trainer"]
@@ -84,6 +85,7 @@ class Trainer(BaseEstimator):
             raise ConfigError(f"{type(self).__name__}: {msg}")
 
         self._validate_model_params(bad)
+        check_scaler(self.scaler, bad)
         if self.batch_size != "full" and not _positive_int(self.batch_size):
             bad(f"batch_size must be a positive integer or 'full', not {self.batch_size!r}")
         if not _positive_int(self.max_iter):
@@ -300,6 +302,10 @@ class Trainer(BaseEstimator):
         if resume is not None:
             state, arrays = self._restore(c, resume, d, n_global)
             batch = int(state["batch"])
+        if reset:
+            # after a restore: a resumed run scales as its checkpoint says (the same
+            # statistics, recomputed from the same rows)
+            fit_scaler(self, grid, Xl, columns)
         K, y_enc, loss = self._encode(yl)
         sw = self._row_weights(c, grid, yl, sample_weight, meta)
         # one reordered copy of the local rows: every step then reads contiguous memory
@@ -308,6 +314,10 @@ class Trainer(BaseEstimator):
             Xl = np.take(Xl, perm, axis=0)
             y_enc = y_enc[perm]
             sw = sw[perm] if sw is not None else None
+        if hasattr(self, "scale_offset_"):
+            # in place when Xl is already this fit's own copy
+            own = perm is not None or not np.may_share_memory(Xl, X)
+            Xl = transform(self, Xl, out=Xl if own else None, columns=columns)
         engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
         if sw is not None:
             engine.set_sample_weight(sw)
