@@ -162,3 +162,25 @@ def test_tune_refuses_options_it_would_ignore(raw, tmp_path):
                                      + TRAIN, tmp_path, wrap=True)
     assert seconds < 30 and err.count("mpiml: error:") == 1 and "--val-fraction" in err, err
     assert rank_exits(err) == [1, 1]
+
+
+def test_resume_keeps_the_scaler(raw, tmp_path):
+    """A resumed run scales as its checkpoint says (even without --standardize) and, at the
+    same rank count, ends where an uninterrupted run ends."""
+    path, X, y = raw
+    base = ["train", "--data", path, "--model", "logistic", "--batch-size", 64, "--dtype",
+            "float64", "--quiet"]
+    code, _, err, _ = mpirun(2, base + ["--standardize", "--epochs", 4, "--out",
+                                        tmp_path / "whole.h5"], tmp_path)
+    assert code == 0, err
+    code, _, err, _ = mpirun(2, base + ["--standardize", "--epochs", 2, "--checkpoint-dir",
+                                        tmp_path / "ck", "--out", tmp_path / "half.h5"], tmp_path)
+    assert code == 0, err
+    code, out, err, _ = mpirun(2, base + ["--epochs", 4, "--resume", tmp_path / "ck", "--out",
+                                          tmp_path / "resumed.h5"], tmp_path)
+    assert code == 0, err
+    whole = load(tmp_path / "whole.h5", comm=MPI.COMM_SELF)
+    resumed = load(tmp_path / "resumed.h5", comm=MPI.COMM_SELF)
+    assert resumed.scaler == "standard" and resumed.n_iter_ == 4
+    np.testing.assert_array_equal(resumed.scale_offset_, whole.scale_offset_)
+    np.testing.assert_allclose(resumed.coef_, whole.coef_, rtol=1e-12, atol=1e-14)
