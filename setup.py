@@ -31,6 +31,12 @@ extensions = [
             ("MPIML_COMPILE_FLAGS", '"' + " ".join(flags) + '"'),
         ],
     ),
+    Extension(
+        "mpiml._kernels.stats",
+        ["csrc/stats.pyx"],
+        extra_compile_args=flags,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
 ]
 
 setup(

@@ -10,6 +10,7 @@ sums of squares would, and is the same on every rank.
 import numpy as np
 from mpi4py import MPI
 
+from ._kernels import stats as _k
 from .comm import get_comm
 from .errors import ConfigError, DataError, NotFittedError
 
@@ -17,9 +18,12 @@ _BLOCK_VALUES = 1 << 20        # values per block of rows in the local passes
 
 
 def _blocks(X):
+    """C-contiguous float32/float64 blocks of rows (a copy only for a block that is
+    not already so)."""
     rows = max(1, _BLOCK_VALUES // max(1, X.shape[1]))
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
     for s in range(0, X.shape[0], rows):
-        yield X[s:s + rows]
+        yield np.ascontiguousarray(X[s:s + rows], dtype=dtype)
 
 
 # packed summary: [n, shift(d), mean - shift(d), M2(d), min(d), max(d)]; the shift is a
@@ -38,19 +42,18 @@ def local_summary(X):
     lo[:], hi[:] = np.inf, -np.inf
     if n == 0:
         return buf
+    if X.dtype.kind not in "fiub":
+        raise DataError(f"X has type {X.dtype}; scaling needs real numbers")
     shift[:] = X[0]
     total = np.zeros(d)
+    # two streaming passes in the kernels (float64 sums, no temporaries)
     for b in _blocks(X):
-        total += (b - shift).sum(axis=0, dtype=np.float64)
-        np.minimum(lo, b.min(axis=0), out=lo)
-        np.maximum(hi, b.max(axis=0), out=hi)
+        _k.shifted_sums(b, shift, total, lo, hi)
     res[:] = total / n
     sq = np.zeros(d)
     corr = np.zeros(d)
     for b in _blocks(X):
-        dev = (b - shift) - res
-        corr += dev.sum(axis=0)
-        sq += np.einsum("ij,ij->j", dev, dev)
+        _k.deviation_sums(b, shift, res, corr, sq)
     # the correction term removes the first-order error of the rounded mean
     res += corr / n
     m2[:] = np.maximum(sq - corr * corr / n, 0.0)

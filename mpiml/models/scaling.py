@@ -6,19 +6,19 @@ keeps ``scale_offset_`` and ``scale_factor_`` (float64, one value per feature). 
 prediction path (``predict``, ``predict_proba``, ``decision_function``, ``score``,
 ``metrics``, validation during ``fit``, explanations) applies the same transform to raw
 rows, the model file stores both vectors (group ``scaler/``), and the ONNX export puts a
-``Sub`` and a ``Div`` in front of the graph. The transform is the same sequence of
-operations in every path (subtract, then divide, in the input's floating type), so
-training and prediction see bit-identical scaled rows.
+``Sub`` and a ``Div`` in front of the graph. Every path transforms with the same kernel
+(``(x - offset) / factor`` in float64, rounded once to the rows' type), so training and
+prediction see bit-identical scaled rows.
 """
 import numpy as np
 
+from .._kernels import stats as _k
 from ..errors import DataError
 
 __all__ = ["SCALERS", "check_scaler", "fit_scaler", "transform", "scaler_arrays",
            "restore_scaler", "raw_linear", "describe"]
 
 SCALERS = (None, "standard", "minmax")
-_BLOCK = 1 << 16            # rows per block of the in-place transform
 
 
 def check_scaler(value, bad):
@@ -65,19 +65,20 @@ def _vectors(est, width, columns):
 
 
 def transform(est, X, out=None, columns=None):
-    """The model's input from raw rows: ``(X - offset) / factor`` in X's floating type
+    """The model's input from raw rows: ``(X - offset) / factor`` as X's floating type
     (float64 for integer input). Returns X itself when the model has no scaler. With
-    ``out`` (may be X itself) the result is written there, block by block. ``columns``
-    ``(lo, hi, d)``: X holds only those columns (a feature-sharded fit)."""
+    ``out`` (a C-contiguous float array; may be X itself) the result is written there.
+    ``columns=(lo, hi, d)``: X holds only those columns (a feature-sharded fit)."""
     if not hasattr(est, "scale_offset_"):
         return X
     off, fac = _vectors(est, X.shape[1], columns)
+    off, fac = np.ascontiguousarray(off), np.ascontiguousarray(fac)
     if out is None:
-        out = np.empty(X.shape, dtype=X.dtype if X.dtype.kind == "f" else np.float64)
-    for s in range(0, X.shape[0], _BLOCK):
-        blk = out[s:s + _BLOCK]
-        np.subtract(X[s:s + _BLOCK], off, out=blk, casting="same_kind")
-        np.divide(blk, fac, out=blk, casting="same_kind")
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+        out = np.array(X, dtype=dtype, order="C")
+    elif out is not X:
+        out[...] = X
+    _k.scale_rows(out, off, fac)          # in place, one pass
     return out
 
 
