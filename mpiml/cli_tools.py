@@ -82,7 +82,6 @@ def cmd_export(args):
     from .export import OPSET, export_onnx
     from .io import check_output_path
     from .models import load
-    from .models.scaling import raw_linear
 
     c = get_comm()
     est = load(args.model, comm=c)

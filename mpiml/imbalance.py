@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 from .comm import get_comm
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
-__all__ = ["global_class_counts", "class_weights", "resample", "warn_missing_classes"]
+__all__ = ["global_class_counts", "class_weights", "resample", "warn_missing_classes", "row_weights"]
 
 _BLOCK = 1 << 16
 
@@ -109,3 +109,34 @@ def resample(X, y, strategy="over", ratio=1.0, seed=0, comm=None):
     qi = q[np.searchsorted(classes, y)]
     times = np.floor(qi).astype(np.int64) + (u < qi - np.floor(qi))
     return np.repeat(np.asarray(X), times, axis=0), np.repeat(y, times)
+
+
+def row_weights(est, c, grid, yl, sample_weight, meta):
+    """Per-row weights from ``class_weight`` (global class counts) and
+    ``sample_weight``, or None (collective when either is given)."""
+    cw_spec = getattr(est, "class_weight", None)
+    if cw_spec is None and sample_weight is None:
+        return None
+
+    def check():
+        if grid.K > 1 or not est._supports_ps:
+            raise ConfigError("class_weight and sample_weight are supported by the "
+                              "data-parallel linear models (SGDClassifier, SGDRegressor)")
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight, dtype=np.float64).ravel()
+        if w.shape[0] != yl.shape[0]:
+            raise DataError(f"sample_weight has {w.shape[0]} values for {yl.shape[0]} rows")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise DataError("sample_weight must be finite and >= 0")
+        return w
+
+    w = c.run(check)
+    sw = np.ones(yl.shape[0]) if w is None else w
+    if cw_spec is not None and est._is_classifier:
+        counts = global_class_counts(yl, est.classes_, grid.data)
+        cw = c.run(class_weights, cw_spec, est.classes_, counts)
+        sw = sw * cw[np.searchsorted(est.classes_, yl)]
+        est.class_weight_ = cw
+        warn_missing_classes([m[3] for m in meta], est.classes_, c.rank)
+    return sw

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Write one Slurm job script per (nodes, ranks, rows) point of a scaling config.
 
-    python slurm/generate_jobscripts.py slurm/scaling.example.json [--out-dir DIR]
+    python slurm/generate_jobscripts.py benchmarks/scaling.json [--out-dir DIR]
     for f in DIR/*.sbatch; do sbatch "$f"; done
-    python slurm/generate_jobscripts.py slurm/scaling.example.json --collect   # the table
+    python slurm/generate_jobscripts.py benchmarks/scaling.json --collect   # the table
 
 Each script makes its dataset once (``mpiml make-data``, shared by every point of the
 same size, written under a temporary name and renamed) and then runs ``mpiml train``

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Steering", "EarlyStopping", "Progress"]
+__all__ = ["Steering", "EarlyStopping", "Progress", "epoch_logs"]
 
 # the CLI / ctl name of a hyper-parameter -> the estimator parameter per model family
 _PARAM = {"lr": ("eta0", "learning_rate_init"), "momentum": ("momentum", "momentum"),
@@ -194,3 +194,38 @@ class Progress:
 def summarise(values):
     a = np.asarray(values, dtype=np.float64)
     return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
+
+
+def epoch_logs(est, c, engine, stats, mean_loss, K, d, validation, run, control, counters):
+    """The epoch's record: loss, validation metrics, lr, throughput, and with a run
+    directory the per-rank time split (written to metrics.jsonl and status.json)."""
+    lr = getattr(est, "eta0", None) if hasattr(est, "eta0") else est.learning_rate_init
+    logs = {"epoch": est.n_iter_, "step": int(engine.t), "loss": float(mean_loss),
+            "lr": float(lr), "samples_per_s": stats.count / max(stats.seconds, 1e-12),
+            "seconds": stats.seconds}
+    if validation is not None:
+        est._store(engine, K, d)
+        for k, v in est.metrics(*validation).items():
+            logs[f"val_{k}"] = float(v) if k != "n_samples" else int(v)
+    if run is None:
+        return logs
+    # time in the step's collective, sampled every 16th step (see run_epoch)
+    comm = 0.0
+    if control.samples:
+        comm = control.comm_sampled * stats.steps / control.samples
+    comm = max(comm, counters.comm_seconds + counters.wait_seconds)
+    control.comm_sampled, control.samples = 0.0, 0
+    io = control.io_seconds
+    control.io_seconds = 0.0
+    everyone = np.array(c.allgather((stats.seconds, comm, io)))
+    waiting = everyone[:, 1] - everyone[:, 1].min()    # the part spent on slower ranks
+    logs["time"] = {"compute": summarise(np.maximum(everyone[:, 0] - everyone[:, 1], 0.0)),
+                    "communication": summarise(everyone[:, 1] - waiting),
+                    "waiting": summarise(waiting), "io": summarise(everyone[:, 2])}
+    logs["bytes_per_rank"] = int(counters.bytes_sent or stats.steps * engine.buf_arr.nbytes)
+    logs["ranks"] = c.size
+    run.log(logs)
+    run.write_status(force=True, state="running", epoch=est.n_iter_, step=int(engine.t),
+                     loss=float(mean_loss), lr=float(lr), ranks=c.size,
+                     samples_per_s=logs["samples_per_s"])
+    return logs

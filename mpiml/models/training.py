@@ -3,7 +3,10 @@
 An estimator supplies an *engine* (the model's state and its step kernels) and
 :class:`Trainer` drives it: agreed validation, the global row count, the
 rank-count-independent batch schedule, the process grid, epochs with early
-stopping, checkpoints, signals, the watchdog and resume.
+stopping, checkpoints, signals, the watchdog and resume. The checkpoint and signal
+plumbing is in :mod:`mpiml.models.checkpointing`, the epoch record and live control in
+:mod:`mpiml.models.steering`, per-row class weights in :mod:`mpiml.imbalance` and the
+feature scaler in :mod:`mpiml.models.scaling`.
 
 The engine protocol (``mpiml._kernels.sgd.Engine`` for the data-parallel linear
 models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
@@ -18,53 +21,27 @@ models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
   state as flat arrays; collective over the model-parallel group for sharded
   engines, so checkpoints and model files never depend on the split.
 """
-import contextlib
 import math
-import os
-import signal
-import threading
 import time
 
 import numpy as np
 
-from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
 from ..comm import check_model_parallel, get_comm, get_grid
-from ..errors import ConfigError, DataError, Interrupted, NotFittedError, TrainingError
+from ..errors import ConfigError, DataError, NotFittedError, TrainingError
+from ..imbalance import row_weights
 from ..io import first_nonfinite_row
-from ..parallel.data import StepControl, StopTraining, group_layout, layout_plan, run_epoch
+from ..parallel.data import StopTraining, group_layout, layout_plan, run_epoch
 from ..parallel.ps import run_parameter_server, server_ranks
 from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
                              run_epoch_local, run_epoch_sync)
 from ..runctl import RunDir
 from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
+from .checkpointing import restore, signals, step_control
 from .scaling import check_scaler, fit_scaler, transform
-from .steering import Progress, Steering, set_engine_hyper, summarise
+from .steering import Progress, Steering, epoch_logs, set_engine_hyper
 
 __all__ = ["Trainer"]
-
-
-@contextlib.contextmanager
-def _signals(control):
-    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) request a stop at the
-    next step boundary, when checkpoints are on and we are in the main thread."""
-    if control.save is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        control.stop_requested = True
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    for sig in old:
-        # restart interrupted system calls (SA_RESTART): the signal may arrive while the
-        # MPI library is inside a system call that it does not retry on EINTR
-        signal.siginterrupt(sig, False)
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _positive_int(v):
@@ -300,14 +277,14 @@ class Trainer(BaseEstimator):
         batch = n_global if self.batch_size == "full" else int(self.batch_size)
         state, arrays = (None, None)
         if resume is not None:
-            state, arrays = self._restore(c, resume, d, n_global)
+            state, arrays = restore(self, c, resume, d, n_global)
             batch = int(state["batch"])
         if reset:
             # after a restore: a resumed run scales as its checkpoint says (the same
             # statistics, recomputed from the same rows)
             fit_scaler(self, grid, Xl, columns)
         K, y_enc, loss = self._encode(yl)
-        sw = self._row_weights(c, grid, yl, sample_weight, meta)
+        sw = row_weights(self, c, grid, yl, sample_weight, meta)
         # one reordered copy of the local rows: every step then reads contiguous memory
         perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
         if perm is not None:
@@ -332,7 +309,7 @@ class Trainer(BaseEstimator):
             engine.set_state(self._fitted_state())
             engine.t = self.t_ - 1.0
         target = self.max_iter if epochs is None else self.n_iter_ + epochs
-        control = self._control(c, grid, engine, K, d, n_global, batch)
+        control = step_control(self, c, grid, engine, K, d, n_global, batch)
         counters = CommCounters()
         writer = StatsWriter(self.stats, c, {"sync": self.sync, "compress": self.compress,
                                              "overlap": bool(self.overlap), "ranks": c.size})
@@ -389,7 +366,7 @@ class Trainer(BaseEstimator):
             state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch)
             control.batch = new_batch
 
-        with _signals(control), watching(c, self.comm_timeout, control):
+        with signals(control), watching(c, self.comm_timeout, control):
             try:
                 while self.n_iter_ < target:
                     if steer is not None and steer.pending_batch not in (None, state_["batch"]):
@@ -419,7 +396,7 @@ class Trainer(BaseEstimator):
                     self.loss_curve_.append(mean_loss)
                     self.epoch_times_.append(stats.seconds)
                     writer.epoch(self.n_iter_, counters, mean_loss, stats.seconds)
-                    logs = self._epoch_logs(c, engine, stats, mean_loss, K, d, validation, run,
+                    logs = epoch_logs(self, c, engine, stats, mean_loss, K, d, validation, run,
                                             control, counters)
                     counters.reset()
                     progress.update(engine.t, mean_loss, logs["samples_per_s"])
@@ -458,40 +435,6 @@ class Trainer(BaseEstimator):
         self._store(engine, K, d)
         return self
 
-    def _epoch_logs(self, c, engine, stats, mean_loss, K, d, validation, run, control, counters):
-        """The epoch's record: loss, validation metrics, lr, throughput, and with a run
-        directory the per-rank time split (written to metrics.jsonl and status.json)."""
-        lr = getattr(self, "eta0", None) if hasattr(self, "eta0") else self.learning_rate_init
-        logs = {"epoch": self.n_iter_, "step": int(engine.t), "loss": float(mean_loss),
-                "lr": float(lr), "samples_per_s": stats.count / max(stats.seconds, 1e-12),
-                "seconds": stats.seconds}
-        if validation is not None:
-            self._store(engine, K, d)
-            for k, v in self.metrics(*validation).items():
-                logs[f"val_{k}"] = float(v) if k != "n_samples" else int(v)
-        if run is None:
-            return logs
-        # time in the step's collective, sampled every 16th step (see run_epoch)
-        comm = 0.0
-        if control.samples:
-            comm = control.comm_sampled * stats.steps / control.samples
-        comm = max(comm, counters.comm_seconds + counters.wait_seconds)
-        control.comm_sampled, control.samples = 0.0, 0
-        io = control.io_seconds
-        control.io_seconds = 0.0
-        everyone = np.array(c.allgather((stats.seconds, comm, io)))
-        waiting = everyone[:, 1] - everyone[:, 1].min()    # the part spent on slower ranks
-        logs["time"] = {"compute": summarise(np.maximum(everyone[:, 0] - everyone[:, 1], 0.0)),
-                        "communication": summarise(everyone[:, 1] - waiting),
-                        "waiting": summarise(waiting), "io": summarise(everyone[:, 2])}
-        logs["bytes_per_rank"] = int(counters.bytes_sent or stats.steps * engine.buf_arr.nbytes)
-        logs["ranks"] = c.size
-        run.log(logs)
-        run.write_status(force=True, state="running", epoch=self.n_iter_, step=int(engine.t),
-                         loss=float(mean_loss), lr=float(lr), ranks=c.size,
-                         samples_per_s=logs["samples_per_s"])
-        return logs
-
     def _fit_ps(self, c, engine, gptr, target, n_servers, counters, writer):
         """The asynchronous parameter-server run (see mpiml.parallel.ps)."""
         first = self.n_iter_
@@ -527,107 +470,6 @@ class Trainer(BaseEstimator):
         writer.epoch("all", counters, self.loss_curve_[-1], seconds,
                      {"max_clock_gap": self.ps_stats_["max_clock_gap"],
                       "max_update_staleness": self.ps_stats_["max_update_staleness"]})
-
-    def _row_weights(self, c, grid, yl, sample_weight, meta):
-        """Per-row weights from ``class_weight`` (global class counts) and
-        ``sample_weight``, or None (collective when either is given)."""
-        from ..imbalance import class_weights, global_class_counts, warn_missing_classes
-        cw_spec = getattr(self, "class_weight", None)
-        if cw_spec is None and sample_weight is None:
-            return None
-
-        def check():
-            if grid.K > 1 or not self._supports_ps:
-                raise ConfigError("class_weight and sample_weight are supported by the "
-                                  "data-parallel linear models (SGDClassifier, SGDRegressor)")
-            if sample_weight is None:
-                return None
-            w = np.asarray(sample_weight, dtype=np.float64).ravel()
-            if w.shape[0] != yl.shape[0]:
-                raise DataError(f"sample_weight has {w.shape[0]} values for {yl.shape[0]} rows")
-            if not np.isfinite(w).all() or (w < 0).any():
-                raise DataError("sample_weight must be finite and >= 0")
-            return w
-
-        w = c.run(check)
-        sw = np.ones(yl.shape[0]) if w is None else w
-        if cw_spec is not None and self._is_classifier:
-            counts = global_class_counts(yl, self.classes_, grid.data)
-            cw = c.run(class_weights, cw_spec, self.classes_, counts)
-            sw = sw * cw[np.searchsorted(self.classes_, yl)]
-            self.class_weight_ = cw
-            warn_missing_classes([m[3] for m in meta], self.classes_, c.rank)
-        return sw
-
-    def _control(self, c, grid, engine, K, d, n_global, batch):
-        """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
-        control = StepControl(grid.data, self.checkpoint_every, self.checkpoint_seconds)
-        directory = self.checkpoint_dir
-        if directory is None and self.run_dir is not None:
-            directory = os.path.join(self.run_dir, "checkpoints")
-        if directory is None:
-            return control
-        policy = CheckpointPolicy(directory, self.checkpoint_every,
-                                  self.checkpoint_seconds, self.keep_checkpoints)
-
-        def save(step):
-            eng = control.engine if control.engine is not None else engine   # may be replaced
-            state = {"model_type": type(self).__name__,
-                     "params": {k: v for k, v in self.get_params().items() if k != "comm"},
-                     "epoch": self._epochs_done, "step": step, "t": eng.t,
-                     "epoch_loss": eng.epoch_loss, "epoch_count": eng.epoch_count,
-                     "best": self._tol_state[0], "stall": self._tol_state[1],
-                     "n_iter": self.n_iter_, "n_global": n_global,
-                     "batch": getattr(control, "batch", batch),     # after `set batch_size`
-                     "seed": self._seed, "n_features": d, "n_outputs": K}
-            arrays = dict(eng.get_state())       # logical arrays, gathered if sharded
-            arrays["loss_curve"] = np.asarray(self.loss_curve_, dtype=np.float64)
-            if self._is_classifier:
-                arrays["classes"] = self.classes_
-            t0 = time.perf_counter()
-            path = write_checkpoint(policy, state, arrays, comm=c)
-            control.io_seconds += time.perf_counter() - t0
-            return path
-
-        def on_stop(path):
-            raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "
-                              f"--resume {policy.directory} (fit(..., resume=...))",
-                              ranks=range(c.size), checkpoint=path)
-
-        control.save = save
-        control.on_stop = on_stop
-        return control
-
-    def _restore(self, c, resume, d, n_global):
-        """Collective: read and check a checkpoint; set the estimator's run state from it."""
-        state, arrays = read_checkpoint(resume, comm=c)
-
-        def check():
-            where = state["path"]
-            if state["model_type"] != type(self).__name__:
-                raise DataError(f"{where} is a checkpoint of a {state['model_type']}, "
-                                f"not of a {type(self).__name__}")
-            if int(state["n_features"]) != d:
-                raise DataError(f"{where} was made with {state['n_features']} features; "
-                                f"the data has {d}")
-            if int(state["n_global"]) != n_global:
-                raise DataError(f"{where} was made on {state['n_global']} rows; the data has "
-                                f"{n_global}: resume on the same data")
-            if self._is_classifier and not np.array_equal(arrays["classes"], self.classes_):
-                raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
-                                f"labels have {self.classes_.tolist()[:10]}")
-
-        c.run(check)
-        for key in self._resumed_params:
-            if key in state["params"]:
-                setattr(self, key, state["params"][key])
-        self._seed = int(state["seed"])
-        self._epochs_done = int(state["epoch"])
-        self.n_iter_ = int(state["n_iter"])
-        self._tol_state = [float(state["best"]), int(state["stall"])]
-        self.loss_curve_ = [float(v) for v in arrays["loss_curve"]]
-        self.epoch_times_ = []
-        return state, arrays
 
     # ------------------------------------------------------------ fitted state
     def _check_fitted(self):
