@@ -30,6 +30,9 @@ def add_parser(sub, train_parser):
                         "(configuration, fold) pairs (default 1)")
     p.add_argument("--results", default=None, metavar="PREFIX",
                    help="write PREFIX.csv, PREFIX.json and PREFIX.png (default: next to --out)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the search journaled in DIR (PREFIX.journal: every finished "
+                        "fit is recorded there; SIGTERM/SIGUSR1 stop the search with exit 75)")
     p.set_defaults(func=cmd_tune)
 
 
@@ -67,7 +70,7 @@ def cmd_tune(args):
         raise ConfigError(str(exc), ranks=range(c.size)) from None
     _check_names(args, grid, c)
     unused = [opt for opt, v in (("--val", args.val), ("--val-fraction", args.val_fraction),
-                                 ("--resume", args.resume), ("--resample", args.resample),
+                                 ("--resample", args.resample),
                                  ("--sample-weight", args.sample_weight),
                                  ("--dry-run", args.dry_run)) if v]
     if unused:
@@ -81,17 +84,22 @@ def cmd_tune(args):
     def load(comm):
         return load_hdf5(args.data, X=args.X, y=args.y, comm=comm, dtype=dtype, require_y=True)
 
+    prefix = args.results or (args.out[:-3] if args.out.endswith(".h5") else args.out) + "-tune"
+    journal = args.resume or prefix + ".journal"
     c.print0(f"mpiml tune: {len(configs)} configuration(s) x {args.cv} folds on {c.size} "
              f"rank(s) in groups of {args.group_size}" + (" with successive halving"
-                                                          if args.halving else ""))
+                                                          if args.halving else "")
+             + f"; finished fits are journaled in {journal}")
     t0 = time.perf_counter()
     res = search(_factory(args), configs, load, cv=args.cv, group_size=args.group_size,
                  seed=args.seed, max_epochs=args.epochs, halving=args.halving, eta=args.eta,
-                 comm=c)
+                 journal=journal, resume=bool(args.resume), comm=c)
+    if res["fits_resumed"]:
+        c.print0(f"resumed: {res['fits_resumed']} fit(s) taken from {journal}, "
+                 f"{res['fits_run']} run now")
     summary = res["summary"]
     best = next((s for s in summary if s["status"] == "ok"), None)
     _report(c, summary, grid, res)
-    prefix = args.results or (args.out[:-3] if args.out.endswith(".h5") else args.out) + "-tune"
     if c.rank == 0:
         _write(prefix, summary, grid, res)
     if best is None:

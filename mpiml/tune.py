@@ -12,16 +12,27 @@ error (a diverging loss, a bad parameter) is recorded as failed; the search goes
 Successive halving (``halving=True``): rung 0 trains every configuration for few
 epochs, each later rung the best ``1/eta`` of the survivors for ``eta`` times more,
 until one rung reaches ``max_epochs``.
+
+With a ``journal`` directory, every finished pair is appended (one JSON line, flushed
+and fsynced, by the group leader that ran it) as soon as it ends. SIGTERM / SIGUSR1 (a
+Slurm time limit) make every group stop after its current pair; the search raises
+:class:`~mpiml.errors.Interrupted` (``mpiml`` exits 75). ``resume=True`` continues a
+journal: finished pairs are not run again, and since every pair's score is
+deterministic the result equals an uninterrupted search.
 """
+import glob
 import itertools
+import json
 import math
+import os
+import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
 from .comm import Comm, get_comm
-from .errors import ConfigError, MpimlError
+from .errors import ConfigError, Interrupted, MpimlError
 from .model_selection import fold_of
 
 
@@ -93,12 +104,94 @@ class _Counter:
         self.win.Free()
 
 
-def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epochs):
+class _Journal:
+    """Finished (rung, configuration, fold) records on disk: ``search.json`` (what the
+    search is) and ``records-<world rank>.jsonl``, appended by group leaders."""
+
+    def __init__(self, path, world, header, resume):
+        header = json.loads(json.dumps(header))         # as it reads back from the file
+
+        def prepare():
+            if world.rank != 0:
+                return None
+            head = os.path.join(path, "search.json")
+            if resume:
+                if not os.path.isfile(head):
+                    raise ConfigError(f"{path} is not the journal of a search (no search.json)")
+                with open(head) as fh:
+                    old = json.load(fh)
+                differ = [k for k in header if old.get(k) != header[k]]
+                if differ:
+                    raise ConfigError(f"{path} is the journal of a different search "
+                                      f"({', '.join(differ)} differ): resume it with the same "
+                                      "data, grid, folds, seed and epochs")
+                recs = []
+                for name in sorted(glob.glob(os.path.join(path, "records-*.jsonl"))):
+                    with open(name) as fh:
+                        for line in fh:
+                            try:
+                                recs.append(json.loads(line))
+                            except ValueError:
+                                pass                    # a line cut short by a kill
+                return recs
+            if os.path.isdir(path) and os.listdir(path):
+                raise ConfigError(f"{path} holds an earlier search: continue it with --resume "
+                                  f"{path}, or remove it")
+            os.makedirs(path, exist_ok=True)
+            with open(head + ".tmp", "w") as fh:
+                json.dump(header, fh)
+            os.replace(head + ".tmp", head)
+            return []
+
+        recs = world.bcast(world.run(prepare))
+        self.done = {(r["rung"], r["config"], r["fold"]): r for r in recs}
+        self.file = os.path.join(path, f"records-{world.rank}.jsonl")
+
+    broken = False
+
+    def write(self, rec):
+        """Append one record (group leader only). A journal that cannot be written costs
+        only the ability to resume: one warning, and the search goes on."""
+        if self.broken:
+            return
+        try:
+            with open(self.file, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            self.broken = True
+            sys.stderr.write(f"mpiml tune: warning: cannot write the journal {self.file} "
+                             f"({exc}); the search goes on, but what this group finishes "
+                             "cannot be resumed\n")
+
+
+class _Stop:
+    """Set by SIGTERM / SIGUSR1 (see :func:`mpiml.models.checkpointing.signals`)."""
+    stop_requested = False
+
+
+def _test_signal(world, finished):
+    """Failure injection for the tests: MPIML_TEST_TUNE_SIGNAL=RANK:PAIRS:SIGNAME sends
+    the signal to world rank RANK once its group has finished PAIRS pairs."""
+    raw = os.environ.get("MPIML_TEST_TUNE_SIGNAL", "")
+    if raw:
+        import signal
+        rank, pairs, name = raw.split(":")
+        if int(rank) == world.rank and int(pairs) == finished:
+            os.kill(os.getpid(), getattr(signal, name))
+
+
+def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epochs, rung,
+               journal, stop):
     """This group's share of ``pairs`` (taken dynamically); returns its records."""
     X, y, offset, n_global = data
     folds = fold_of(n_global, offset, X.shape[0], cv, seed)
-    records = []
+    records, finished = [], 0
     while True:
+        # a signal on any rank of the group stops the group before its next pair
+        if group.allreduce(int(stop.stop_requested), op=MPI.MAX):
+            return records
         t = counter.next() - base if group.rank == 0 else None
         t = group.bcast(t)
         if t >= len(pairs):
@@ -114,17 +207,25 @@ def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epoc
         except MpimlError as exc:                 # agreed: the whole group is here
             rec.update(score=math.nan, status="failed", error=str(exc).splitlines()[0])
         rec["seconds"] = time.perf_counter() - t0
+        rec["rung"] = rung
         if group.rank == 0:
             records.append(rec)
+            if journal is not None:
+                journal.write(rec)
+        finished += 1
+        _test_signal(world, finished)
 
 
 def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
-           halving=False, eta=3, comm=None):
+           halving=False, eta=3, journal=None, resume=False, comm=None):
     """Cross-validated search; collective over ``comm``. Returns the summary rows (the
     same on every rank), best first.
 
     ``factory(config, comm, epochs)`` builds an unfitted estimator on ``comm``;
-    ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data."""
+    ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data.
+    ``journal``: a directory where finished pairs are recorded; ``resume=True``
+    continues the search recorded there."""
+    from .models.checkpointing import signals
     world = get_comm(comm)
     if int(cv) < 2:
         raise ConfigError(f"--cv must be at least 2, not {cv}", ranks=range(world.size))
@@ -138,25 +239,42 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     if halving:
         n_rungs = max(1, math.floor(math.log(len(configs), eta)) + 1) if len(configs) > 1 else 1
         rungs = [max(1, max_epochs // eta ** (n_rungs - 1 - r)) for r in range(n_rungs)]
+    book = None
+    if journal is not None:
+        book = _Journal(journal, world, {"configs": configs, "cv": int(cv), "seed": int(seed),
+                                         "rungs": rungs, "eta": int(eta), "rows": n_global},
+                        resume)
+    done = book.done if book is not None else {}
     counter = _Counter(world)
     alive = list(range(len(configs)))
-    everything, base = [], 0
+    everything, base, ran = [], 0, 0
+    stop = _Stop()
     t0 = time.perf_counter()
-    for r, epochs in enumerate(rungs):
-        pairs = [(ci, k, configs[ci]) for ci in alive for k in range(int(cv))]
-        mine = _run_pairs(world, group, counter, base, pairs, data, factory, int(cv), seed,
-                          epochs)
-        base += len(pairs) + n_groups          # every group overshoots the counter once
-        records = [rec for part in world.allgather(mine) for rec in part]
-        for rec in records:
-            rec["rung"] = r
-        everything += records
-        summary = summarise(configs, records, alive)
-        ok = [s for s in summary if s["status"] == "ok"]
-        keep = max(1, math.ceil(len(alive) / eta))
-        alive = [s["config_index"] for s in ok[:keep]] if r + 1 < len(rungs) else alive
-        if not alive:
-            break
+    with signals(stop):
+        for r, epochs in enumerate(rungs):
+            pairs = [(ci, k, configs[ci]) for ci in alive for k in range(int(cv))
+                     if (r, ci, k) not in done]
+            mine = _run_pairs(world, group, counter, base, pairs, data, factory, int(cv), seed,
+                              epochs, r, book, stop)
+            base += len(pairs) + n_groups          # every group overshoots the counter once
+            records = [rec for part in world.allgather(mine) for rec in part]
+            ran += len(records)
+            if world.allreduce(int(stop.stop_requested), op=MPI.MAX):
+                counter.free()
+                group.mpi.Free()
+                raise Interrupted(f"stopped by a signal after {ran} fit(s) in this run; the "
+                                  f"finished ones are in {journal}: continue with --resume "
+                                  f"{journal}" if journal else "stopped by a signal",
+                                  ranks=range(world.size), checkpoint=journal)
+            records += [rec for (rr, ci, _), rec in sorted(done.items()) if rr == r and ci in alive]
+            records.sort(key=lambda rec: (rec["config"], rec["fold"]))
+            everything += records
+            summary = summarise(configs, records, alive)
+            ok = [s for s in summary if s["status"] == "ok"]
+            keep = max(1, math.ceil(len(alive) / eta))
+            alive = [s["config_index"] for s in ok[:keep]] if r + 1 < len(rungs) else alive
+            if not alive:
+                break
     counter.free()
     group.mpi.Free()
     # each configuration by the last rung it reached
@@ -166,7 +284,8 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     final = summarise(configs, [rec for rec in everything if rec["rung"] == last[rec["config"]]],
                       range(len(configs)))
     return {"summary": final, "records": everything, "rungs": rungs, "groups": n_groups,
-            "group_size": int(group_size), "seconds": time.perf_counter() - t0}
+            "group_size": int(group_size), "seconds": time.perf_counter() - t0,
+            "fits_run": ran, "fits_resumed": len(everything) - ran}
 
 
 def summarise(configs, records, indices):

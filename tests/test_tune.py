@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from launch import mpirun, rank_exits
+from launch import clean_env, mpirun, rank_exits
 from mpiml.model_selection import fold_of
 
 pytestmark = pytest.mark.launcher
@@ -114,3 +114,44 @@ def test_bad_tune_input(data, tmp_path, args, message):
     assert seconds < 30 and err.count("mpiml: error:") == 1 and message in err, err
     assert rank_exits(err) == [1, 1]
     assert not (tmp_path / "b.h5").exists()
+
+
+HALVING = ["--model", "logistic", "--epochs", 9, "--batch-size", 64, "--grid",
+           "lr=1e-6,1e-5,0.01,0.3", "alpha=1e-4,1e-2", "--cv", 2, "--halving", "--quiet"]
+
+
+def test_a_stopped_search_resumes_where_it_stopped(data, tmp_path):
+    """SIGUSR1 (as Slurm sends before the time limit) stops the search with exit 75 on
+    every rank; --resume at another rank count runs only the missing fits and ends
+    with the uninterrupted search's results."""
+    base = ["tune", "--data", data / "d.h5"] + HALVING
+    code, _, err, _ = mpirun(2, base + ["--out", tmp_path / "whole.h5"], tmp_path, timeout=120)
+    assert code == 0, err
+    env = clean_env(MPIML_TEST_TUNE_SIGNAL="1:2:SIGUSR1")   # rank 1, after its 2nd fit
+    code, out, err, _ = mpirun(2, base + ["--out", tmp_path / "cut.h5"], tmp_path, wrap=True,
+                               env=env, timeout=120)
+    assert rank_exits(err) == [75, 75], err
+    assert err.count("stopped by a signal") == 1 and not (tmp_path / "cut.h5").exists()
+    journal = tmp_path / "cut-tune.journal"
+    with open(journal / "records-0.jsonl") as fh0, open(journal / "records-1.jsonl") as fh1:
+        finished = len(fh0.readlines()) + len(fh1.readlines())
+    # rank 1 stopped after 2 fits; rank 0 (not signalled) finished rung 0's 16
+    assert finished == 16
+    code, out, err, _ = mpirun(3, base + ["--out", tmp_path / "cut.h5", "--resume", journal],
+                               tmp_path, timeout=120)
+    assert code == 0, err
+    assert f"resumed: 16 fit(s) taken from {journal}, 6 run now" in out
+    with open(tmp_path / "whole-tune.json") as fh, open(tmp_path / "cut-tune.json") as fh2:
+        whole, cut = json.load(fh), json.load(fh2)
+    assert [(s["config_index"], s["epochs"], s["mean_score"], s["std_score"])
+            for s in cut["summary"]] == [(s["config_index"], s["epochs"], s["mean_score"],
+                                          s["std_score"]) for s in whole["summary"]]
+    assert cut["fits_run"] == 6 and cut["fits_resumed"] == 16
+    # the journal of a finished search is not overwritten by a fresh run, and a
+    # journal is only resumed by the same search
+    for extra, message in ([[], "holds an earlier search"],
+                           [["--resume", journal, "--cv", 3], "cv differ"]):
+        code, _, err, seconds = mpirun(2, base + ["--out", tmp_path / "cut.h5"] + extra,
+                                       tmp_path, wrap=True)
+        assert seconds < 30 and err.count("mpiml: error:") == 1 and message in err, err
+        assert rank_exits(err) == [1, 1]

@@ -17,10 +17,11 @@ __all__ = ["signals", "step_control", "restore"]
 
 
 @contextlib.contextmanager
-def signals(control):
-    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) request a stop at the
-    next step boundary, when checkpoints are on and we are in the main thread."""
-    if control.save is None or threading.current_thread() is not threading.main_thread():
+def signals(control, enabled=True):
+    """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) set
+    ``control.stop_requested`` (a stop at the next step boundary), when ``enabled`` (a fit:
+    checkpoints are on) and we are in the main thread."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
 

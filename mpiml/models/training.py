@@ -366,7 +366,7 @@ class Trainer(BaseEstimator):
             state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch)
             control.batch = new_batch
 
-        with signals(control), watching(c, self.comm_timeout, control):
+        with signals(control, control.save is not None), watching(c, self.comm_timeout, control):
             try:
                 while self.n_iter_ < target:
                     if steer is not None and steer.pending_batch not in (None, state_["batch"]):
