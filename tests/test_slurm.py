@@ -257,6 +257,57 @@ def test_step_signal_reaches_the_ranks(signalled, launcher):
     assert "batch shell: SIGUSR1" not in log, log
 
 
+def test_tune_job_stops_requeues_and_resumes(slurm, data, tmp_path):
+    """train.sbatch with MPIML_VERB=tune: SIGUSR1 to the batch shell (what
+    --signal=B:USR1 sends) in the middle of the search; every group stops after its
+    current fit (exit 75), the job requeues itself, resumes from the search's journal
+    and ends with the table of an uninterrupted search."""
+    grid = ["--grid", "lr=1e-3,0.01,0.1,0.3", "alpha=1e-5,1e-4,1e-3", "--cv", "3", "--quiet",
+            "--dtype", "float64"]
+    epochs = 3000                  # ~0.2 s a fit: the search lasts several seconds
+    code, _, err, _ = mpirun(2, ["tune", "--data", data / "train.h5", "--model", "logistic",
+                                 "--epochs", epochs, "--batch-size", 16, "--out",
+                                 tmp_path / "ref.h5"] + grid, tmp_path, timeout=120)
+    assert code == 0, err
+    env = _env(slurm, MPIML_VERB="tune", MPIML_DATA=data / "train.h5", MPIML_EPOCHS=epochs,
+               MPIML_BATCH=16, MPIML_OUT=tmp_path / "job.h5", MPIML_EXTRA=" ".join(grid),
+               MPIML_LAUNCHER="mpiexec", MPIML_MPIEXEC=MPIEXEC)
+    p = subprocess.run(["sbatch", "--parsable", "-n", "2", "--overcommit", "--oversubscribe",
+                        "--time=10", f"--output={tmp_path}/tune.out", TRAIN_SBATCH],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.strip().split(";")[0]
+    journal = tmp_path / "job-tune.journal"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60 and not any(
+            f.stat().st_size for f in journal.glob("records-*.jsonl")):
+        time.sleep(0.1)
+    _q(slurm, "scancel", "--signal=USR1", "--batch", job)
+    held = None
+    while time.monotonic() - t0 < 180:
+        queue = _q(slurm, "squeue", "-h", "-j", job, "-o", "%T %r")
+        if not queue:
+            break
+        if queue.split()[0] == "PENDING" and queue.endswith("BeginTime"):
+            held = held or time.monotonic()
+            if time.monotonic() - held > 3:
+                _q(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        else:
+            held = None
+        time.sleep(0.5)
+    log = _read(tmp_path / "tune.out")
+    state, code, restarts = _state(_q(slurm, "scontrol", "show", "job", job))
+    assert (state, code, restarts) == ("COMPLETED", "0:0", 1), log
+    assert "stopped by a signal after" in log and "requeueing job" in log, log
+    assert f"resuming the search journaled in {journal}" in log, log
+    done = re.search(r"resumed: (\d+) fit\(s\) taken from .*, (\d+) run now", log)
+    assert done and int(done.group(1)) >= 1 and int(done.group(2)) >= 1, log
+    with open(tmp_path / "ref-tune.json") as a, open(tmp_path / "job-tune.json") as b:
+        ref, got = json.load(a)["summary"], json.load(b)["summary"]
+    key = [("config_index", "mean_score", "std_score")]
+    assert [[s[k] for k in key[0]] for s in got] == [[s[k] for k in key[0]] for s in ref], log
+
+
 # ------------------------------------------------------ predict and the scaling scripts
 
 def _sbatch_wait(slurm, argv, cwd, env, timeout=90):
