@@ -16,7 +16,8 @@ import numpy as np
 from .comm import get_comm
 from .errors import ConfigError, DataError
 
-__all__ = ["global_class_counts", "class_weights", "resample", "warn_missing_classes", "row_weights"]
+__all__ = ["global_class_counts", "class_weights", "resample", "warn_missing_classes",
+           "row_weights"]
 
 _BLOCK = 1 << 16
 

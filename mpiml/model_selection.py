@@ -75,14 +75,30 @@ def validation_mask(n_global, offset, n_local, fraction, seed=0):
 class KFold:
     """k-fold splitting of distributed rows by global row index.
 
-    ``split(n_global, offset, n_local)`` yields ``(train_mask, val_mask)`` over the
-    local rows for each fold; with ``comm`` and ``X`` use :meth:`split_local`."""
+    Row ``i`` (of all ranks' rows, in rank order) is in validation fold
+    ``pi(i) * n_splits // n`` for a keyed permutation ``pi``: the same assignment at any
+    rank count, and no row moves.
+
+    Parameters
+    ----------
+    n_splits : int
+    random_state : int
+        The permutation's key.
+
+    Examples
+    --------
+    >>> from mpiml.model_selection import KFold                     # doctest: +SKIP
+    >>> for train, val in KFold(5).split_local(X):    # masks of this rank's rows  # doctest: +SKIP
+    ...     est.fit(X[train], y[train]); print(est.score(X[val], y[val]))
+    """
 
     def __init__(self, n_splits=5, *, random_state=0):
         self.n_splits = n_splits
         self.random_state = random_state
 
     def split(self, n_global, offset, n_local):
+        """``(train_mask, val_mask)`` of local rows ``offset .. offset+n_local-1`` (of
+        ``n_global``) for each fold (local: no communication)."""
         folds = fold_of(n_global, offset, n_local, self.n_splits, self.random_state)
         for k in range(int(self.n_splits)):
             val = folds == k

@@ -1,11 +1,12 @@
 """Distributed feature scaling: statistics of all ranks' rows, from one Allreduce.
 
-Each rank summarises its rows as (count, mean as one of its rows plus a residual, M2 =
-sum of squared deviations from the mean, min, max) with a corrected two-pass algorithm over blocks of rows; the
-summaries are merged pairwise in rank order by a user-defined, non-commutative MPI
-reduction (the parallel-variance merge: ``M2 = M2a + M2b + delta^2 na nb / n``), so the
-result does not lose precision on features with a large mean and a tiny variance, as
-sums of squares would, and is the same on every rank.
+Each rank summarises its rows as (count, a shift row, mean - shift, M2 = sum of squared
+deviations from the mean, min, max) with a corrected two-pass algorithm over blocks of
+rows (the passes are Cython kernels, ``csrc/stats.pyx``); the summaries are merged
+pairwise in rank order by a user-defined, non-commutative MPI reduction (the
+parallel-variance merge: ``M2 = M2a + M2b + delta^2 na nb / n``), so the result does
+not lose precision on features with a large mean and a tiny variance, as sums of
+squares would, and is the same on every rank.
 """
 import numpy as np
 from mpi4py import MPI
@@ -127,8 +128,30 @@ def _constant(var, mean, n):
 class StandardScaler:
     """``(x - mean) / std`` with the global mean and (population) variance.
 
-    Attributes after ``fit`` follow scikit-learn: ``mean_``, ``var_``, ``scale_``,
-    ``n_samples_seen_``, ``n_features_in_``. Constant features get ``scale_ = 1``.
+    ``fit`` is collective: every rank passes its own rows, and every rank ends with the
+    statistics of all of them (one Allreduce). ``transform`` is local.
+
+    Parameters
+    ----------
+    with_mean, with_std : bool
+        Centre / scale (as scikit-learn).
+    comm : mpi4py communicator or mpiml Comm, optional
+
+    Attributes
+    ----------
+    mean_, var_, scale_ : ndarray (n_features,)
+        As scikit-learn's; constant features get ``scale_ = 1``.
+    n_samples_seen_, n_features_in_ : int
+
+    Examples
+    --------
+    >>> from mpiml import load_hdf5                                 # doctest: +SKIP
+    >>> from mpiml.preprocessing import StandardScaler              # doctest: +SKIP
+    >>> X, y = load_hdf5("train.h5")          # this rank's rows     # doctest: +SKIP
+    >>> Z = StandardScaler().fit_transform(X) # global statistics    # doctest: +SKIP
+
+    To keep the scaling with a model (saved in its file, applied by predict), pass
+    ``scaler="standard"`` to the estimator instead.
     """
 
     kind = "standard"
@@ -184,8 +207,25 @@ class StandardScaler:
 class MinMaxScaler(StandardScaler):
     """Scale each feature to ``feature_range`` with the global min and max.
 
-    Attributes after ``fit`` follow scikit-learn: ``data_min_``, ``data_max_``,
-    ``data_range_``, ``scale_``, ``min_`` (``transform(X) = X * scale_ + min_``)."""
+    ``fit`` is collective (one Allreduce, shared with :class:`StandardScaler`'s
+    statistics); ``transform`` is local.
+
+    Parameters
+    ----------
+    feature_range : (min, max)
+    comm : mpi4py communicator or mpiml Comm, optional
+
+    Attributes
+    ----------
+    data_min_, data_max_, data_range_, scale_, min_ : ndarray (n_features,)
+        As scikit-learn's: ``transform(X) = X * scale_ + min_``.
+    n_samples_seen_, n_features_in_ : int
+
+    Examples
+    --------
+    >>> from mpiml.preprocessing import MinMaxScaler                # doctest: +SKIP
+    >>> Z = MinMaxScaler((-1, 1)).fit(X).transform(X)               # doctest: +SKIP
+    """
 
     kind = "minmax"
 

@@ -313,11 +313,42 @@ def summarise(configs, records, indices):
 class GridSearchCV:
     """Cross-validated grid search of an mpiml estimator over groups of ranks.
 
-    ``GridSearchCV(SGDClassifier(loss="log_loss"), {"eta0": [0.01, 0.1]}, cv=3,
-    group_size=2).fit("train.h5")`` — ``fit`` takes an HDF5 path (each group reads its
-    own rows) or a callable ``load(comm) -> (X, y)``. After ``fit``: ``cv_results_``
-    (rows best first), ``best_params_``, ``best_score_`` and ``best_estimator_``
-    (refitted on all ranks). Epochs come from the estimator's ``max_iter``."""
+    ``fit`` is collective over ``comm``: the ranks are split into groups of
+    ``group_size``; each group trains its share of the (configuration, fold) pairs,
+    data-parallel inside the group, taking pairs dynamically.
+
+    Parameters
+    ----------
+    estimator : an mpiml estimator (unfitted); its ``max_iter`` is the epochs per fit
+    param_grid : dict of name -> list of values (the estimator's parameter names)
+    cv : int
+        Folds (by global row index: the same at any rank count).
+    group_size : int
+        Ranks per group; must divide the number of ranks.
+    halving, eta : successive halving over epochs (see :func:`search`)
+    refit : bool
+        Retrain the best configuration on all data with all ranks.
+    random_state : int
+        Seed of the folds (and of the draw, for :class:`RandomizedSearchCV`).
+    comm : mpi4py communicator or mpiml Comm, optional
+
+    Attributes
+    ----------
+    cv_results_ : list of dict, best first (params, mean_score, std_score, status, ...)
+    best_params_, best_score_, best_estimator_, search_ (every fit's record)
+
+    Examples
+    --------
+    >>> from mpiml import SGDClassifier                             # doctest: +SKIP
+    >>> from mpiml.tune import GridSearchCV                         # doctest: +SKIP
+    >>> g = GridSearchCV(SGDClassifier(learning_rate="constant", max_iter=5),
+    ...                  {"eta0": [0.01, 0.1], "scaler": [None, "standard"]},
+    ...                  cv=3, group_size=2).fit("train.h5")        # doctest: +SKIP
+    >>> g.best_params_                                              # doctest: +SKIP
+
+    ``fit`` takes an HDF5 path (each group reads its own rows) or a callable
+    ``load(comm) -> (X, y)`` returning that communicator's share of the rows.
+    """
 
     search_kind = "grid"
 
