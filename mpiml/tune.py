@@ -188,6 +188,9 @@ def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epoc
     X, y, offset, n_global = data
     folds = fold_of(n_global, offset, X.shape[0], cv, seed)
     records, finished = [], 0
+    # the fold's row selections (copies) are kept while consecutive pairs share the fold
+    # (pairs are ordered fold by fold); one fold at a time bounds the extra memory
+    split = {}
     while True:
         # a signal on any rank of the group stops the group before its next pair
         if group.allreduce(int(stop.stop_requested), op=MPI.MAX):
@@ -197,13 +200,17 @@ def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epoc
         if t >= len(pairs):
             return records
         ci, k, config = pairs[t]
-        train, val = folds != k, folds == k
         t0 = time.perf_counter()
+        if k not in split:
+            split.clear()
+            train, val = folds != k, folds == k
+            split[k] = (X[train], y[train], X[val], y[val])
+        Xt, yt, Xv, yv = split[k]
         rec = {"config": ci, "fold": k, "epochs": epochs}
         try:
             est = factory(config, group, epochs)
-            est.fit(X[train], y[train])
-            rec.update(score=float(est.score(X[val], y[val])), status="ok")
+            est.fit(Xt, yt)
+            rec.update(score=float(est.score(Xv, yv)), status="ok")
         except MpimlError as exc:                 # agreed: the whole group is here
             rec.update(score=math.nan, status="failed", error=str(exc).splitlines()[0])
         rec["seconds"] = time.perf_counter() - t0
@@ -252,7 +259,7 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     t0 = time.perf_counter()
     with signals(stop):
         for r, epochs in enumerate(rungs):
-            pairs = [(ci, k, configs[ci]) for ci in alive for k in range(int(cv))
+            pairs = [(ci, k, configs[ci]) for k in range(int(cv)) for ci in alive
                      if (r, ci, k) not in done]
             mine = _run_pairs(world, group, counter, base, pairs, data, factory, int(cv), seed,
                               epochs, r, book, stop)
