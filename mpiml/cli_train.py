@@ -8,9 +8,11 @@ from .cli import MODELS
 
 
 def _hidden(text):
+    """Layer sizes from ``"256,256"`` (or ``"256x256"``, the form a ``tune --grid`` value
+    takes, where commas separate the values; a grid value of one layer is an int)."""
     from .errors import ConfigError
     try:
-        sizes = tuple(int(h) for h in text.split(","))
+        sizes = tuple(int(h) for h in str(text).replace("x", ",").split(","))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:

@@ -19,7 +19,8 @@ def add_parser(sub, train_parser):
                     "configuration is retrained on all data with all ranks and saved to --out.")
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
                    help="values to search; NAME is a train option (lr, alpha, batch_size, "
-                        "epochs, momentum, l1_ratio, penalty, hidden, ...)")
+                        "epochs, momentum, l1_ratio, penalty, scale, hidden: 64,128x128 for "
+                        "one layer of 64 or two of 128, ...)")
     p.add_argument("--search", default="grid", help="grid (default) or random:N")
     p.add_argument("--halving", action="store_true",
                    help="successive halving: few epochs for all, more for the best third")
@@ -82,7 +83,9 @@ def cmd_tune(args):
     dtype = None if args.dtype == "auto" else args.dtype
 
     def load(comm):
-        return load_hdf5(args.data, X=args.X, y=args.y, comm=comm, dtype=dtype, require_y=True)
+        # the ranks of a model-parallel group read the same rows (all features)
+        return load_hdf5(args.data, X=args.X, y=args.y, comm=comm, dtype=dtype, require_y=True,
+                         model_parallel=args.model_parallel)
 
     prefix = args.results or (args.out[:-3] if args.out.endswith(".h5") else args.out) + "-tune"
     journal = args.resume or prefix + ".journal"
@@ -93,7 +96,8 @@ def cmd_tune(args):
     t0 = time.perf_counter()
     res = search(_factory(args), configs, load, cv=args.cv, group_size=args.group_size,
                  seed=args.seed, max_epochs=args.epochs, halving=args.halving, eta=args.eta,
-                 journal=journal, resume=bool(args.resume), comm=c)
+                 journal=journal, resume=bool(args.resume),
+                 model_parallel=args.model_parallel, comm=c)
     if res["fits_resumed"]:
         c.print0(f"resumed: {res['fits_resumed']} fit(s) taken from {journal}, "
                  f"{res['fits_run']} run now")
@@ -109,8 +113,10 @@ def cmd_tune(args):
     X, y = load(c)
     est.fit(X, y)
     est.save(args.out)
+    from .comm import get_grid
+    n_rows = get_grid(c, args.model_parallel).data.allreduce(X.shape[0])
     c.print0(f"best {best['params']}: CV score {best['mean_score']:.6g} ± "
-             f"{best['std_score']:.2g}; retrained on all {c.allreduce(X.shape[0])} rows and "
+             f"{best['std_score']:.2g}; retrained on all {n_rows} rows and "
              f"saved to {args.out} ({time.perf_counter() - t0:.1f} s in all); results in "
              f"{prefix}.csv/.json/.png")
     return 0

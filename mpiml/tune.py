@@ -31,7 +31,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .comm import Comm, get_comm
+from .comm import Comm, get_comm, get_grid
 from .errors import ConfigError, Interrupted, MpimlError
 from .model_selection import fold_of
 
@@ -224,22 +224,32 @@ def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epoc
 
 
 def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
-           halving=False, eta=3, journal=None, resume=False, comm=None):
+           halving=False, eta=3, journal=None, resume=False, model_parallel=1, comm=None):
     """Cross-validated search; collective over ``comm``. Returns the summary rows (the
     same on every rank), best first.
 
     ``factory(config, comm, epochs)`` builds an unfitted estimator on ``comm``;
     ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data.
     ``journal``: a directory where finished pairs are recorded; ``resume=True``
-    continues the search recorded there."""
+    continues the search recorded there. ``model_parallel=K``: the estimators split
+    their weights over ``K`` ranks of a group (which must be a multiple of ``K``), and
+    ``load`` gives the ``K`` ranks of each model-parallel group the same rows
+    (``load_hdf5(..., model_parallel=K)``)."""
     from .models.checkpointing import signals
     world = get_comm(comm)
     if int(cv) < 2:
         raise ConfigError(f"--cv must be at least 2, not {cv}", ranks=range(world.size))
+    if int(model_parallel) < 1 or int(group_size) % int(model_parallel):
+        raise ConfigError(f"--group-size {group_size} must be a multiple of --model-parallel "
+                          f"{model_parallel}: each fit's weights are split inside its group",
+                          ranks=range(world.size))
     group, gi, n_groups = split_groups(world, group_size)
     X, y = load(group)
-    n_global = group.allreduce(X.shape[0])
-    data = (X, y, group.exscan(X.shape[0]), n_global)
+    # rows are counted over the group's data-parallel ranks (a model-parallel group's
+    # ranks hold the same rows)
+    rows = get_grid(group, int(model_parallel)).data
+    n_global = rows.allreduce(X.shape[0])
+    data = (X, y, rows.exscan(X.shape[0]), n_global)
     if int(cv) > n_global:
         raise ConfigError(f"--cv {cv} is more than the {n_global} rows", ranks=range(world.size))
     rungs = [max_epochs]
@@ -374,9 +384,10 @@ class GridSearchCV:
         from .io import load_hdf5
 
         world = get_comm(self.comm)
-        load = data if callable(data) else (
-            lambda comm: load_hdf5(data, X=X, y=y, comm=comm, require_y=True))
         base = self.estimator.get_params()
+        k = int(base.get("model_parallel", 1))
+        load = data if callable(data) else (
+            lambda comm: load_hdf5(data, X=X, y=y, comm=comm, require_y=True, model_parallel=k))
 
         def factory(config, comm, epochs):
             params = dict(base, **config, comm=comm, max_iter=epochs, verbose=0)
@@ -385,7 +396,7 @@ class GridSearchCV:
         configs = self._configs()
         res = search(factory, configs, load, cv=self.cv, group_size=self.group_size,
                      seed=self.random_state, max_epochs=int(base.get("max_iter", 5)),
-                     halving=self.halving, eta=self.eta, comm=world)
+                     halving=self.halving, eta=self.eta, model_parallel=k, comm=world)
         self.cv_results_ = res["summary"]
         self.search_ = res
         best = next((s for s in res["summary"] if s["status"] == "ok"), None)

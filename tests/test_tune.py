@@ -155,3 +155,43 @@ def test_a_stopped_search_resumes_where_it_stopped(data, tmp_path):
                                        tmp_path, wrap=True)
         assert seconds < 30 and err.count("mpiml: error:") == 1 and message in err, err
         assert rank_exits(err) == [1, 1]
+
+
+def test_grid_over_mlp_layers(data, tmp_path):
+    """--grid hidden=8,16x16: one layer of 8 or two of 16 (commas separate the values)."""
+    code, out, err, _ = mpirun(2, ["tune", "--data", data / "d.h5", "--model", "mlp", "--epochs",
+                                   2, "--batch-size", 64, "--grid", "hidden=8,16x16", "--cv", 2,
+                                   "--out", tmp_path / "best.h5", "--quiet"], tmp_path,
+                               timeout=120)
+    assert code == 0, err
+    with open(tmp_path / "best-tune.json") as fh:
+        summary = json.load(fh)["summary"]
+    assert sorted(str(s["params"]["hidden"]) for s in summary) == ["16x16", "8"]
+    assert all(s["status"] == "ok" for s in summary), summary
+    with h5py.File(tmp_path / "best.h5", "r") as f:
+        layers = [f[f"coef_{i}"].shape for i in range(int(f.attrs["n_layers"]))]
+    best = summary[0]["params"]["hidden"]
+    assert layers == ([(6, 8), (8, 1)] if best == 8 else [(6, 16), (16, 16), (16, 1)])
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_model_parallel_fits_inside_the_groups(tmp_path, n):
+    """--model-parallel K with --group-size K: each fit's softmax is split by classes over
+    its group; the CV scores equal a serial loop of unsplit models (1e-8)."""
+    code, _, err, _ = mpirun(1, ["make-data", "--task", "multiclass", "--classes", 3, "--rows",
+                                 900, "--features", 5, "--seed", 4, "--dtype", "float64",
+                                 "--out", tmp_path / "m.h5"], tmp_path)
+    assert code == 0, err
+    code, out, err, _ = mpirun(n, ["tune", "--data", tmp_path / "m.h5", "--model", "softmax",
+                                   "--epochs", 2, "--batch-size", 64, "--grid", "lr=0.01,0.3",
+                                   "--cv", 2, "--group-size", n, "--model-parallel", n,
+                                   "--out", tmp_path / "best.h5", "--quiet"], tmp_path,
+                               timeout=120)
+    assert code == 0, err
+    assert "retrained on all 900 rows" in out
+    with open(tmp_path / "best-tune.json") as fh:
+        summary = json.load(fh)["summary"]
+    ref = _serial_scores(tmp_path / "m.h5", [0.01, 0.3], 2, epochs=2)
+    for s in summary:
+        mean, std = ref[s["params"]["lr"]]
+        assert s["status"] == "ok" and abs(s["mean_score"] - mean) < 1e-8, (s, mean)

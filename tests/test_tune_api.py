@@ -31,6 +31,23 @@ def test_grid_search_is_the_same_for_every_group_size(comm, shared_tmp):
         assert g.best_estimator_.score(*_local(path, comm)) > 0.85
 
 
+@pytest.mark.mpi
+def test_grid_search_with_model_parallel_estimators(comm, shared_tmp):
+    """An estimator with model_parallel=K is split inside each group of K ranks (the
+    loader gives a model-parallel group the same rows); scores equal unsplit fits."""
+    from test_tune import _serial_scores
+
+    path = os.path.join(shared_tmp, "d.h5")
+    make_data("binary", 900, 6, path, seed=3, dtype="float64", comm=comm)
+    ref = _serial_scores(path, [1e-5, 0.3], 2)
+    est = _est().set_params(model_parallel=comm.size, shard="features")
+    g = GridSearchCV(est, {"eta0": [1e-5, 0.3]}, cv=2, group_size=comm.size,
+                     comm=comm).fit(path)
+    for s in g.cv_results_:
+        mean, _ = ref[s["params"]["eta0"]]
+        assert s["status"] == "ok" and abs(s["mean_score"] - mean) < 1e-8, s
+
+
 def _local(path, comm):
     from mpiml import load_hdf5
     return load_hdf5(path, comm=comm)
