@@ -12,6 +12,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 try:
     from ._kernels import sgd as _sgd  # noqa: F401
+    from ._kernels import stats as _stats  # noqa: F401
 except ImportError as _exc:  # pragma: no cover - depends on how mpiml was installed
     raise ImportError(
         f"mpiml's compiled kernels are missing ({_exc}). If you are importing the source "

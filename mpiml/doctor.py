@@ -117,8 +117,9 @@ def run_checks(comm=None):
 
     # ---------------------------------------------------------------- the kernels
     try:
-        from ._kernels import sgd
-        add("ok", "kernels", f"compiled ({', '.join(sgd.DTYPES)}), flags {sgd.COMPILE_FLAGS}")
+        from ._kernels import sgd, stats  # noqa: F401 - stats: the scaler's kernels
+        add("ok", "kernels", f"compiled (sgd, stats; {', '.join(sgd.DTYPES)}), flags "
+            f"{sgd.COMPILE_FLAGS}")
         if "-march=native" in sgd.COMPILE_FLAGS:
             add("warn", "kernels", "built with -march=native: may crash (SIGILL) on other CPUs",
                 "rebuild without MPIML_NATIVE for a cluster-wide install")
