@@ -135,9 +135,15 @@ def _held_out(args, c, grid, n_local):
     offset = grid.data.exscan(n_local)
     n_global = grid.data.allreduce(n_local)
     try:
-        return validation_mask(n_global, offset, n_local, args.val_fraction, seed=args.seed)
+        mask = validation_mask(n_global, offset, n_local, args.val_fraction, seed=args.seed)
     except ConfigError as exc:
         raise ConfigError(f"--val-fraction: {exc}", ranks=range(c.size)) from None
+    n_val = int(round(float(args.val_fraction) * n_global))
+    if not 0 < n_val < n_global:
+        raise ConfigError(f"--val-fraction {args.val_fraction} of {n_global} rows holds out "
+                          f"{n_val}: it must leave at least one row on each side",
+                          ranks=range(c.size))
+    return mask
 
 
 def cmd_train(args):

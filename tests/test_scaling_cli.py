@@ -141,6 +141,7 @@ def test_tune_fits_the_scaler_on_each_folds_training_rows(raw, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--standardize", "--scale", "minmax"], "disagree"),
     (["--val-fraction", "1.5"], "between 0 and 1"),
+    (["--val-fraction", "0.0001"], "at least one row on each side"),
     (["--val-fraction", "0.2", "--val", "VAL"], "not both"),
     (["--scale", "zscore"], "invalid choice")])
 def test_bad_scaling_input(raw, tmp_path, args, message):
