@@ -143,6 +143,10 @@ def build_parser():
     g.add_argument("--val-fraction", type=float, default=None, metavar="F",
                    help="hold out this fraction of the rows, chosen by global row index and "
                         "--seed (the same rows at any rank count): metrics after every epoch")
+    g.add_argument("--early-stopping", action="store_true",
+                   help="with --val or --val-fraction: stop when the validation loss has not "
+                        "improved by --tol (default 0) for --n-iter-no-change epochs (--tol "
+                        "then no longer applies to the training loss)")
     g = p.add_argument_group("class imbalance")
     g.add_argument("--class-weight", default=None, metavar="balanced|JSON",
                    help="'balanced' (from the global class counts) or a JSON map label -> weight")

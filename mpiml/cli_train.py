@@ -155,6 +155,18 @@ def cmd_train(args):
     c = get_comm()
     est = _estimator(args, c)
     c.run(est._validate_params)
+    callbacks = None
+    if args.early_stopping:
+        from .errors import ConfigError
+        from .models.steering import EarlyStopping
+        if not (args.val or args.val_fraction):
+            raise ConfigError("--early-stopping watches the validation loss: give --val FILE "
+                              "or --val-fraction F", ranks=range(c.size))
+        # as scikit-learn's early_stopping: --tol then applies to the validation loss,
+        # not to the training loss
+        callbacks = [EarlyStopping("val_loss", patience=args.n_iter_no_change,
+                                   min_delta=args.tol or 0.0)]
+        est.set_params(tol=None)
     grid = get_grid(c, args.model_parallel)
     if args.dry_run:
         _dry_run(args, c, grid)
@@ -225,13 +237,15 @@ def cmd_train(args):
     if args.resume:
         c.print0(f"resuming from {args.resume}")
     est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
-            sample_weight=sample_weight)
+            sample_weight=sample_weight, callbacks=callbacks)
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     if est.scaler is not None:
         from .models.scaling import describe
         c.print0(describe(est))
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
+    if est.stopped_by_ and est.stopped_by_.startswith("early stopping"):
+        c.print0(f"stopped after epoch {est.n_iter_}: {est.stopped_by_}")
     c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {t_fit:.2f} s "
              f"({n * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s in the "
              f"epochs), final loss {est.loss_curve_[-1]:.6g}; saved {args.out}")

@@ -113,6 +113,34 @@ def test_val_fraction_holds_out_the_same_rows_at_any_rank_count(raw, tmp_path):
     np.testing.assert_allclose(finals[2], finals[0], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_early_stopping_on_the_held_out_rows(raw, tmp_path, n):
+    """--early-stopping: stop when the validation loss has not improved by more than --tol
+    for --n-iter-no-change epochs (the rule recomputed here from the logged losses)."""
+    path, _, _ = raw
+    run = tmp_path / "run"
+    code, out, err, _ = mpirun(n, ["train", "--data", path, "--out", tmp_path / "m.h5",
+                                   "--model", "logistic", "--standardize", "--val-fraction",
+                                   0.2, "--early-stopping", "--n-iter-no-change", 2, "--tol",
+                                   0.002, "--lr", 1.0, "--epochs", 60, "--batch-size", 64,
+                                   "--dtype", "float64", "--quiet", "--run-dir", run], tmp_path,
+                               timeout=120)
+    assert code == 0, err
+    losses = [r["val_loss"] for r in _val_records(run)]
+    best, wait, stop = None, 0, None
+    for epoch, v in enumerate(losses, 1):
+        if best is None or v < best - 0.002:
+            best, wait = v, 0
+        else:
+            wait += 1
+            if wait == 2:
+                stop = epoch
+                break
+    assert stop is not None and len(losses) == stop < 60, losses
+    assert f"stopped after epoch {stop}: early stopping: val_loss did not improve by more " \
+           f"than 0.002" in out, out
+
+
 def test_tune_fits_the_scaler_on_each_folds_training_rows(raw, tmp_path):
     path, X, y = raw
     lrs, cv = [0.01, 0.3], 3
@@ -143,7 +171,8 @@ def test_tune_fits_the_scaler_on_each_folds_training_rows(raw, tmp_path):
     (["--val-fraction", "1.5"], "between 0 and 1"),
     (["--val-fraction", "0.0001"], "at least one row on each side"),
     (["--val-fraction", "0.2", "--val", "VAL"], "not both"),
-    (["--scale", "zscore"], "invalid choice")])
+    (["--scale", "zscore"], "invalid choice"),
+    (["--early-stopping"], "give --val FILE or --val-fraction F")])
 def test_bad_scaling_input(raw, tmp_path, args, message):
     path, _, _ = raw
     args = [str(path) if a == "VAL" else a for a in args]

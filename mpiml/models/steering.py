@@ -133,7 +133,14 @@ class EarlyStopping:
     def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, mode=None):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.mode = mode or ("max" if "acc" in monitor or "r2" in monitor else "min")
-        self.best, self.wait = None, 0
+        self.best, self.wait, self.best_epoch = None, 0, None
+
+    @property
+    def reason(self):
+        """Why it stopped the fit (``estimator.stopped_by_``)."""
+        by = f" by more than {self.min_delta:g}" if self.min_delta else ""
+        return (f"early stopping: {self.monitor} did not improve{by} on {self.best:.6g} "
+                f"(epoch {self.best_epoch}) for {self.patience} epochs")
 
     def on_epoch_end(self, estimator, logs):
         v = logs.get(self.monitor)
@@ -142,7 +149,7 @@ class EarlyStopping:
         better = (self.best is None or (v < self.best - self.min_delta if self.mode == "min"
                                         else v > self.best + self.min_delta))
         if better:
-            self.best, self.wait = v, 0
+            self.best, self.wait, self.best_epoch = v, 0, logs.get("epoch")
             return False
         self.wait += 1
         return self.wait >= self.patience

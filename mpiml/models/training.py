@@ -406,8 +406,10 @@ class Trainer(BaseEstimator):
                         progress.write(f"epoch {self.n_iter_}: loss {mean_loss:.6g}{val}  "
                                        f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
                                        f"({stats.steps} steps, {stats.seconds:.3g} s)")
-                    if any([bool(cb.on_epoch_end(self, logs)) for cb in callbacks or ()]):
-                        stopped = "a callback"
+                    # every callback sees every epoch, also after one asked to stop
+                    hits = [cb for cb in callbacks or () if bool(cb.on_epoch_end(self, logs))]
+                    if hits:
+                        stopped = getattr(hits[0], "reason", None) or "a callback"
                         break
                     for name in ("eta0", "learning_rate_init", "momentum", "alpha"):
                         if hasattr(self, name):     # a callback may have changed them
