@@ -73,7 +73,8 @@ def cmd_tune(args):
     unused = [opt for opt, v in (("--val", args.val), ("--val-fraction", args.val_fraction),
                                  ("--resample", args.resample),
                                  ("--sample-weight", args.sample_weight),
-                                 ("--dry-run", args.dry_run)) if v]
+                                 ("--dry-run", args.dry_run),
+                                 ("--early-stopping", args.early_stopping)) if v]
     if unused:
         raise ConfigError(f"mpiml tune does not take {', '.join(unused)} (its folds are the "
                           "validation; train the chosen configuration with mpiml train for "
