@@ -233,6 +233,7 @@ def cmd_train(args):
         RunDir(args.run_dir, c.rank).log({"event": "load", "data": os.path.abspath(args.data),
                                           "seconds_min": min(loads), "seconds_max": max(loads)})
         c.print0(f"steer with: mpiml ctl {args.run_dir} status | set lr=... | pause | stop")
+    n = grid.data.allreduce(X.shape[0])     # the training rows (after a split / resampling)
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
