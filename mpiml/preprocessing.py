@@ -99,6 +99,19 @@ def _merge_op():
     return _MERGE_OP
 
 
+def scale_rows(X, offset, scale, inplace=False):
+    """``(X - offset) / scale`` per column, computed in float64 and rounded once to X's
+    type (float64 unless X is float32 or float64), in one kernel pass. With ``inplace``
+    X (then a C-contiguous float32/float64 array) is overwritten and returned."""
+    off = np.ascontiguousarray(offset, dtype=np.float64)
+    fac = np.ascontiguousarray(scale, dtype=np.float64)
+    if not inplace:
+        X = np.array(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64,
+                     order="C")
+    _k.scale_rows(X, off, fac)
+    return X
+
+
 def global_summary(X, comm=None):
     """Merged (n, mean, var, min, max) of every rank's rows (collective)."""
     c = get_comm(comm)
@@ -191,9 +204,9 @@ class StandardScaler:
 
     def transform(self, X):
         X = self._check(X)
-        off, scale = self.offset_and_scale()
-        dtype = X.dtype if X.dtype.kind == "f" else np.float64
-        return ((X - off) / scale).astype(dtype, copy=False)
+        out = scale_rows(X, *self.offset_and_scale())
+        # another floating type (float16) keeps its type, as scikit-learn's does
+        return out.astype(X.dtype, copy=False) if X.dtype.kind == "f" else out
 
     def inverse_transform(self, X):
         X = self._check(X)

@@ -12,8 +12,8 @@ prediction see bit-identical scaled rows.
 """
 import numpy as np
 
-from .._kernels import stats as _k
 from ..errors import DataError
+from ..preprocessing import MinMaxScaler, StandardScaler, scale_rows
 
 __all__ = ["SCALERS", "check_scaler", "fit_scaler", "transform", "scaler_arrays",
            "restore_scaler", "raw_linear", "describe"]
@@ -30,8 +30,6 @@ def fit_scaler(est, grid, X, columns):
     """Set ``est.scale_offset_`` / ``est.scale_factor_`` from every replica's rows
     (collective over the grid). A feature-sharded fit (``columns=(lo, hi, d)``) computes
     its columns' statistics and assembles the whole vectors over the model-parallel group."""
-    from ..preprocessing import MinMaxScaler, StandardScaler
-
     est.__dict__.pop("scale_offset_", None)
     est.__dict__.pop("scale_factor_", None)
     if est.scaler is None:
@@ -64,22 +62,14 @@ def _vectors(est, width, columns):
     return off, fac
 
 
-def transform(est, X, out=None, columns=None):
-    """The model's input from raw rows: ``(X - offset) / factor`` as X's floating type
-    (float64 for integer input). Returns X itself when the model has no scaler. With
-    ``out`` (a C-contiguous float array; may be X itself) the result is written there.
-    ``columns=(lo, hi, d)``: X holds only those columns (a feature-sharded fit)."""
+def transform(est, X, inplace=False, columns=None):
+    """The model's input from raw rows: ``(X - offset) / factor``
+    (:func:`mpiml.preprocessing.scale_rows`; in place with ``inplace``). Returns X itself
+    when the model has no scaler. ``columns=(lo, hi, d)``: X holds only those columns (a
+    feature-sharded fit)."""
     if not hasattr(est, "scale_offset_"):
         return X
-    off, fac = _vectors(est, X.shape[1], columns)
-    off, fac = np.ascontiguousarray(off), np.ascontiguousarray(fac)
-    if out is None:
-        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
-        out = np.array(X, dtype=dtype, order="C")
-    elif out is not X:
-        out[...] = X
-    _k.scale_rows(out, off, fac)          # in place, one pass
-    return out
+    return scale_rows(X, *_vectors(est, X.shape[1], columns), inplace=inplace)
 
 
 def scaler_arrays(est):

@@ -294,7 +294,7 @@ class Trainer(BaseEstimator):
         if hasattr(self, "scale_offset_"):
             # in place when Xl is already this fit's own copy
             own = perm is not None or not np.may_share_memory(Xl, X)
-            Xl = transform(self, Xl, out=Xl if own else None, columns=columns)
+            Xl = transform(self, Xl, inplace=own, columns=columns)
         engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
         if sw is not None:
             engine.set_sample_weight(sw)
