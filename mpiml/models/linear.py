@@ -11,7 +11,7 @@ from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
 from .base import check_local_X
-from .scaling import scaler_arrays, transform
+from .scaling import transform
 from .training import Trainer
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
@@ -207,19 +207,13 @@ class _BaseSGD(Trainer):
         """Write the model to an HDF5 file (collective; rank 0 writes). A sharded model
         is gathered first: the file holds the logical weights, loadable at any
         ``model_parallel`` and rank count."""
-        from ..io import save_model
         self._check_fitted()
         coef, intercept = (self.gather_coef() if hasattr(self, "shard_")
                            else (np.atleast_2d(self.coef_), self.intercept_))
         arrays = {"coef": coef, "intercept": intercept}
         if self._is_classifier:
             arrays["classes"] = self.classes_
-        params = {k: v for k, v in self.get_params().items() if k != "comm"}
-        attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_}
-        more, more_attrs = scaler_arrays(self)
-        arrays.update(more)
-        attrs.update(more_attrs)
-        save_model(path, type(self).__name__, params, arrays, comm=self.comm, extra_attrs=attrs)
+        self._write_model(path, arrays)
 
 
 class SGDClassifier(_BaseSGD):

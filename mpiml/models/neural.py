@@ -8,7 +8,7 @@ from ..comm import get_comm, get_grid
 from ..errors import DataError, NotFittedError
 from ..parallel.network import ACTIVATIONS, MLPEngine, Network
 from .base import check_local_X
-from .scaling import restore_scaler, scaler_arrays, transform
+from .scaling import restore_scaler, transform
 from .training import Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor", "load_mlp"]
@@ -194,7 +194,6 @@ class _BaseMLP(Trainer):
 
     def save(self, path):
         """Write the model with its logical weights (collective; rank 0 writes)."""
-        from ..io import save_model
         coefs, intercepts = self.gather_params()
         arrays = {}
         for i, (W, b) in enumerate(zip(coefs, intercepts)):
@@ -202,14 +201,8 @@ class _BaseMLP(Trainer):
             arrays[f"intercept_{i}"] = b
         if hasattr(self, "classes_"):
             arrays["classes"] = self.classes_
-        params = {k: v for k, v in self.get_params().items() if k != "comm"}
-        params["hidden_layer_sizes"] = list(self._hidden())
-        attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_,
-                 "n_layers": len(coefs), "output": self._net.output}
-        more, more_attrs = scaler_arrays(self)
-        arrays.update(more)
-        attrs.update(more_attrs)
-        save_model(path, type(self).__name__, params, arrays, comm=self.comm, extra_attrs=attrs)
+        self._write_model(path, arrays, params={"hidden_layer_sizes": list(self._hidden())},
+                          attrs={"n_layers": len(coefs), "output": self._net.output})
 
 
 def _loss_sum(out, y_enc, output):

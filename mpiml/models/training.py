@@ -38,7 +38,7 @@ from ..runctl import RunDir
 from ..watchdog import watching
 from .base import BaseEstimator, check_local_X
 from .checkpointing import restore, signals, step_control
-from .scaling import check_scaler, fit_scaler, transform
+from .scaling import check_scaler, fit_scaler, scaler_arrays, transform
 from .steering import Progress, Steering, epoch_logs, set_engine_hyper
 
 __all__ = ["Trainer"]
@@ -474,6 +474,19 @@ class Trainer(BaseEstimator):
                       "max_update_staleness": self.ps_stats_["max_update_staleness"]})
 
     # ------------------------------------------------------------ fitted state
+    def _write_model(self, path, arrays, params=None, attrs=None):
+        """Write the model file (collective; rank 0 writes): the subclass's datasets,
+        ``params`` and ``attrs`` added to what every estimator stores (its parameters,
+        ``n_features_in``, ``n_iter`` and the scaler)."""
+        from ..io import save_model
+        more, more_attrs = scaler_arrays(self)
+        params = {**{k: v for k, v in self.get_params().items() if k != "comm"},
+                  **(params or {})}
+        attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_,
+                 **(attrs or {}), **more_attrs}
+        save_model(path, type(self).__name__, params, {**arrays, **more}, comm=self.comm,
+                   extra_attrs=attrs)
+
     def _check_fitted(self):
         if not hasattr(self, "n_features_in_") or not hasattr(self, "n_iter_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
