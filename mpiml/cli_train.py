@@ -167,9 +167,6 @@ def cmd_train(args):
         if not (args.val or args.val_fraction):
             raise ConfigError("--early-stopping watches the validation loss: give --val FILE "
                               "or --val-fraction F", ranks=range(c.size))
-        if args.sync.startswith("ps"):
-            raise ConfigError("--early-stopping needs a synchronous epoch end; it does not "
-                              "combine with --sync ps:S", ranks=range(c.size))
         # as scikit-learn's early_stopping: --tol then applies to the validation loss,
         # not to the training loss
         callbacks = [EarlyStopping("val_loss", patience=args.n_iter_no_change,
@@ -253,9 +250,8 @@ def cmd_train(args):
         from .models.scaling import describe
         c.print0(describe(est))
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
-    stopped = getattr(est, "stopped_by_", None)      # not set by asynchronous (ps) fits
-    if stopped and stopped.startswith("early stopping"):
-        c.print0(f"stopped after epoch {est.n_iter_}: {stopped}")
+    if est.stopped_by_ and est.stopped_by_.startswith("early stopping"):
+        c.print0(f"stopped after epoch {est.n_iter_}: {est.stopped_by_}")
     c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {t_fit:.2f} s "
              f"({n * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s in the "
              f"epochs), final loss {est.loss_curve_[-1]:.6g}; saved {args.out}")

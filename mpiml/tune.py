@@ -146,8 +146,7 @@ class _Journal:
         recs = world.bcast(world.run(prepare))
         self.done = {(r["rung"], r["config"], r["fold"]): r for r in recs}
         self.file = os.path.join(path, f"records-{world.rank}.jsonl")
-
-    broken = False
+        self.broken = False
 
     def write(self, rec):
         """Append one record (group leader only). A journal that cannot be written costs
@@ -264,7 +263,7 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     done = book.done if book is not None else {}
     counter = _Counter(world)
     alive = list(range(len(configs)))
-    everything, base, ran = [], 0, 0
+    everything, base, ran, interrupted = [], 0, 0, False
     stop = _Stop()
     t0 = time.perf_counter()
     with signals(stop):
@@ -276,13 +275,9 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
             base += len(pairs) + n_groups          # every group overshoots the counter once
             records = [rec for part in world.allgather(mine) for rec in part]
             ran += len(records)
-            if world.allreduce(int(stop.stop_requested), op=MPI.MAX):
-                counter.free()
-                group.mpi.Free()
-                raise Interrupted(f"stopped by a signal after {ran} fit(s) in this run; the "
-                                  f"finished ones are in {journal}: continue with --resume "
-                                  f"{journal}" if journal else "stopped by a signal",
-                                  ranks=range(world.size), checkpoint=journal)
+            interrupted = world.allreduce(int(stop.stop_requested), op=MPI.MAX)
+            if interrupted:
+                break
             records += [rec for (rr, ci, _), rec in sorted(done.items()) if rr == r and ci in alive]
             records.sort(key=lambda rec: (rec["config"], rec["fold"]))
             everything += records
@@ -294,6 +289,11 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
                 break
     counter.free()
     group.mpi.Free()
+    if interrupted:
+        raise Interrupted(f"stopped by a signal after {ran} fit(s) in this run; the finished "
+                          f"ones are in {journal}: continue with --resume {journal}"
+                          if journal else "stopped by a signal",
+                          ranks=range(world.size), checkpoint=journal)
     # each configuration by the last rung it reached
     last = {}
     for rec in everything:

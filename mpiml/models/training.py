@@ -316,6 +316,7 @@ class Trainer(BaseEstimator):
         if sync_kind == "ps":
             with watching(c, self.comm_timeout, control):
                 self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
+            self.stopped_by_ = None             # runs its epochs: no callbacks, no ctl stop
             self.t_ = engine.t + 1.0
             self._store(engine, K, d)
             return self
