@@ -136,16 +136,22 @@ def nnls2(A, b):
 
 
 def fit_compute(points):
-    """Fit (c0, rate) to one-rank step timings ``[(batch, seconds_per_step), ...]``."""
-    if len({b for b, _ in points}) < 2:
-        b, s = points[0]
-        return 0.0, b / s
-    A = np.array([[1.0, b] for b, _ in points])
-    t = np.array([s for _, s in points])
-    c0, inv_rate = nnls2(A / t[:, None], np.ones(len(t)))
-    if inv_rate <= 0:
-        raise ConfigError("the compute timings do not grow with the batch size")
-    return float(c0), float(1.0 / inv_rate)
+    """Fit (c0, rate) to one-rank step timings ``[(batch, seconds_per_step), ...]``.
+
+    When the timings do not grow with the batch size (short, noisy measurements, where a
+    larger batch happened to time faster), there is no per-step constant to separate from the
+    rate: the fit falls back to ``c0 = 0`` and the rate that fits ``t = batch / rate`` best in
+    relative error, so a projection is still made from what was measured."""
+    if not points or any(b <= 0 or s <= 0 for b, s in points):
+        raise ConfigError("compute timings need positive batch sizes and step times")
+    b = np.array([float(b) for b, _ in points])
+    t = np.array([float(s) for _, s in points])
+    if len(set(b)) >= 2:
+        c0, inv_rate = nnls2(np.column_stack([np.ones_like(b), b]) / t[:, None], np.ones(len(t)))
+        if inv_rate > 0:
+            return float(c0), float(1.0 / inv_rate)
+    u = b / t                                   # minimise sum((u * inv_rate - 1) ** 2)
+    return 0.0, float((u @ u) / u.sum())
 
 
 def comm_time(mode, p, grad_bytes, weight_bytes, alpha, bandwidth, compute=0.0):

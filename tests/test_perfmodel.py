@@ -59,6 +59,15 @@ def test_fit_compute():
     c0, rate = 5e-6, 2e7
     c0f, ratef = pm.fit_compute([(b, c0 + b / rate) for b in (64, 256, 1024)])
     assert c0f == pytest.approx(c0) and ratef == pytest.approx(rate)
+    # one batch size: no constant to fit
+    assert pm.fit_compute([(256, 256 / rate)]) == (0.0, pytest.approx(rate))
+    # noisy timings where the larger batch timed faster: c0 = 0 and the rate through the origin
+    c0f, ratef = pm.fit_compute([(256, 2e-5), (512, 1.9e-5)])
+    u = np.array([256 / 2e-5, 512 / 1.9e-5])
+    assert c0f == 0.0 and ratef == pytest.approx(u @ u / u.sum())
+    assert 256 / 2e-5 < ratef < 512 / 1.9e-5
+    with pytest.raises(ConfigError):
+        pm.fit_compute([(256, 0.0)])
 
 
 def test_sync_modes():
