@@ -1,11 +1,16 @@
 # cython: language_level=3
-"""Column statistics and feature scaling over blocks of rows (no MPI here; the merge
-across ranks is in ``mpiml.preprocessing``).
+"""Column statistics, feature scaling and row reordering over blocks of rows (no MPI
+here; the merge across ranks is in ``mpiml.preprocessing``).
 
 All loops run row by row over C-contiguous float32 or float64 rows with the inner loop
 over the features, so they stream through memory once per pass and vectorise; sums are
 accumulated in float64 whatever the data type.
 """
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+
+import numpy as np
+
 ctypedef fused floating:
     float
     double
@@ -47,3 +52,44 @@ def scale_rows(floating[:, ::1] X, const double[::1] offset, const double[::1] f
         for i in range(n):
             for j in range(d):
                 X[i, j] = <floating>((<double>X[i, j] - offset[j]) / factor[j])
+
+
+def permute_rows(unsigned char[:, ::1] X, const Py_ssize_t[::1] perm):
+    """Reorder the rows of ``X`` in place: row ``i`` becomes the old row ``perm[i]``.
+
+    ``X`` is the array's bytes, one row per row (``X.view(np.uint8)`` of a C-contiguous
+    array). Every cycle of the permutation is followed once with a one-row buffer, so
+    the only extra memory is that row and one byte per row, never a second copy of the
+    data (what ``np.take`` needs)."""
+    cdef Py_ssize_t n = X.shape[0], w = X.shape[1], i, j, k
+    if perm.shape[0] != n:
+        raise ValueError(f"perm has {perm.shape[0]} entries for {n} rows")
+    seen = np.zeros(n, dtype=np.uint8)
+    cdef unsigned char[::1] done = seen
+    for i in range(n):
+        k = perm[i]
+        if k < 0 or k >= n or done[k]:
+            raise ValueError("perm is not a permutation of the rows")
+        done[k] = 1
+    done[:] = 0
+    if n == 0 or w == 0:
+        return
+    cdef unsigned char* tmp = <unsigned char*> malloc(w)
+    if tmp == NULL:
+        raise MemoryError()
+    with nogil:
+        for i in range(n):
+            if done[i] or perm[i] == i:
+                done[i] = 1
+                continue
+            memcpy(tmp, &X[i, 0], w)
+            j = i
+            while True:
+                done[j] = 1
+                k = perm[j]
+                if k == i:
+                    memcpy(&X[j, 0], tmp, w)
+                    break
+                memcpy(&X[j, 0], &X[k, 0], w)
+                j = k
+    free(tmp)

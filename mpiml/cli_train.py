@@ -242,8 +242,10 @@ def cmd_train(args):
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
+    # the rows read above are the fit's to reorder in place (no second copy in memory)
     est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
-            sample_weight=sample_weight, callbacks=callbacks)
+            sample_weight=sample_weight, callbacks=callbacks, copy_X=False)
+    del X
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     if est.scaler is not None:

@@ -112,7 +112,7 @@ def cmd_tune(args):
     # the best configuration on all the data with all ranks
     est = _factory(args)(best["params"], c, args.epochs)
     X, y = load(c)
-    est.fit(X, y)
+    est.fit(X, y, copy_X=False)          # X: read for this fit only
     est.save(args.out)
     from .comm import get_grid
     n_rows = get_grid(c, args.model_parallel).data.allreduce(X.shape[0])

@@ -406,7 +406,7 @@ class GridSearchCV:
         if self.refit:
             Xa, ya = load(world)
             self.best_estimator_ = factory(best["params"], world,
-                                           int(base.get("max_iter", 5))).fit(Xa, ya)
+                                           int(base.get("max_iter", 5))).fit(Xa, ya, copy_X=False)
         return self
 
 

@@ -145,11 +145,13 @@ def test_tune_fits_the_scaler_on_each_folds_training_rows(raw, tmp_path):
     path, X, y = raw
     lrs, cv = [0.01, 0.3], 3
     code, out, err, _ = mpirun(2, ["tune", "--data", path, "--out", tmp_path / "best.h5",
-                                   "--standardize", "--grid", "lr=0.01,0.3", "--cv", cv]
+                                   "--standardize", "--grid", "lr=" + ",".join(map(str, lrs)),
+                                   "--cv", cv]
                                + TRAIN, tmp_path, timeout=120)
     assert code == 0, err
     with open(tmp_path / "best-tune.json") as fh:
         summary = json.load(fh)["summary"]
+    assert sorted(s["params"]["lr"] for s in summary) == lrs
     folds = fold_of(len(X), 0, len(X), cv, seed=0)
     for s in summary:
         scores = []

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from .._kernels.stats import permute_rows
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, NotFittedError, TrainingError
 from ..imbalance import row_weights
@@ -42,6 +43,15 @@ from .scaling import check_scaler, fit_scaler, scaler_arrays, transform
 from .steering import Progress, Steering, epoch_logs, set_engine_hyper
 
 __all__ = ["Trainer"]
+
+
+def _reorder(X, idx, own):
+    """``X[idx]``: in place when ``X`` is this fit's to change (no second copy of the
+    rows in memory), else a new array."""
+    if own:
+        permute_rows(X.view(np.uint8), idx)
+        return X
+    return np.take(X, idx, axis=0)
 
 
 def _positive_int(v):
@@ -146,7 +156,7 @@ class Trainer(BaseEstimator):
 
     # ------------------------------------------------------------ training
     def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None,
-            sample_weight=None):
+            sample_weight=None, copy_X=True):
         """Fit on the rows every rank passes (collective).
 
         Parameters
@@ -176,13 +186,20 @@ class Trainer(BaseEstimator):
         sample_weight : array (n_local,), optional
             Per-row weights multiplying each row's loss and gradient (data-parallel
             linear models); combined with ``class_weight``.
+        copy_X : bool, default True
+            False lets the fit store ``X``'s rows in its step order (and scale them, with
+            ``scaler=``) in ``X`` itself instead of in a copy, when ``X`` is a writeable
+            C-contiguous array of the training dtype: peak memory is then the data once,
+            not twice, and no copy is made. ``X`` is left reordered; ``y`` is not changed.
+            ``mpiml train`` fits this way on the rows it read.
 
         Returns
         -------
         self
         """
         return self._fit(X, y, None, reset=True, resume=resume, columns=columns,
-                         validation=validation, callbacks=callbacks, sample_weight=sample_weight)
+                         validation=validation, callbacks=callbacks, sample_weight=sample_weight,
+                         copy_X=copy_X)
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over the rows every rank passes, continuing from the current state
@@ -190,7 +207,7 @@ class Trainer(BaseEstimator):
         return self._fit(X, y, 1, reset=not hasattr(self, "n_features_in_"), classes=classes)
 
     def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
-             callbacks=None, sample_weight=None):
+             callbacks=None, sample_weight=None, copy_X=True):
         c = get_comm(self.comm)
         Xl, yl, local_classes = c.run(self._prepare_local, X, y)
         grid = get_grid(c, self.model_parallel)
@@ -260,6 +277,9 @@ class Trainer(BaseEstimator):
         else:
             dtype = np.dtype(np.float32) if dtypes == {np.dtype(np.float32).str} else np.dtype(np.float64)
         Xl = np.ascontiguousarray(Xl, dtype=dtype)
+        # the rows may be reordered and scaled in place: a copy made here, or the caller's
+        # array when copy_X=False
+        own = Xl.flags.writeable and (not copy_X or not np.may_share_memory(Xl, X))
         if Xl.shape[0] == 0:
             Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
 
@@ -288,13 +308,13 @@ class Trainer(BaseEstimator):
         # one reordered copy of the local rows: every step then reads contiguous memory
         perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
         if perm is not None:
-            Xl = np.take(Xl, perm, axis=0)
+            Xl = _reorder(Xl, perm, own)
+            own = True
             y_enc = y_enc[perm]
             sw = sw[perm] if sw is not None else None
         if hasattr(self, "scale_offset_"):
-            # in place when Xl is already this fit's own copy
-            own = perm is not None or not np.may_share_memory(Xl, X)
             Xl = transform(self, Xl, inplace=own, columns=columns)
+            own = True
         engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
         if sw is not None:
             engine.set_sample_weight(sw)
@@ -336,11 +356,13 @@ class Trainer(BaseEstimator):
                      "params": {k: v for k, v in self.get_params().items() if k != "comm"}})
         progress = Progress(c.rank, 0, bool(self.verbose))
         stopped = None
-        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch, "sw": sw}
+        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch, "sw": sw,
+                  "own": own}
 
         def relayout(new_batch):
             """A new global batch size from the next epoch on: the rows are put in the new
-            batch order (one more copy) and a new engine takes over the state."""
+            batch order (in place when the rows are the fit's own) and a new engine takes
+            over the state."""
             nonlocal engine
             n_local = state_["Xl"].shape[0]
             perm2, gptr2 = group_layout(n_global, new_batch, offset, n_local)
@@ -348,7 +370,7 @@ class Trainer(BaseEstimator):
             inv[state_["perm"] if state_["perm"] is not None else np.arange(n_local)] = \
                 np.arange(n_local)
             idx = inv[perm2] if perm2 is not None else inv
-            Xn, yn = np.take(state_["Xl"], idx, axis=0), state_["y"][idx]
+            Xn, yn = _reorder(state_["Xl"], idx, state_["own"]), state_["y"][idx]
             fresh = c.run(self._make_engine, Xn, yn, K, loss, d, grid, columns)
             if state_["sw"] is not None:
                 state_["sw"] = state_["sw"][idx]
@@ -364,7 +386,7 @@ class Trainer(BaseEstimator):
                 fresh.h.update(engine.h)
             engine = fresh
             control.attach(engine)
-            state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch)
+            state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch, own=True)
             control.batch = new_batch
 
         with signals(control, control.save is not None), watching(c, self.comm_timeout, control):
