@@ -65,25 +65,28 @@ def test_in_place_fit_trains_the_same_model(comm, cls, kw, dtype):
                    comm=comm).fit(Xa, yl, callbacks=[_BatchChange(64)], **more)
 
     keep = Xl.copy()
+    # every collective first, the (rank-local) assertions after: a rank that fails
+    # an assertion never leaves the others waiting in the next fit
     ref = fit(Xl)
-    np.testing.assert_array_equal(Xl, keep)             # copy_X=True: X untouched
+    untouched = np.array_equal(Xl, keep)                # copy_X=True: X untouched
     mine = Xl.copy()
     got = fit(mine, copy_X=False)
-    for a, b in zip(ref._fitted_state(), got._fitted_state()):
-        np.testing.assert_array_equal(a, b)
-    assert ref.loss_curve_ == got.loss_curve_
-    np.testing.assert_array_equal(ref.predict(X), got.predict(X))
-    if "scaler" not in kw and mine.shape[0]:
-        # X now holds the same rows in the fit's order
-        order = np.lexsort(mine.T[::-1])
-        np.testing.assert_array_equal(mine[order], keep[np.lexsort(keep.T[::-1])])
+    pred_ref, pred_got = ref.predict(X), got.predict(X)
     # a fit that has to convert the dtype reorders its own copy, never the caller's X
     other = Xl.astype(np.float32 if dtype == np.float64 else np.float64)
     before = other.copy()
     cls(**kw, tol=None, max_iter=2, batch_size=32, random_state=3, comm=comm,
         dtype=dtype).fit(other, yl)
+    assert untouched
     np.testing.assert_array_equal(other, before)
-
+    for a, b in zip(ref._fitted_state(), got._fitted_state()):
+        np.testing.assert_array_equal(a, b)
+    assert ref.loss_curve_ == got.loss_curve_
+    np.testing.assert_array_equal(pred_ref, pred_got)
+    if "scaler" not in kw and mine.shape[0]:
+        # X now holds the same rows in the fit's order
+        order = np.lexsort(mine.T[::-1])
+        np.testing.assert_array_equal(mine[order], keep[np.lexsort(keep.T[::-1])])
 
 @pytest.mark.mpi
 def test_read_only_X_is_copied_even_with_copy_X_false(comm):
@@ -108,8 +111,9 @@ def test_in_place_relayout_equals_a_copy(comm):
     Xl, yl = X[lo:hi].copy(), y[lo:hi]
     kw = dict(tol=None, max_iter=4, batch_size=1000, random_state=5, comm=comm)
     a = SGDClassifier(**kw).fit(Xl, yl, callbacks=[_BatchChange(32)])
-    np.testing.assert_array_equal(Xl, X[lo:hi])
+    untouched = np.array_equal(Xl, X[lo:hi])
     b = SGDClassifier(**kw).fit(Xl, yl, callbacks=[_BatchChange(32)], copy_X=False)
+    assert untouched
     assert a.batch_size == b.batch_size == 32
     np.testing.assert_array_equal(a.coef_, b.coef_)
     np.testing.assert_array_equal(a.intercept_, b.intercept_)
