@@ -208,9 +208,10 @@ def cmd_train(args):
             sample_weight = sample_weight[~held_out]
     validation = None
     if held_out is not None:
-        # split before any resampling, so no copy of a validation row is trained on
-        validation = (X[held_out], y[held_out])
-        X, y = X[~held_out], y[~held_out]
+        # split before any resampling, so no copy of a validation row is trained on;
+        # in place: both parts are views of the rows read (no second copy in memory)
+        from .model_selection import split_rows
+        (X, y), validation = split_rows(X, y, held_out)
         c.print0(f"validation: {grid.data.allreduce(len(validation[1]))} rows held out "
                  f"(--val-fraction {args.val_fraction}, seed {args.seed}); training on "
                  f"{grid.data.allreduce(len(y))}")

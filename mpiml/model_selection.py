@@ -72,6 +72,31 @@ def validation_mask(n_global, offset, n_local, fraction, seed=0):
     return permute(np.arange(offset, offset + n_local), n_global, seed) < n_val
 
 
+def split_rows(X, y, held_out):
+    """``((X_kept, y_kept), (X_out, y_out))``: the rows where ``held_out`` is False and
+    those where it is True, each in their original order.
+
+    When ``X`` is a writeable C-contiguous array, its rows are reordered in place (kept
+    rows first) and both parts are views of it: no second copy of the data in memory.
+    ``X`` is then left in that order. Otherwise the parts are copies (boolean indexing).
+    Local: no communication."""
+    held_out = np.asarray(held_out, dtype=bool)
+    y = np.asarray(y)
+    if held_out.shape != (len(y),) or len(X) != len(y):
+        raise ConfigError(f"split_rows: {len(X)} rows, {len(y)} targets and a mask of "
+                          f"{held_out.shape[0]}")
+    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+            and X.flags.writeable):
+        return (X[~held_out], y[~held_out]), (X[held_out], y[held_out])
+    from ._kernels.stats import permute_rows
+
+    order = np.concatenate([np.flatnonzero(~held_out), np.flatnonzero(held_out)])
+    permute_rows(X.view(np.uint8), order.astype(np.intp))
+    k = len(y) - int(held_out.sum())
+    y = y[order]
+    return (X[:k], y[:k]), (X[k:], y[k:])
+
+
 class KFold:
     """k-fold splitting of distributed rows by global row index.
 

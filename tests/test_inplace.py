@@ -6,6 +6,8 @@ import pytest
 
 from mpiml import MLPClassifier, SGDClassifier, chunk
 from mpiml._kernels.stats import permute_rows
+from mpiml.errors import ConfigError
+from mpiml.model_selection import split_rows
 from mpiml.parallel.data import group_layout
 
 
@@ -29,6 +31,36 @@ def test_permute_rows_refuses_a_non_permutation(perm):
     with pytest.raises(ValueError):
         permute_rows(X.view(np.uint8), np.array(perm, dtype=np.intp))
     np.testing.assert_array_equal(X, np.arange(12.0).reshape(3, 4))     # untouched
+
+
+@pytest.mark.parametrize("n,frac", [(0, 0.3), (1, 1.0), (50, 0.0), (501, 0.2)])
+def test_split_rows_in_place_equals_boolean_indexing(n, frac):
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=n)
+    held = rng.random(n) < frac
+    (Xk, yk), (Xo, yo) = split_rows(X.copy(), y, held)      # X's copy: reordered in place
+    np.testing.assert_array_equal(Xk, X[~held])
+    np.testing.assert_array_equal(Xo, X[held])
+    np.testing.assert_array_equal(yk, y[~held])
+    np.testing.assert_array_equal(yo, y[held])
+    buf = X.copy()
+    (Xk, _), (Xo, _) = split_rows(buf, y, held)
+    assert n == 0 or (np.shares_memory(Xk, buf) or Xk.size == 0) and \
+        (np.shares_memory(Xo, buf) or Xo.size == 0)
+    # an array it may not reorder (Fortran order, read-only): copies, X untouched
+    for other in (np.asfortranarray(X), X.copy()):
+        other.setflags(write=other.flags.f_contiguous and n > 1)
+        before = other.copy()
+        (Xk, _), (Xo, _) = split_rows(other, y, held)
+        np.testing.assert_array_equal(other, before)
+        np.testing.assert_array_equal(Xk, X[~held])
+        np.testing.assert_array_equal(Xo, X[held])
+
+
+def test_split_rows_refuses_a_mask_of_another_length():
+    with pytest.raises(ConfigError):
+        split_rows(np.zeros((4, 2)), np.zeros(4), np.zeros(3, dtype=bool))
 
 
 def _data(n=403, d=7, seed=0):

@@ -113,6 +113,24 @@ def test_val_fraction_holds_out_the_same_rows_at_any_rank_count(raw, tmp_path):
     np.testing.assert_allclose(finals[2], finals[0], rtol=1e-10, atol=1e-12)
 
 
+def test_val_fraction_trains_on_exactly_the_other_rows_in_their_order(raw, tmp_path):
+    """Minibatch steps see the training rows in order, so the model trained behind a
+    --val-fraction split (made in place in the rows read) equals a fit on X[~mask]."""
+    path, X, y = raw
+    mask = validation_mask(len(X), 0, len(X), 0.3, seed=3)
+    code, out, err, _ = mpirun(3, ["train", "--data", path, "--out", tmp_path / "m.h5",
+                                   "--standardize", "--val-fraction", 0.3, "--seed", 3] + TRAIN,
+                               tmp_path, timeout=120)
+    assert code == 0, err
+    est = load(tmp_path / "m.h5", comm=MPI.COMM_SELF)
+    params = dict(est.get_params(), comm=MPI.COMM_SELF, verbose=0)
+    ref = SGDClassifier(**params).fit(X[~mask], y[~mask])
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(est.intercept_, ref.intercept_, rtol=1e-10, atol=1e-12)
+    other = SGDClassifier(**params).fit(X[:len(X) - mask.sum()], y[:len(X) - mask.sum()])
+    assert not np.allclose(est.coef_, other.coef_, rtol=1e-6)    # the split matters
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_early_stopping_on_the_held_out_rows(raw, tmp_path, n):
     """--early-stopping: stop when the validation loss has not improved by more than --tol
