@@ -155,11 +155,6 @@ def cmd_train(args):
     c = get_comm()
     est = _estimator(args, c)
     c.run(est._validate_params)
-    if args.sync.startswith("ps") and (args.val or args.val_fraction):
-        from .errors import ConfigError
-        raise ConfigError("--val / --val-fraction: the asynchronous parameter-server fit "
-                          "(--sync ps:S) has no common epoch end to evaluate them at; score "
-                          "the model afterwards with mpiml score", ranks=range(c.size))
     callbacks = None
     if args.early_stopping:
         from .errors import ConfigError

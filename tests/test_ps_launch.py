@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.launcher
@@ -62,3 +63,91 @@ def test_cli_trains_with_a_parameter_server(tmp_path):
     code, out, err, _ = mpirun(2, ["score", "--model", tmp_path / "m.h5", "--data",
                                    tmp_path / "d.h5", "--json"], tmp_path)
     assert code == 0 and json.loads(out)["accuracy"] > 0.9, out + err
+
+
+# ------------------------------------------- a ps fit that meets at epoch ends (checkpoints,
+# signals, validation): see mpiml.parallel.ps.EpochwiseRun
+PS = ["--model", "logistic", "--batch-size", 200, "--sync", "ps:1", "--dtype", "float64",
+      "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ps_data(tmp_path_factory):
+    from launch import make_binary
+    return make_binary(tmp_path_factory.mktemp("psdata"), rows=3000, seed=5) / "train.h5"
+
+
+def _coef(path):
+    import h5py
+    with h5py.File(path, "r") as f:
+        return f["coef"][()], f["intercept"][()], int(f.attrs["n_iter"])
+
+
+@pytest.mark.parametrize("n,signalled", [(2, 0), (3, 2)])
+def test_ps_checkpoints_at_an_epoch_end_on_a_signal_and_resumes(ps_data, tmp_path, n,
+                                                                 signalled):
+    """A signal on one rank (a worker, or the server) during epoch 3 is agreed at that
+    epoch's end: a checkpoint, exit 75 everywhere, and --resume finishes the run. With one
+    worker the updates are sequential, so the result is bitwise the uninterrupted run."""
+    from launch import rank_exits
+    workers = n - 1
+    per_epoch = 15 * workers                  # 3000 rows / batch 200, one push per worker
+    ref = tmp_path / "ref.h5"
+    code, _, err, _ = mpirun(n, ["train", "--data", ps_data, "--out", ref, "--epochs", 6] + PS,
+                             tmp_path, timeout=120)
+    assert code == 0, err
+    ck = tmp_path / "ck"
+    # the test hook fires at the end of epoch 2; the stop is agreed at the end of epoch 3
+    env = clean_env(MPIML_TEST_SIGNAL=f"{signalled}:{2 * per_epoch}:SIGUSR1")
+    code, out, err, _ = mpirun(n, ["train", "--data", ps_data, "--out", tmp_path / "m.h5",
+                                   "--checkpoint-dir", ck, "--epochs", 6] + PS, tmp_path,
+                               timeout=120, env=env, wrap=True)
+    assert rank_exits(err) == [75] * n, err
+    assert err.count("stopped by a signal") == 1
+    assert sorted(os.listdir(ck)) == [f"ckpt-{3 * per_epoch:012d}.h5"]
+    assert not (tmp_path / "m.h5").exists()
+    code, out, err, _ = mpirun(n, ["train", "--data", ps_data, "--out", tmp_path / "m.h5",
+                                   "--checkpoint-dir", ck, "--resume", ck, "--epochs", 6] + PS,
+                               tmp_path, timeout=120)
+    assert code == 0, err
+    coef, b, n_iter = _coef(tmp_path / "m.h5")
+    ref_coef, ref_b, ref_iter = _coef(ref)
+    assert n_iter == ref_iter == 6
+    if workers == 1:
+        assert np.array_equal(coef, ref_coef) and np.array_equal(b, ref_b)
+    code, out, err, _ = mpirun(2, ["score", "--model", tmp_path / "m.h5", "--data", ps_data,
+                                   "--json"], tmp_path)
+    assert code == 0 and json.loads(out)["accuracy"] > 0.9, out + err
+
+
+def test_ps_validation_and_early_stopping(ps_data, tmp_path):
+    import h5py
+
+    from mpiml import load_model
+    from mpiml.model_selection import validation_mask
+    run = tmp_path / "run"
+    code, out, err, _ = mpirun(3, ["train", "--data", ps_data, "--out", tmp_path / "m.h5",
+                                   "--val-fraction", 0.2, "--seed", 1, "--early-stopping",
+                                   "--n-iter-no-change", 2, "--tol", 0.01, "--epochs", 40,
+                                   "--run-dir", run] + PS, tmp_path, timeout=120)
+    assert code == 0, err
+    with open(run / "metrics.jsonl") as fh:
+        recs = [r for r in map(json.loads, fh) if "val_loss" in r]
+    with h5py.File(ps_data, "r") as f:
+        X, y = f["X"][()], f["y"][()]
+    mask = validation_mask(len(X), 0, len(X), 0.2, seed=1)
+    est = load_model(tmp_path / "m.h5", comm=__import__("mpi4py").MPI.COMM_SELF)
+    assert all(r["val_n_samples"] == mask.sum() for r in recs)
+    # the last record is the final model's, on exactly the held-out rows
+    assert abs(recs[-1]["val_accuracy"] - est.score(X[mask], y[mask])) < 1e-12
+    best, wait, stop = None, 0, None
+    for epoch, r in enumerate(recs, 1):
+        if best is None or r["val_loss"] < best - 0.01:
+            best, wait = r["val_loss"], 0
+        else:
+            wait += 1
+            if wait == 2:
+                stop = epoch
+                break
+    assert stop is not None and len(recs) == stop < 40, [r["val_loss"] for r in recs]
+    assert f"stopped after epoch {stop}: early stopping" in out

@@ -192,8 +192,7 @@ def test_tune_fits_the_scaler_on_each_folds_training_rows(raw, tmp_path):
     (["--val-fraction", "0.0001"], "at least one row on each side"),
     (["--val-fraction", "0.2", "--val", "VAL"], "not both"),
     (["--scale", "zscore"], "invalid choice"),
-    (["--early-stopping"], "give --val FILE or --val-fraction F"),
-    (["--val-fraction", "0.2", "--sync", "ps:1"], "no common epoch end")])
+    (["--early-stopping"], "give --val FILE or --val-fraction F")])
 def test_bad_scaling_input(raw, tmp_path, args, message):
     path, _, _ = raw
     args = [str(path) if a == "VAL" else a for a in args]

@@ -168,3 +168,65 @@ def test_mlp_modes_reach_the_synchronous_accuracy(comm, mode):
     ref = MLPClassifier(**kw).fit(X[lo:hi], y[lo:hi]).score(X[lo:hi], y[lo:hi])
     acc = MLPClassifier(**kw, **mode).fit(X[lo:hi], y[lo:hi]).score(X[lo:hi], y[lo:hi])
     assert acc >= ref - 0.01, (acc, ref)
+
+
+class _Logs:
+    def __init__(self):
+        self.logs = []
+
+    def on_epoch_end(self, est, logs):
+        self.logs.append(logs)
+        return False
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ps_meets_at_epoch_ends_when_asked_for_validation(comm):
+    """With validation rows (or callbacks, or checkpoints) a ps fit runs one asynchronous
+    run per epoch and every rank holds the same weights at each epoch end. One worker:
+    the same updates as the fit that never meets (bitwise). Any number: the servers' logs
+    replay to the final weights, versions counting on across the epochs, every push once."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 6))
+    y = (X @ rng.normal(size=6) > 0).astype(int)
+    workers = comm.size - 1
+    lo, hi = chunk(len(X), workers, comm.rank) if comm.rank < workers else (0, 0)
+    kw = dict(learning_rate="invscaling", eta0=0.2, momentum=0.3, batch_size=40, max_iter=4,
+              tol=None, random_state=0, dtype="float64", sync="ps:1", max_staleness=3,
+              comm=comm)
+    whole = SGDClassifier(**kw).fit(X[lo:hi], y[lo:hi])
+    cb = _Logs()
+    est = SGDClassifier(**kw)
+    est._ps_record = True
+    est.fit(X[lo:hi], y[lo:hi], validation=(X[lo:hi], y[lo:hi]), callbacks=[cb])
+    final_score = est.score(X[lo:hi], y[lo:hi])
+    flat = np.concatenate([est.coef_.ravel(), est.intercept_])
+    everywhere = comm.allgather(flat)
+    info = est.ps_stats_["servers"][0]
+    # every worker holds rows of every step and pushes its part: one update each
+    per_epoch = -(-len(X) // 40) * workers
+    assert [l["epoch"] for l in cb.logs] == [1, 2, 3, 4]
+    assert [l["step"] for l in cb.logs] == [per_epoch * e for e in (1, 2, 3, 4)]
+    assert cb.logs[-1]["val_n_samples"] == len(X)
+    assert abs(cb.logs[-1]["val_accuracy"] - final_score) < 1e-12
+    assert all(np.array_equal(flat, o) for o in everywhere)
+    assert est.t_ == whole.t_ == 4 * per_epoch + 1
+    assert est.ps_stats_["max_clock_gap"] <= 3
+    if workers == 1:
+        np.testing.assert_array_equal(est.coef_, whole.coef_)
+        np.testing.assert_array_equal(est.intercept_, whole.intercept_)
+        assert est.loss_curve_ == whole.loss_curve_
+    if comm.rank == comm.size - 1:                    # the server holds the log
+        hyper = est._hyper()
+        w, vel, seen = np.zeros(7), np.zeros(7), {}
+        for version, (src, step, read, grad, count) in enumerate(info["log"], start=1):
+            assert read < version
+            seen.setdefault(src, []).append(step)
+            eta = _k.step_size(hyper["schedule"], float(version), hyper["eta0"], hyper["alpha"],
+                               hyper["power_t"], hyper["optimal_init"])
+            _k.sgd_update(w, vel, grad, 6, count, eta, hyper["penalty"], hyper["alpha"],
+                          hyper["l1_ratio"], hyper["momentum"], hyper["fit_intercept"])
+        np.testing.assert_array_equal(w, flat)
+        counts = est.ps_stats_["updates_per_worker"]
+        assert sum(counts.values()) == len(info["log"]) == 4 * per_epoch
+        for src, got in seen.items():
+            assert got == list(range(counts[src])), src       # in order, none lost or twice

@@ -32,7 +32,7 @@ from ..errors import ConfigError, DataError, NotFittedError, TrainingError
 from ..imbalance import row_weights
 from ..io import first_nonfinite_row
 from ..parallel.data import StopTraining, group_layout, layout_plan, run_epoch
-from ..parallel.ps import run_parameter_server, server_ranks
+from ..parallel.ps import EpochwiseRun, run_parameter_server, server_ranks, summarise_servers
 from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
                              run_epoch_local, run_epoch_sync)
 from ..runctl import RunDir
@@ -120,9 +120,6 @@ class Trainer(BaseEstimator):
                     f"rank(s)")
             if self.model_parallel != 1:
                 bad("sync='ps:S' is for data-parallel training (model_parallel=1)")
-            if self.checkpoint_dir is not None:
-                bad("checkpoints are not supported with sync='ps:S' (asynchronous training has "
-                    "no step at which every rank agrees)")
 
     def _validate_model_params(self, bad):
         pass
@@ -333,13 +330,21 @@ class Trainer(BaseEstimator):
         counters = CommCounters()
         writer = StatsWriter(self.stats, c, {"sync": self.sync, "compress": self.compress,
                                              "overlap": bool(self.overlap), "ranks": c.size})
+        ps_run = None
         if sync_kind == "ps":
-            with watching(c, self.comm_timeout, control):
-                self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
-            self.stopped_by_ = None             # runs its epochs: no callbacks, no ctl stop
-            self.t_ = engine.t + 1.0
-            self._store(engine, K, d)
-            return self
+            if state is not None and int(state["step"]) != 0:
+                raise ConfigError(f"{state['path']} was written inside an epoch; a parameter-"
+                                  "server fit resumes from a checkpoint written at an epoch end",
+                                  ranks=range(c.size))
+            if validation is None and not callbacks and control.save is None:
+                # nothing needs a common point: all epochs run without the ranks meeting
+                with watching(c, self.comm_timeout, control):
+                    self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
+                self.stopped_by_ = None
+                self.t_ = engine.t + 1.0
+                self._store(engine, K, d)
+                return self
+            ps_run = EpochwiseRun(c, sync_num, counters, record=getattr(self, "_ps_record", False))
         comp_kind, ratio = parse_compress(self.compress)
         compressor = None
         if comp_kind != "none":
@@ -399,7 +404,10 @@ class Trainer(BaseEstimator):
                     epoch = self._epochs_done
                     control.where = f"epoch {epoch + 1} (step Allreduce)"
                     plan = layout_plan(state_["gptr"], self._seed, epoch)
-                    if sync_kind == "local":
+                    if ps_run is not None:
+                        control.where = f"epoch {epoch + 1} (parameter server)"
+                        stats = ps_run.epoch(self, engine, plan)
+                    elif sync_kind == "local":
                         stats = run_epoch_local(engine, grid.data, plan, start_step, control,
                                                 counters, sync_num, self.sync_warmup, local)
                     elif compressor is not None or self.overlap or self.stats:
@@ -443,10 +451,14 @@ class Trainer(BaseEstimator):
                         self._tol_state = [min(best, mean_loss), stall]
                         if stall >= self.n_iter_no_change:
                             break
+                    if ps_run is not None:
+                        ps_run.boundary(control, engine)
             except StopTraining as exc:
                 stopped = f"mpiml ctl stop at step {exc.args[0]}"
                 control.user_stop = False
             progress.close()
+            if ps_run is not None and ps_run.runs:
+                self.ps_stats_ = summarise_servers(ps_run.runs)
             if control.save is not None:
                 control.save(0)         # the final state
         if run is not None:
@@ -472,14 +484,7 @@ class Trainer(BaseEstimator):
         seconds = time.perf_counter() - t0
         engine.set_state({"w": out["w"], "velocity": out["velocity"]})
         engine.t = float(sum(i["updates"] for i in out["servers"] if i) / n_servers)
-        servers = [i for i in out["servers"] if i]
-        self.ps_stats_ = {
-            "max_clock_gap": max(i["max_clock_gap"] for i in servers),
-            "max_update_staleness": max(i["max_update_staleness"] for i in servers),
-            "mean_update_staleness": float(np.mean([i["mean_update_staleness"] for i in servers])),
-            "updates_per_worker": servers[0]["updates_per_worker"],
-            "pushes_when_done": servers[0]["pushes_when_done"],
-            "servers": servers}
+        self.ps_stats_ = summarise_servers([out["servers"]])
         for e in range(len(plans)):
             mean_loss = out["loss"][e] / max(out["count"][e], 1.0)
             if not math.isfinite(mean_loss) or not engine.params_finite():

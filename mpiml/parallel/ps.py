@@ -36,7 +36,7 @@ from mpi4py import MPI
 from .._kernels import sgd as _k
 from ..comm import chunk
 
-__all__ = ["run_parameter_server", "server_ranks"]
+__all__ = ["EpochwiseRun", "run_parameter_server", "server_ranks", "summarise_servers"]
 
 _GRAD, _DONE, _WEIGHTS = 7501, 7502, 7503
 
@@ -57,12 +57,16 @@ def _slow_hook(rank):
 
 
 def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_staleness,
-                         counters, record=False):
+                         counters, record=False, first_step=0):
     """Train asynchronously (collective over ``comm``; see the module doc).
 
-    ``plans[e]`` is the epoch plan of epoch ``e`` (ignored on servers). Returns a
-    dict: ``loss`` (per-epoch loss sums), ``count`` (per-epoch rows), final
-    ``w`` and ``velocity`` (on every rank), and the server's counters and log.
+    ``plans[e]`` is the epoch plan of epoch ``e`` (ignored on servers). The run starts
+    from the engine's state on every rank, and the servers count updates on from
+    ``engine.t`` (the same on every rank), so a fit may call this once per epoch.
+    ``first_step`` numbers this worker's first push (its pushes before, for the log).
+    Returns a dict: ``loss`` (per-epoch loss sums), ``count`` (per-epoch rows), final
+    ``w`` and ``velocity`` (on every rank), this rank's ``pushes``, and the servers'
+    counters and logs.
     """
     size, rank = comm.size, comm.rank
     servers = server_ranks(size, n_servers)
@@ -71,13 +75,14 @@ def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_s
     slices = [chunk(P, n_servers, j) for j in range(n_servers)]
     epochs = len(plans)
     losses = np.zeros((2, epochs))
-    info = {}
+    info, pushes = {}, 0
     if rank in servers:
         j = servers.index(rank)
         info = _serve(engine, comm, slices[j], workers, hyper, n_weights, max_staleness,
                       counters, record)
     else:
-        _work(engine, comm, servers, slices, plans, losses, counters, _slow_hook(rank))
+        pushes = _work(engine, comm, servers, slices, plans, losses, counters, _slow_hook(rank),
+                       first_step)
     # final weights on every rank: the servers' slices in order
     state = engine.get_state()
     out = {}
@@ -91,20 +96,20 @@ def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_s
         comm.Allgatherv(np.ascontiguousarray(mine), full, counts)
         out[name] = full
     comm.mpi.Allreduce(MPI.IN_PLACE, losses, op=MPI.SUM)
-    out["loss"], out["count"] = losses[0], losses[1]
+    out["loss"], out["count"], out["pushes"] = losses[0], losses[1], pushes
     out["servers"] = comm.allgather(info if rank in servers else None)
     return out
 
 
-def _work(engine, comm, servers, slices, plans, losses, counters, slow):
+def _work(engine, comm, servers, slices, plans, losses, counters, slow, first_step):
     mpi = comm.mpi
     P = engine.P
     buf = engine.buf_arr
     w = engine.get_state()["w"]
-    versions = [0] * len(servers)
+    versions = [int(engine.t)] * len(servers)     # the weights held: after engine.t updates
     sends = [np.empty(hi - lo + 4) for lo, hi in slices]
     recvs = [np.empty(hi - lo + 1) for lo, hi in slices]
-    step_id = 0
+    step_id = first_step
     for epoch, plan in enumerate(plans):
         lo, hi, ptr = plan
         engine.set_plan(lo, hi, ptr)
@@ -139,6 +144,7 @@ def _work(engine, comm, servers, slices, plans, losses, counters, slow):
                 time.sleep(slow)
     for r in servers:
         mpi.Send(np.zeros(0), dest=r, tag=_DONE)
+    return step_id - first_step
 
 
 def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters, record):
@@ -155,7 +161,8 @@ def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters,
     pushes = dict(clocks)
     at_done = {}                 # every worker's pushes when each worker finished
     deferred = set()
-    version = 0
+    version = int(engine.t)      # updates before this run (0 for a fresh fit)
+    first_version = version
     gaps, stale, log = [], [], []
     status = MPI.Status()
 
@@ -209,9 +216,84 @@ def _serve(engine, comm, sl, workers, hyper, n_weights, max_staleness, counters,
     full_v = state["velocity"]
     full_v[lo:hi] = vel
     engine.set_state({"w": full_w, "velocity": full_v})
-    return {"updates": version, "max_clock_gap": max(gaps, default=0),
+    return {"updates": version, "updates_here": version - first_version,
+            "max_clock_gap": max(gaps, default=0),
             "max_update_staleness": max(stale, default=0),
             "mean_update_staleness": float(np.mean(stale)) if stale else 0.0,
             "updates_per_worker": {int(r): int(v) for r, v in pushes.items()},
             "pushes_when_done": at_done,
             "log": log if record else None, "slice": (lo, hi)}
+
+
+def summarise_servers(runs):
+    """``ps_stats_`` of a fit from its runs' ``out["servers"]`` lists (one run for a
+    fit that runs all its epochs at once, one per epoch when it meets at epoch ends)."""
+    per_server = [[i for i in servers if i] for servers in runs]
+    merged = []
+    for j in range(len(per_server[0])):
+        infos = [run[j] for run in per_server]
+        updates = sum(i["updates_here"] for i in infos)
+        ups = {}
+        for i in infos:
+            for r, v in i["updates_per_worker"].items():
+                ups[r] = ups.get(r, 0) + v
+        logs = [i["log"] for i in infos]
+        merged.append({
+            "updates": infos[-1]["updates"], "updates_here": updates,
+            "max_clock_gap": max(i["max_clock_gap"] for i in infos),
+            "max_update_staleness": max(i["max_update_staleness"] for i in infos),
+            "mean_update_staleness": float(sum(i["mean_update_staleness"] * i["updates_here"]
+                                               for i in infos) / max(updates, 1)),
+            "updates_per_worker": ups, "pushes_when_done": infos[-1]["pushes_when_done"],
+            "log": None if logs[0] is None else [e for log in logs for e in log],
+            "slice": infos[-1]["slice"]})
+    return {"max_clock_gap": max(i["max_clock_gap"] for i in merged),
+            "max_update_staleness": max(i["max_update_staleness"] for i in merged),
+            "mean_update_staleness": float(np.mean([i["mean_update_staleness"] for i in merged])),
+            "updates_per_worker": merged[0]["updates_per_worker"],
+            "pushes_when_done": merged[0]["pushes_when_done"], "servers": merged}
+
+
+class EpochwiseRun:
+    """A parameter-server fit that meets at every epoch end (one
+    :func:`run_parameter_server` per epoch): inside an epoch the workers run
+    asynchronously as ever; at its end every rank holds the same weights, so the fit can
+    evaluate validation rows, run callbacks, and write checkpoints or stop on a signal
+    there (:meth:`boundary`)."""
+
+    def __init__(self, comm, n_servers, counters, record=False):
+        self.comm, self.n_servers, self.counters, self.record = comm, n_servers, counters, record
+        self.pushes = 0           # this worker's pushes so far (numbers the log's steps)
+        self.runs = []
+        self.saved_at = None      # engine.t at the last checkpoint
+
+    def epoch(self, est, engine, plan):
+        from .data import EpochStats
+
+        t0 = time.perf_counter()
+        out = run_parameter_server(engine, self.comm, self.n_servers, [plan], est._hyper(),
+                                   engine.P - engine.K, est.max_staleness, self.counters,
+                                   record=self.record, first_step=self.pushes)
+        seconds = time.perf_counter() - t0
+        engine.set_state({"w": out["w"], "velocity": out["velocity"]})
+        servers = [i for i in out["servers"] if i]
+        engine.t = float(sum(i["updates"] for i in servers) / self.n_servers)
+        self.pushes += out["pushes"]
+        self.runs.append(out["servers"])
+        return EpochStats(out["pushes"], seconds, float(out["loss"][0]), float(out["count"][0]))
+
+    def boundary(self, control, engine):
+        """At an epoch end, on every rank: agree on a stop request (a signal on any rank),
+        a due checkpoint (every ``checkpoint_every`` updates or ``checkpoint_seconds``, by
+        rank 0's clock) and a waiting ``mpiml ctl`` command; then act on them together."""
+        if self.saved_at is None:
+            self.saved_at = engine.t
+        every = control.every_steps
+        words = np.array([control.stop_requested, control.time_due(), control.commands_due()],
+                         dtype=np.float64)
+        self.comm.mpi.Allreduce(MPI.IN_PLACE, words, op=MPI.MAX)
+        stop, due, command = (bool(v) for v in words)
+        due = due or bool(every and engine.t - self.saved_at >= every)
+        if (due or stop) and control.save is not None:
+            self.saved_at = engine.t
+        control.boundary(engine, 0, stop, due, command)
