@@ -230,3 +230,24 @@ def test_ps_meets_at_epoch_ends_when_asked_for_validation(comm):
         assert sum(counts.values()) == len(info["log"]) == 4 * per_epoch
         for src, got in seen.items():
             assert got == list(range(counts[src])), src       # in order, none lost or twice
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ps_applies_the_tol_rule_at_epoch_ends(comm):
+    """scikit-learn's tol / n_iter_no_change stop a ps fit too: it meets at epoch ends."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 4))
+    y = (X @ rng.normal(size=4) > 0).astype(int)
+    workers = comm.size - 1
+    lo, hi = chunk(len(X), workers, comm.rank) if comm.rank < workers else (0, 0)
+    est = SGDClassifier(learning_rate="constant", eta0=0.1, batch_size=40, max_iter=60,
+                        tol=0.01, n_iter_no_change=2, random_state=0, sync="ps:1",
+                        comm=comm).fit(X[lo:hi], y[lo:hi])
+    best, stall, stop = np.inf, 0, None
+    for epoch, loss in enumerate(est.loss_curve_, 1):
+        stall = stall + 1 if loss > best - 0.01 else 0
+        best = min(best, loss)
+        if stall >= 2:
+            stop = epoch
+            break
+    assert stop is not None and est.n_iter_ == stop < 60, est.loss_curve_

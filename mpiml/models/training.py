@@ -336,8 +336,10 @@ class Trainer(BaseEstimator):
                 raise ConfigError(f"{state['path']} was written inside an epoch; a parameter-"
                                   "server fit resumes from a checkpoint written at an epoch end",
                                   ranks=range(c.size))
-            if validation is None and not callbacks and control.save is None:
-                # nothing needs a common point: all epochs run without the ranks meeting
+            if validation is None and not callbacks and control.save is None and (
+                    self.tol is None or epochs is not None):
+                # nothing needs a common point (no validation, callbacks, checkpoints or tol
+                # rule): all epochs run without the ranks meeting
                 with watching(c, self.comm_timeout, control):
                     self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
                 self.stopped_by_ = None
