@@ -72,6 +72,19 @@ def validation_mask(n_global, offset, n_local, fraction, seed=0):
     return permute(np.arange(offset, offset + n_local), n_global, seed) < n_val
 
 
+def split_order(held_out):
+    """The row order :func:`split_rows` puts ``X`` in: the rows where ``held_out`` is
+    False, then the others, each in their original order (``np.argsort`` of it undoes it)."""
+    held_out = np.asarray(held_out, dtype=bool)
+    return np.concatenate([np.flatnonzero(~held_out), np.flatnonzero(held_out)]).astype(np.intp)
+
+
+def can_reorder(X):
+    """Whether :func:`split_rows` reorders ``X`` in place (else it copies)."""
+    return (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+            and X.flags.writeable)
+
+
 def split_rows(X, y, held_out):
     """``((X_kept, y_kept), (X_out, y_out))``: the rows where ``held_out`` is False and
     those where it is True, each in their original order.
@@ -85,13 +98,12 @@ def split_rows(X, y, held_out):
     if held_out.shape != (len(y),) or len(X) != len(y):
         raise ConfigError(f"split_rows: {len(X)} rows, {len(y)} targets and a mask of "
                           f"{held_out.shape[0]}")
-    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
-            and X.flags.writeable):
+    if not can_reorder(X):
         return (X[~held_out], y[~held_out]), (X[held_out], y[held_out])
     from ._kernels.stats import permute_rows
 
-    order = np.concatenate([np.flatnonzero(~held_out), np.flatnonzero(held_out)])
-    permute_rows(X.view(np.uint8), order.astype(np.intp))
+    order = split_order(held_out)
+    permute_rows(X.view(np.uint8), order)
     k = len(y) - int(held_out.sum())
     y = y[order]
     return (X[:k], y[:k]), (X[k:], y[k:])

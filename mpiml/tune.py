@@ -31,9 +31,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ._kernels.stats import permute_rows
 from .comm import Comm, get_comm, get_grid
 from .errors import ConfigError, Interrupted, MpimlError
-from .model_selection import fold_of
+from .model_selection import can_reorder, fold_of, split_order, split_rows
 
 
 # ---------------------------------------------------------------- configurations
@@ -181,15 +182,49 @@ def _test_signal(world, finished):
             os.kill(os.getpid(), getattr(signal, name))
 
 
+class _FoldRows:
+    """One fold's training and validation rows as two views of ``X``: ``X`` is reordered
+    in place (the fold's training rows first, each part in its original order) and put
+    back before another fold is taken and at the end, so a search holds its rows once
+    instead of once plus a copy of the current fold. Arrays it may not reorder are copied."""
+
+    def __init__(self, X, y, folds):
+        self.X, self.y, self.folds = X, y, folds
+        self.k, self.parts, self.undo = None, None, None
+
+    def get(self, k):
+        if k != self.k:
+            self.restore()
+            val = self.folds == k
+            (Xt, yt), (Xv, yv) = split_rows(self.X, self.y, val)
+            if can_reorder(self.X):
+                self.undo = np.argsort(split_order(val)).astype(np.intp)
+            self.k, self.parts = k, (Xt, yt, Xv, yv)
+        return self.parts
+
+    def restore(self):
+        """Put ``X`` back in its original order (local; no communication)."""
+        if self.undo is not None:
+            permute_rows(self.X.view(np.uint8), self.undo)
+        self.k, self.parts, self.undo = None, None, None
+
+
 def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epochs, rung,
                journal, stop):
     """This group's share of ``pairs`` (taken dynamically); returns its records."""
     X, y, offset, n_global = data
-    folds = fold_of(n_global, offset, X.shape[0], cv, seed)
+    rows = _FoldRows(X, y, fold_of(n_global, offset, X.shape[0], cv, seed))
+    try:
+        return _pairs_loop(world, group, counter, base, pairs, rows, factory, epochs, rung,
+                           journal, stop)
+    finally:
+        rows.restore()          # local only: the next rung and the refit see X as loaded
+
+
+def _pairs_loop(world, group, counter, base, pairs, rows, factory, epochs, rung, journal,
+                stop):
     records, finished = [], 0
-    # the fold's row selections (copies) are kept while consecutive pairs share the fold
-    # (pairs are ordered fold by fold); one fold at a time bounds the extra memory
-    split = {}
+    # pairs are ordered fold by fold: consecutive pairs mostly share the fold's row order
     while True:
         # a signal on any rank of the group stops the group before its next pair
         if group.allreduce(int(stop.stop_requested), op=MPI.MAX):
@@ -200,11 +235,7 @@ def _run_pairs(world, group, counter, base, pairs, data, factory, cv, seed, epoc
             return records
         ci, k, config = pairs[t]
         t0 = time.perf_counter()
-        if k not in split:
-            split.clear()
-            train, val = folds != k, folds == k
-            split[k] = (X[train], y[train], X[val], y[val])
-        Xt, yt, Xv, yv = split[k]
+        Xt, yt, Xv, yv = rows.get(k)
         rec = {"config": ci, "fold": k, "epochs": epochs}
         try:
             est = factory(config, group, epochs)
