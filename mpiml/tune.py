@@ -259,7 +259,9 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     same on every rank), best first.
 
     ``factory(config, comm, epochs)`` builds an unfitted estimator on ``comm``;
-    ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data.
+    ``load(comm)`` returns that communicator's share ``(X, y)`` of the training data
+    (a writeable C-contiguous ``X`` is reordered in place for each fold and put back in
+    its original order when the search is done).
     ``journal``: a directory where finished pairs are recorded; ``resume=True``
     continues the search recorded there. ``model_parallel=K``: the estimators split
     their weights over ``K`` ranks of a group (which must be a multiple of ``K``), and
