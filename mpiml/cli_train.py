@@ -241,7 +241,6 @@ def cmd_train(args):
     # the rows read above are the fit's to reorder in place (no second copy in memory)
     est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
             sample_weight=sample_weight, callbacks=callbacks, copy_X=False)
-    del X
     t_fit = time.perf_counter() - t0
     est.save(args.out)
     if est.scaler is not None:

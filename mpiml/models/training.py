@@ -302,7 +302,8 @@ class Trainer(BaseEstimator):
             fit_scaler(self, grid, Xl, columns)
         K, y_enc, loss = self._encode(yl)
         sw = row_weights(self, c, grid, yl, sample_weight, meta)
-        # one reordered copy of the local rows: every step then reads contiguous memory
+        # the local rows in batch order (in place when they are the fit's own, else one
+        # reordered copy): every step then reads contiguous memory
         perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
         if perm is not None:
             Xl = _reorder(Xl, perm, own)
@@ -484,8 +485,6 @@ class Trainer(BaseEstimator):
                                    engine.P - engine.K, self.max_staleness, counters,
                                    record=getattr(self, "_ps_record", False))
         seconds = time.perf_counter() - t0
-        engine.set_state({"w": out["w"], "velocity": out["velocity"]})
-        engine.t = float(sum(i["updates"] for i in out["servers"] if i) / n_servers)
         self.ps_stats_ = summarise_servers([out["servers"]])
         for e in range(len(plans)):
             mean_loss = out["loss"][e] / max(out["count"][e], 1.0)

@@ -64,9 +64,9 @@ def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_s
     from the engine's state on every rank, and the servers count updates on from
     ``engine.t`` (the same on every rank), so a fit may call this once per epoch.
     ``first_step`` numbers this worker's first push (its pushes before, for the log).
-    Returns a dict: ``loss`` (per-epoch loss sums), ``count`` (per-epoch rows), final
-    ``w`` and ``velocity`` (on every rank), this rank's ``pushes``, and the servers'
-    counters and logs.
+    Every rank's engine ends with the final weights and momentum and ``engine.t`` = the
+    servers' update count. Returns a dict: ``loss`` (per-epoch loss sums), ``count``
+    (per-epoch rows), this rank's ``pushes``, and the servers' counters and logs.
     """
     size, rank = comm.size, comm.rank
     servers = server_ranks(size, n_servers)
@@ -96,8 +96,10 @@ def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_s
         comm.Allgatherv(np.ascontiguousarray(mine), full, counts)
         out[name] = full
     comm.mpi.Allreduce(MPI.IN_PLACE, losses, op=MPI.SUM)
+    engine.set_state({"w": out["w"], "velocity": out["velocity"]})
     out["loss"], out["count"], out["pushes"] = losses[0], losses[1], pushes
     out["servers"] = comm.allgather(info if rank in servers else None)
+    engine.t = float(sum(i["updates"] for i in out["servers"] if i) / n_servers)
     return out
 
 
@@ -275,9 +277,6 @@ class EpochwiseRun:
                                    engine.P - engine.K, est.max_staleness, self.counters,
                                    record=self.record, first_step=self.pushes)
         seconds = time.perf_counter() - t0
-        engine.set_state({"w": out["w"], "velocity": out["velocity"]})
-        servers = [i for i in out["servers"] if i]
-        engine.t = float(sum(i["updates"] for i in servers) / self.n_servers)
         self.pushes += out["pushes"]
         self.runs.append(out["servers"])
         return EpochStats(out["pushes"], seconds, float(out["loss"][0]), float(out["count"][0]))
