@@ -120,7 +120,11 @@ class _BaseMLP(Trainer):
                          StepControl.WORDS)
 
     def _store(self, engine, K, d):
-        self._net = engine.net
+        # a network of the estimator's own: the engine's network stays bound to the
+        # engine's parameters (re-binding it to this snapshot, as an epoch's validation
+        # did, froze the training at the snapshot)
+        src = engine.net
+        self._net = Network(src.sizes, src.activation, src.output, src.model, src.dtype)
         self._params = engine.params.copy()
         self._slots = [s.copy() for s in engine.slots]
         self._net.bind(self._params, np.zeros_like(self._params))
