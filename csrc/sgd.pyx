@@ -18,7 +18,7 @@ second BLAS call over the same rows while they are still in cache. BLAS comes
 from scipy (OpenBLAS selects the CPU's vector instructions at run time, so the
 build stays portable).
 """
-from libc.math cimport exp, log, log1p, fabs, pow, isfinite
+from libc.math cimport exp, log, log1p, fabs, pow, isfinite, fmod
 from libc.string cimport memset, memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -50,6 +50,29 @@ DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
 cdef Py_ssize_t SUB = 16
+
+# The step-control protocol (mirrors mpiml.parallel.protocol's Word and Decision, which
+# checks at import that these tables equal its own): control words after the P
+# gradient sums, the loss sum and the row count, and the decision bits apply_checked
+# returns.
+cdef enum ControlWord:
+    WORD_SEQ = 0
+    WORD_STOP = 1
+    WORD_CHECKPOINT = 2
+    WORD_COMMAND = 3
+
+cdef enum StepDecision:
+    DECIDE_OUT_OF_STEP = 1
+    DECIDE_STOP = 2
+    DECIDE_CHECKPOINT = 4
+    DECIDE_COMMAND = 8
+
+CONTROL_WORDS = {"SEQ": WORD_SEQ, "STOP": WORD_STOP, "CHECKPOINT": WORD_CHECKPOINT,
+                 "COMMAND": WORD_COMMAND}
+DECISIONS = {"OUT_OF_STEP": DECIDE_OUT_OF_STEP, "STOP": DECIDE_STOP,
+             "CHECKPOINT": DECIDE_CHECKPOINT, "COMMAND": DECIDE_COMMAND}
+# sequence words are the update number modulo this (protocol.seq_word)
+SEQ_MOD = <double>(1 << 20)
 
 
 # --------------------------------------------------------------------------- losses
@@ -470,6 +493,7 @@ cdef class Engine:
     cdef const Py_ssize_t[::1] plan_lo, plan_hi, plan_ptr
     cdef readonly Py_ssize_t n_control
     cdef public long long checkpoint_every
+    cdef public double seq_mod
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
@@ -503,6 +527,7 @@ cdef class Engine:
         self.buf_arr = np.zeros(self.P + 2 + n_control)
         self.n_control = n_control
         self.checkpoint_every = 0
+        self.seq_mod = SEQ_MOD
         self.buf = self.buf_arr
         self.w32 = np.zeros(self.P, dtype=np.float32)
         self.g32 = np.zeros(self.K * self.d, dtype=np.float32)
@@ -613,11 +638,11 @@ cdef class Engine:
         self.buf[self.P] = s
         self.buf[self.P + 1] = <double>count
         if self.n_control > 0:
-            # control word 0: the number of the update this step makes (sequence check);
-            # the others are requests the caller raises for this step only
-            self.buf[self.P + 2] = self.t + 1.0
-            for j in range(1, self.n_control):
+            # the sequence word: the number of the update this step makes; the others
+            # are requests the caller raises for this step only
+            for j in range(self.n_control):
                 self.buf[self.P + 2 + j] = 0.0
+            self.buf[self.P + 2 + WORD_SEQ] = fmod(self.t + 1.0, self.seq_mod)
 
     cpdef double eta(self):
         """The learning rate the next update will use."""
@@ -627,23 +652,23 @@ cdef class Engine:
     cpdef int apply_checked(self, double size):
         """``apply`` after a reduction that carried the control words (n_control >= 3).
 
-        Returns 0, or a bit set: 1 the ranks are out of step (the sequence words do
-        not add up to ``size * (t + 1)``; nothing applied), 2 a stop was requested,
-        4 a checkpoint is due (requested, or every ``checkpoint_every`` updates),
-        8 a control command is waiting (a fourth control word)."""
+        Returns 0 or a set of ``StepDecision`` bits (mpiml.parallel.protocol.Decision):
+        OUT_OF_STEP the sequence words do not add up to ``size * seq_word(t)`` (nothing
+        applied), STOP a stop was requested, CHECKPOINT one is due (requested, or every
+        ``checkpoint_every`` updates), COMMAND a control command is waiting."""
         cdef Py_ssize_t base = self.P + 2
         cdef int code = 0
-        if self.buf[base] != size * (self.t + 1.0):
-            return 1
+        if self.buf[base + WORD_SEQ] != size * fmod(self.t + 1.0, self.seq_mod):
+            return DECIDE_OUT_OF_STEP
         self._apply()
-        if self.buf[base + 1] > 0.0:
-            code |= 2
-        if self.buf[base + 2] > 0.0:
-            code |= 4
+        if self.buf[base + WORD_STOP] > 0.0:
+            code |= DECIDE_STOP
+        if self.buf[base + WORD_CHECKPOINT] > 0.0:
+            code |= DECIDE_CHECKPOINT
         if self.checkpoint_every > 0 and (<long long>self.t) % self.checkpoint_every == 0:
-            code |= 4
-        if self.n_control > 3 and self.buf[base + 3] > 0.0:
-            code |= 8
+            code |= DECIDE_CHECKPOINT
+        if self.n_control > WORD_COMMAND and self.buf[base + WORD_COMMAND] > 0.0:
+            code |= DECIDE_COMMAND
         return code
 
     cpdef void apply(self):

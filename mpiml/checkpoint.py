@@ -4,8 +4,9 @@ A checkpoint holds the logical (unsharded) state, so it can be resumed on any
 number of ranks:
 
 * attributes: format, format version, model type, hyper-parameters (JSON, as they
-  were at the time of the checkpoint), epoch, step within the epoch (the data
-  cursor), update count ``t``, the partial loss sums of the current epoch, the
+  were at the time of the checkpoint, with the live values), the live changes made
+  during the fit (JSON list ``param_changes``; optional, absent in older files),
+  epoch, step within the epoch (the data cursor), update count ``t``, the partial loss sums of the current epoch, the
   early-stopping state, the schedule's seed, global row count and batch size;
 * datasets: ``w`` (the flat parameters: coefficients row by row, then intercepts),
   ``velocity`` (momentum state), ``loss_curve``, ``classes`` (classifiers).
@@ -26,6 +27,7 @@ import numpy as np
 
 from .comm import get_comm
 from .errors import DataError, OutputError
+from .hooks import NO_HOOKS
 from .io import check_format
 
 __all__ = ["CheckpointPolicy", "write_checkpoint", "read_checkpoint", "latest_checkpoint",
@@ -74,15 +76,9 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _kill_in_checkpoint(t):
-    """Failure-injection hook for the reliability tests: MPIML_TEST_KILL_IN_CHECKPOINT=T
-    kills the writer half-way through the first checkpoint at update T or later."""
-    value = os.environ.get("MPIML_TEST_KILL_IN_CHECKPOINT")
-    return value is not None and t >= int(value)
-
-
-def write_checkpoint(policy, state, arrays, comm=None):
+def write_checkpoint(policy, state, arrays, comm=None, hooks=NO_HOOKS):
     """Collective: rank 0 writes the checkpoint for ``state`` and prunes old ones.
+    (``hooks``: the test hooks, :mod:`mpiml.hooks`; the writer may be told to die half-way.)
 
     Returns the path written.
     """
@@ -100,11 +96,12 @@ def write_checkpoint(policy, state, arrays, comm=None):
                 f.attrs["format_version"] = CHECKPOINT_VERSION
                 f.attrs["model_type"] = state["model_type"]
                 f.attrs["params"] = json.dumps(state["params"], sort_keys=True)
+                f.attrs["param_changes"] = json.dumps(state.get("param_changes", []))
                 for key in _SCALARS:
                     f.attrs[key] = state[key]
                 for name, a in arrays.items():
                     f.create_dataset(name, data=a)
-                if _kill_in_checkpoint(state["t"]):
+                if hooks.checkpoint_kill_due(state["t"]):
                     f.flush()
                     os.kill(os.getpid(), 9)
                 f.flush()
@@ -158,6 +155,8 @@ def read_checkpoint(path, comm=None):
                 state = {key: f.attrs[key].item() for key in _SCALARS}
                 state["model_type"] = str(f.attrs["model_type"])
                 state["params"] = json.loads(str(f.attrs["params"]))
+                # the live hyper-parameter changes (absent from checkpoints before 0.2)
+                state["param_changes"] = json.loads(str(f.attrs.get("param_changes", "[]")))
                 arrays = {k: np.asarray(v[()]) for k, v in f.items()}
             except (KeyError, ValueError, TypeError) as exc:
                 raise DataError(f"{f_path} is incomplete or damaged: {exc}") from None

@@ -4,6 +4,7 @@ import json
 import os
 import time
 
+from . import hooks
 from .cli import MODELS
 
 
@@ -183,7 +184,7 @@ def cmd_train(args):
         columns = (*chunk(d, grid.K, grid.model_rank), d)
     held_out = _held_out(args, c, grid, X.shape[0])
     t_load = time.perf_counter() - t0
-    if os.environ.get("MPIML_TEST_RAISE") == str(c.rank):     # failure injection for the tests
+    if hooks.current().raise_on_rank == c.rank:     # failure injection for the tests
         raise RuntimeError(f"injected failure on rank {c.rank}")
     n = grid.data.allreduce(X.shape[0])
     width = columns[2] if columns else c.allreduce(X.shape[1], op=MPI.MAX)
@@ -238,6 +239,10 @@ def cmd_train(args):
     t0 = time.perf_counter()
     if args.resume:
         c.print0(f"resuming from {args.resume}")
+        # a resumed run is the run that was started: its settings come from the checkpoint
+        # (the live ones -- learning rate, momentum, alpha, batch size -- the fit takes itself)
+        from .models.checkpointing import checkpoint_settings
+        est.set_params(**checkpoint_settings(est, args.resume, comm=c))
     # the rows read above are the fit's to reorder in place (no second copy in memory)
     est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
             sample_weight=sample_weight, callbacks=callbacks, copy_X=False)

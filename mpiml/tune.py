@@ -33,6 +33,7 @@ from mpi4py import MPI
 
 from ._kernels.stats import permute_rows
 from .comm import Comm, get_comm, get_grid
+from . import hooks
 from .errors import ConfigError, Interrupted, MpimlError
 from .model_selection import can_reorder, fold_of, split_order, split_rows
 
@@ -172,14 +173,11 @@ class _Stop:
 
 
 def _test_signal(world, finished):
-    """Failure injection for the tests: MPIML_TEST_TUNE_SIGNAL=RANK:PAIRS:SIGNAME sends
-    the signal to world rank RANK once its group has finished PAIRS pairs."""
-    raw = os.environ.get("MPIML_TEST_TUNE_SIGNAL", "")
-    if raw:
-        import signal
-        rank, pairs, name = raw.split(":")
-        if int(rank) == world.rank and int(pairs) == finished:
-            os.kill(os.getpid(), getattr(signal, name))
+    """Failure injection for the tests (:mod:`mpiml.hooks`, ``tune_signal``): world rank R
+    sends itself a signal once its group has finished that many pairs."""
+    hook = hooks.current().tune_signal
+    if hook is not None and hook[0] == world.rank and hook[1] == finished:
+        os.kill(os.getpid(), hook[2])
 
 
 class _FoldRows:

@@ -22,7 +22,8 @@ def main(run_dir, out, comm_timeout=600.0):
     flat = np.concatenate([est.coef_.ravel(), est.intercept_])
     same = all(np.array_equal(flat, other) for other in c.allgather(flat))
     c.print0(json.dumps({"n_iter": est.n_iter_, "stopped_by": est.stopped_by_, "eta0": est.eta0,
-                         "batch_size": est.batch_size, "identical_on_all_ranks": same}))
+                         "batch_size": est.batch_size, "live": est.live_params_,
+                         "changes": est.param_changes_, "identical_on_all_ranks": same}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from mpiml import SGDClassifier, get_comm
+from mpiml import hooks
 from mpiml._kernels import sgd as _k
 
 
@@ -20,8 +21,8 @@ def main(n_servers, max_staleness):
     est = SGDClassifier(learning_rate="constant", eta0=0.05, momentum=0.3, batch_size=30,
                         max_iter=3, tol=None, random_state=0, dtype="float64",
                         sync=f"ps:{n_servers}", max_staleness=max_staleness)
-    est._ps_record = True
-    est.fit(X[lo:hi], y[lo:hi])
+    with hooks.injected(record_servers=True):   # servers keep their logs
+        est.fit(X[lo:hi], y[lo:hi])
     ok = True
     flat = np.concatenate([est.coef_.ravel(), est.intercept_])
     for j, info in enumerate(est.ps_stats_["servers"]):

@@ -61,7 +61,12 @@ def test_set_then_stop_applies_at_the_same_step_on_every_rank(tmp_path):
     finally:
         result = _finish(p)
     assert result["stopped_by"].startswith("mpiml ctl stop at step ")
-    assert result["n_iter"] < 100000 and result["eta0"] == 0.05 and result["batch_size"] == 32
+    assert result["n_iter"] < 100000
+    # the changes are the fit's live values; the constructor's parameters stay as given
+    assert result["live"] == {"eta0": 0.05, "batch_size": 32}
+    assert result["eta0"] == 0.01 and result["batch_size"] == 16
+    assert [(ch["param"], ch["value"], ch["by"]) for ch in result["changes"]] == \
+        [("eta0", 0.05, "ctl"), ("batch_size", 32, "ctl")]
     # lr changed at the same step on both ranks: otherwise their weights would differ
     assert result["identical_on_all_ranks"]
     assert (tmp_path / "model.h5").exists()

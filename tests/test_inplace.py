@@ -146,7 +146,9 @@ def test_in_place_relayout_equals_a_copy(comm):
     untouched = np.array_equal(Xl, X[lo:hi])
     b = SGDClassifier(**kw).fit(Xl, yl, callbacks=[_BatchChange(32)], copy_X=False)
     assert untouched
-    assert a.batch_size == b.batch_size == 32
+    # the callback's change was applied (a live value; the parameter stays as given)
+    assert a.live_params_["batch_size"] == b.live_params_["batch_size"] == 32
+    assert a.batch_size == b.batch_size == 1000
     np.testing.assert_array_equal(a.coef_, b.coef_)
     np.testing.assert_array_equal(a.intercept_, b.intercept_)
     assert a.loss_curve_ == b.loss_curve_

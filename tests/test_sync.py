@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mpiml import MLPClassifier, SGDClassifier, SGDRegressor, chunk, load_hdf5
+from mpiml import hooks
 from mpiml._kernels import sgd as _k
 from mpiml.datasets import make_data
 from mpiml.errors import ConfigError
@@ -106,8 +107,8 @@ def test_parameter_server_replay_and_bounds(comm):
     est = SGDClassifier(learning_rate="constant", eta0=0.05, momentum=0.5, batch_size=32,
                         max_iter=3, tol=None, random_state=0, dtype="float64", sync="ps:1",
                         max_staleness=2)
-    est._ps_record = True
-    est.fit(X[lo:hi], y[lo:hi])
+    with hooks.injected(record_servers=True):   # servers keep their logs
+        est.fit(X[lo:hi], y[lo:hi])
     info = est.ps_stats_["servers"][0]
     assert est.ps_stats_["max_clock_gap"] <= 2
     counts = est.ps_stats_["updates_per_worker"]
@@ -196,8 +197,8 @@ def test_ps_meets_at_epoch_ends_when_asked_for_validation(comm):
     whole = SGDClassifier(**kw).fit(X[lo:hi], y[lo:hi])
     cb = _Logs()
     est = SGDClassifier(**kw)
-    est._ps_record = True
-    est.fit(X[lo:hi], y[lo:hi], validation=(X[lo:hi], y[lo:hi]), callbacks=[cb])
+    with hooks.injected(record_servers=True):   # servers keep their logs
+        est.fit(X[lo:hi], y[lo:hi], validation=(X[lo:hi], y[lo:hi]), callbacks=[cb])
     final_score = est.score(X[lo:hi], y[lo:hi])
     flat = np.concatenate([est.coef_.ravel(), est.intercept_])
     everywhere = comm.allgather(flat)

@@ -1,19 +1,18 @@
-"""Checkpoint and signal plumbing of a fit: the step control that writes checkpoints
-(every N updates, every T seconds, at the end, on SIGTERM/SIGUSR1), the signal handlers,
-and restoring an estimator's run state from a checkpoint (``fit(..., resume=...)``)."""
+"""Signals and resume of a fit: SIGTERM / SIGUSR1 (what Slurm sends before the time
+limit) turned into a stop request at the next step boundary, and reading and checking
+the checkpoint a fit resumes from. Writing checkpoints is the fit session's
+(:meth:`mpiml.models.session.FitSession.save_checkpoint`)."""
 import contextlib
-import os
+import json
 import signal
 import threading
-import time
 
 import numpy as np
 
-from ..checkpoint import CheckpointPolicy, read_checkpoint, write_checkpoint
-from ..errors import DataError, Interrupted
-from ..parallel.data import StepControl
+from ..checkpoint import read_checkpoint
+from ..errors import DataError
 
-__all__ = ["signals", "step_control", "restore"]
+__all__ = ["signals", "read_resume", "checkpoint_settings"]
 
 
 @contextlib.contextmanager
@@ -40,48 +39,24 @@ def signals(control, enabled=True):
             signal.signal(sig, h)
 
 
-def step_control(est, c, grid, engine, K, d, n_global, batch):
-    """The step control: checkpoints (if ``checkpoint_dir``) and signals."""
-    control = StepControl(grid.data, est.checkpoint_every, est.checkpoint_seconds)
-    directory = est.checkpoint_dir
-    if directory is None and est.run_dir is not None:
-        directory = os.path.join(est.run_dir, "checkpoints")
-    if directory is None:
-        return control
-    policy = CheckpointPolicy(directory, est.checkpoint_every,
-                              est.checkpoint_seconds, est.keep_checkpoints)
-
-    def save(step):
-        eng = control.engine if control.engine is not None else engine   # may be replaced
-        state = {"model_type": type(est).__name__,
-                 "params": {k: v for k, v in est.get_params().items() if k != "comm"},
-                 "epoch": est._epochs_done, "step": step, "t": eng.t,
-                 "epoch_loss": eng.epoch_loss, "epoch_count": eng.epoch_count,
-                 "best": est._tol_state[0], "stall": est._tol_state[1],
-                 "n_iter": est.n_iter_, "n_global": n_global,
-                 "batch": getattr(control, "batch", batch),     # after `set batch_size`
-                 "seed": est._seed, "n_features": d, "n_outputs": K}
-        arrays = dict(eng.get_state())       # logical arrays, gathered if sharded
-        arrays["loss_curve"] = np.asarray(est.loss_curve_, dtype=np.float64)
-        if est._is_classifier:
-            arrays["classes"] = est.classes_
-        t0 = time.perf_counter()
-        path = write_checkpoint(policy, state, arrays, comm=c)
-        control.io_seconds += time.perf_counter() - t0
-        return path
-
-    def on_stop(path):
-        raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue with "
-                          f"--resume {policy.directory} (fit(..., resume=...))",
-                          ranks=range(c.size), checkpoint=path)
-
-    control.save = save
-    control.on_stop = on_stop
-    return control
+def _canonical(value):
+    """A parameter value as a checkpoint's JSON gives it back (tuples become lists, dict
+    keys strings), so a value and its stored form compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def restore(est, c, resume, d, n_global):
-    """Collective: read and check a checkpoint; set the estimator's run state from it."""
+def read_resume(est, c, resume, d, n_global):
+    """Collective: read and check the checkpoint a fit resumes from (``fit(...,
+    resume=...)``). Returns ``(state, arrays)``; the caller (the fit session) takes the
+    running state and the live hyper-parameters from them.
+
+    The checkpoint must come from the same kind of model on the same data, made with the
+    same settings: of the parameters a resumed run depends on (``est._resumed_params``),
+    only the live ones (:meth:`~mpiml.models.training.Trainer._live_names`: learning
+    rate, momentum, alpha, batch size, which ``mpiml ctl set`` and callbacks change
+    during a fit) are taken from the checkpoint; any other difference is an error rather
+    than a silently different model.
+    """
     state, arrays = read_checkpoint(resume, comm=c)
 
     def check():
@@ -98,15 +73,31 @@ def restore(est, c, resume, d, n_global):
         if est._is_classifier and not np.array_equal(arrays["classes"], est.classes_):
             raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
                             f"labels have {est.classes_.tolist()[:10]}")
+        live = set(est._live_names())
+        differ = [k for k in est._resumed_params
+                  if k not in live and k in state["params"]
+                  and _canonical(state["params"][k]) != _canonical(getattr(est, k))]
+        if differ:
+            said = ", ".join(f"{k}={state['params'][k]!r} (here {getattr(est, k)!r})"
+                             for k in differ)
+            raise DataError(f"{where} was made with {said}: resume with the settings the "
+                            "run was started with")
 
     c.run(check)
-    for key in est._resumed_params:
-        if key in state["params"]:
-            setattr(est, key, state["params"][key])
-    est._seed = int(state["seed"])
-    est._epochs_done = int(state["epoch"])
-    est.n_iter_ = int(state["n_iter"])
-    est._tol_state = [float(state["best"]), int(state["stall"])]
-    est.loss_curve_ = [float(v) for v in arrays["loss_curve"]]
-    est.epoch_times_ = []
     return state, arrays
+
+
+def checkpoint_settings(est, resume, comm=None):
+    """Collective: the settings (``est._resumed_params`` but the live ones) of the run
+    whose checkpoint is ``resume``, for building an estimator that can resume it
+    (``mpiml train --resume`` does: a resumed run is the run that was started)."""
+    from ..comm import get_comm
+    state, _ = read_checkpoint(resume, comm=get_comm(comm))
+    if state["model_type"] != type(est).__name__:
+        return {}           # the fit refuses it, saying so
+    live = set(est._live_names())
+    out = {k: state["params"][k] for k in est._resumed_params
+           if k in state["params"] and k not in live}
+    if isinstance(out.get("hidden_layer_sizes"), list):
+        out["hidden_layer_sizes"] = tuple(out["hidden_layer_sizes"])
+    return out

@@ -9,6 +9,7 @@ import numpy as np
 from .._kernels import sgd as _k
 from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
+from ..parallel.protocol import N_WORDS
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
 from .base import check_local_X
 from .scaling import transform
@@ -63,32 +64,34 @@ class _BaseSGD(Trainer):
         if self.shard not in ("auto", "classes", "features"):
             bad(f"shard must be 'auto', 'classes' or 'features', not {self.shard!r}")
 
-    def _hyper(self):
-        """The update's hyper-parameters as kernel codes (shared by both engines)."""
+    def _hyper(self, live=None):
+        """The update's hyper-parameters as kernel codes (shared by both engines), with
+        the live values ``live`` (a fit session's) in place of the parameters'."""
+        live = live or {}
+        eta0, alpha, momentum = (float(live.get(k, getattr(self, k)))
+                                 for k in ("eta0", "alpha", "momentum"))
         optimal_init = 1.0
         if self.learning_rate == "optimal":
             # Bottou's heuristic, as scikit-learn: the initial step that a typical
             # weight of size 1/sqrt(sqrt(alpha)) would take under the loss
-            typw = math.sqrt(1.0 / math.sqrt(self.alpha))
+            typw = math.sqrt(1.0 / math.sqrt(alpha))
             probe = LOSSES[self.loss](self) if self.loss != "log_loss" else _k.LogLoss()
             dl = abs(float(probe.py_dloss(-typw, 1.0)))
-            eta0 = typw / max(1.0, dl)
-            optimal_init = 1.0 / (eta0 * self.alpha)
-        return dict(eta0=float(self.eta0), alpha=float(self.alpha),
+            optimal_init = 1.0 / (typw / max(1.0, dl) * alpha)
+        return dict(eta0=eta0, alpha=alpha,
                     l1_ratio=float(self.l1_ratio), penalty=_k.PENALTIES[self.penalty],
                     schedule=_k.SCHEDULES[self.learning_rate], power_t=float(self.power_t),
-                    momentum=float(self.momentum), fit_intercept=bool(self.fit_intercept),
+                    momentum=momentum, fit_intercept=bool(self.fit_intercept),
                     optimal_init=optimal_init)
 
     def _split(self):
         return choose_split(self.shard, self._is_classifier and self._multinomial())
 
-    def _make_engine(self, X, y, K, loss, d, grid, columns):
-        from ..parallel.data import StepControl
+    def _make_engine(self, X, y, K, loss, d, grid, columns, seed, live):
         if grid.K == 1:
             if columns is not None and (int(columns[0]), int(columns[1])) != (0, d):
                 raise DataError("columns= is for feature-sharded models (model_parallel > 1)")
-            return _k.Engine(X, y, K, loss, n_control=StepControl.WORDS, **self._hyper())
+            return _k.Engine(X, y, K, loss, n_control=N_WORDS, **self._hyper(live))
         split = self._split()
         if split == "classes":
             if not (self._is_classifier and self._multinomial()):
@@ -107,7 +110,7 @@ class _BaseSGD(Trainer):
                                 f"feature shard is {lo}:{hi} (load it with "
                                 f"load_hdf5(..., columns=grid))")
         return ShardedLinearEngine(X, y, K, d, loss if split == "features" else None, split,
-                                   grid, self._hyper(), StepControl.WORDS,
+                                   grid, self._hyper(live), N_WORDS,
                                    columns_given=columns is not None)
 
     def _store(self, engine, K, d):

@@ -7,6 +7,7 @@ import numpy as np
 from ..comm import get_comm, get_grid
 from ..errors import DataError, NotFittedError
 from ..parallel.network import ACTIVATIONS, MLPEngine, Network
+from ..parallel.protocol import N_WORDS
 from .base import check_local_X
 from .scaling import restore_scaler, transform
 from .training import Trainer
@@ -105,19 +106,19 @@ class _BaseMLP(Trainer):
                     f"{small[0]} units: every split layer needs at least one unit per rank")
 
     # ------------------------------------------------------------ engine
-    def _make_engine(self, X, y, K, output, d, grid, columns):
+    def _make_engine(self, X, y, K, output, d, grid, columns, seed, live):
         if columns is not None:
             raise DataError("columns= is for feature-sharded linear models; MLP ranks read "
                             "all the features")
+        lr, momentum, alpha = (float(live.get(k, getattr(self, k)))
+                               for k in ("learning_rate_init", "momentum", "alpha"))
         hyper = dict(solver=self.solver, learning_rate=self.learning_rate,
-                     learning_rate_init=float(self.learning_rate_init),
-                     power_t=float(self.power_t), momentum=float(self.momentum),
+                     learning_rate_init=lr, power_t=float(self.power_t), momentum=momentum,
                      nesterovs_momentum=bool(self.nesterovs_momentum), beta_1=float(self.beta_1),
-                     beta_2=float(self.beta_2), epsilon=float(self.epsilon),
-                     alpha=float(self.alpha), seed=self._seed)
-        from ..parallel.data import StepControl
+                     beta_2=float(self.beta_2), epsilon=float(self.epsilon), alpha=alpha,
+                     seed=seed)
         return MLPEngine(X, y, [d, *self._hidden(), K], self.activation, output, grid, hyper,
-                         StepControl.WORDS)
+                         N_WORDS)
 
     def _store(self, engine, K, d):
         # a network of the estimator's own: the engine's network stays bound to the

@@ -12,37 +12,29 @@ said so), receives the commands by one broadcast from rank 0, and applies them:
   step, normally (the caller saves the model).
 
 Every command gets a response file and a record in ``metrics.jsonl``; changed
-hyper-parameters are the estimator's parameters too, so checkpoints carry them and
-a resumed run keeps them.
+hyper-parameters are live changes of the fit session (:meth:`FitSession.set_live
+<mpiml.models.session.FitSession.set_live>`): checkpoints carry them, a resumed run keeps
+them, and the fitted estimator records them (``live_params_``, ``param_changes_``) while
+its constructor parameters stay as given.
 """
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["Steering", "EarlyStopping", "Progress", "epoch_logs"]
+__all__ = ["Steering", "EarlyStopping", "Progress", "summarise"]
 
 # the CLI / ctl name of a hyper-parameter -> the estimator parameter per model family
 _PARAM = {"lr": ("eta0", "learning_rate_init"), "momentum": ("momentum", "momentum"),
           "alpha": ("alpha", "alpha"), "batch_size": ("batch_size", "batch_size")}
 
 
-def set_engine_hyper(engine, est_param, value):
-    """Carry a hyper-parameter change into a running engine."""
-    h = getattr(engine, "h", None)
-    if h is None:                                   # the Cython engine
-        if est_param in ("eta0", "momentum", "alpha"):
-            setattr(engine, est_param, float(value))
-        return
-    if est_param in h:
-        h[est_param] = value
-
-
 class Steering:
-    def __init__(self, est, comm, control, run):
-        self.est, self.c, self.control, self.run = est, comm, control, run
-        self.pending_batch = None
-        self.mlp = hasattr(est, "learning_rate_init")
+    """Applies a run directory's commands to a fit session (see the module doc)."""
+
+    def __init__(self, session, comm, control, run, mlp):
+        self.session, self.c, self.control, self.run = session, comm, control, run
+        self.mlp = mlp
 
     def _param(self, name):
         return _PARAM[name][1 if self.mlp else 0]
@@ -65,14 +57,9 @@ class Steering:
             if name == "set":
                 done = []
                 for key, value in args.items():
-                    param = self._param(key)
-                    setattr(self.est, param, value)
-                    if key == "batch_size":
-                        self.pending_batch = value
-                        done.append(f"batch_size={value} from the next epoch")
-                    else:
-                        set_engine_hyper(engine, param, value)
-                        done.append(f"{key}={value}")
+                    self.session.set_live(self._param(key), value, "ctl")
+                    done.append(f"batch_size={value} from the next epoch"
+                                if key == "batch_size" else f"{key}={value}")
                 self._respond(cid, text, "applied", step, "set " + ", ".join(done))
             elif name == "checkpoint":
                 if self.control.save is None:
@@ -201,38 +188,3 @@ class Progress:
 def summarise(values):
     a = np.asarray(values, dtype=np.float64)
     return {"min": float(a.min()), "mean": float(a.mean()), "max": float(a.max())}
-
-
-def epoch_logs(est, c, engine, stats, mean_loss, K, d, validation, run, control, counters):
-    """The epoch's record: loss, validation metrics, lr, throughput, and with a run
-    directory the per-rank time split (written to metrics.jsonl and status.json)."""
-    lr = getattr(est, "eta0", None) if hasattr(est, "eta0") else est.learning_rate_init
-    logs = {"epoch": est.n_iter_, "step": int(engine.t), "loss": float(mean_loss),
-            "lr": float(lr), "samples_per_s": stats.count / max(stats.seconds, 1e-12),
-            "seconds": stats.seconds}
-    if validation is not None:
-        est._store(engine, K, d)
-        for k, v in est.metrics(*validation).items():
-            logs[f"val_{k}"] = float(v) if k != "n_samples" else int(v)
-    if run is None:
-        return logs
-    # time in the step's collective, sampled every 16th step (see run_epoch)
-    comm = 0.0
-    if control.samples:
-        comm = control.comm_sampled * stats.steps / control.samples
-    comm = max(comm, counters.comm_seconds + counters.wait_seconds)
-    control.comm_sampled, control.samples = 0.0, 0
-    io = control.io_seconds
-    control.io_seconds = 0.0
-    everyone = np.array(c.allgather((stats.seconds, comm, io)))
-    waiting = everyone[:, 1] - everyone[:, 1].min()    # the part spent on slower ranks
-    logs["time"] = {"compute": summarise(np.maximum(everyone[:, 0] - everyone[:, 1], 0.0)),
-                    "communication": summarise(everyone[:, 1] - waiting),
-                    "waiting": summarise(waiting), "io": summarise(everyone[:, 2])}
-    logs["bytes_per_rank"] = int(counters.bytes_sent or stats.steps * engine.buf_arr.nbytes)
-    logs["ranks"] = c.size
-    run.log(logs)
-    run.write_status(force=True, state="running", epoch=est.n_iter_, step=int(engine.t),
-                     loss=float(mean_loss), lr=float(lr), ranks=c.size,
-                     samples_per_s=logs["samples_per_s"])
-    return logs

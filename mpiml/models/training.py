@@ -1,57 +1,52 @@
-"""The training loop every mpiml estimator shares.
+"""The estimators' common base: parameter checks, agreed input, ``fit`` / ``partial_fit``.
 
-An estimator supplies an *engine* (the model's state and its step kernels) and
-:class:`Trainer` drives it: agreed validation, the global row count, the
-rank-count-independent batch schedule, the process grid, epochs with early
-stopping, checkpoints, signals, the watchdog and resume. The checkpoint and signal
-plumbing is in :mod:`mpiml.models.checkpointing`, the epoch record and live control in
-:mod:`mpiml.models.steering`, per-row class weights in :mod:`mpiml.imbalance` and the
-feature scaler in :mod:`mpiml.models.scaling`.
+``fit`` reads as: agree on the data (:meth:`Trainer._agree_data`: every rank checks
+its rows and all agree on the global shape, classes, dtype and seed, raising the same
+error together), build a :class:`~mpiml.models.session.FitSession`, run it, store the
+result. Everything that exists only while training runs -- the engine, the row layout,
+the synchronizer, the step control, checkpoints, the run directory, the running state
+and the live hyper-parameters -- is the session's.
+
+An estimator subclass supplies ``_validate_model_params``, ``_encode(y)`` (outputs,
+encoded targets, loss), ``_make_engine(X, y, K, loss, d, grid, columns, seed, live)``
+(built with the live hyper-parameter values ``live``), ``_hyper(live)`` (the update's
+hyper-parameters, for the parameter server), ``_store(engine, K, d)`` (the fitted model
+from an engine) and ``_fitted_state()`` (the optimiser state a ``partial_fit`` continues
+from).
 
 The engine protocol (``mpiml._kernels.sgd.Engine`` for the data-parallel linear
 models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
 
 * ``buf_arr`` -- the packed step buffer: ``P`` gradient sums, loss sum, row
-  count, then the control words of :class:`~mpiml.parallel.data.StepControl`;
+  count, then the control words of :mod:`mpiml.parallel.protocol`;
   reduced over the grid's data-parallel communicator, once per step;
-* ``set_plan``, ``grad_step(s)``, ``apply()``, ``apply_checked(size)``,
-  ``run_plan(start, stop)``, ``t``, ``epoch_loss``, ``epoch_count``,
-  ``params_finite()``;
+* ``set_plan``, ``grad_step(s)``, ``apply()``, ``apply_checked(size)`` (returns the
+  protocol's decision bits), ``run_plan(start, stop)``, ``t``, ``seq_mod``,
+  ``epoch_loss``, ``epoch_count``, ``params_finite()``, ``sync_arrays()``;
 * ``get_state()`` / ``set_state(arrays)`` -- the *logical* (unsharded) optimiser
   state as flat arrays; collective over the model-parallel group for sharded
   engines, so checkpoints and model files never depend on the split.
 """
-import math
-import time
+from collections import namedtuple
 
 import numpy as np
 
-from .._kernels.stats import permute_rows
+from .. import hooks
 from ..comm import check_model_parallel, get_comm, get_grid
-from ..errors import ConfigError, DataError, NotFittedError, TrainingError
-from ..imbalance import row_weights
+from ..errors import ConfigError, DataError, NotFittedError
 from ..io import first_nonfinite_row
-from ..parallel.data import StopTraining, group_layout, layout_plan, run_epoch
-from ..parallel.ps import EpochwiseRun, run_parameter_server, server_ranks, summarise_servers
-from ..parallel.sync import (CommCounters, Compressor, StatsWriter, parse_compress, parse_sync,
-                             run_epoch_local, run_epoch_sync)
-from ..runctl import RunDir
-from ..watchdog import watching
+from ..parallel.sync import parse_compress, parse_sync
+from ..parallel.synchronizers import servers_of
 from .base import BaseEstimator, check_local_X
-from .checkpointing import restore, signals, step_control
-from .scaling import check_scaler, fit_scaler, scaler_arrays, transform
-from .steering import Progress, Steering, epoch_logs, set_engine_hyper
+from .scaling import check_scaler, scaler_arrays
+from .session import FitSession
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "FitData"]
 
-
-def _reorder(X, idx, own):
-    """``X[idx]``: in place when ``X`` is this fit's to change (no second copy of the
-    rows in memory), else a new array."""
-    if own:
-        permute_rows(X.view(np.uint8), idx)
-        return X
-    return np.take(X, idx, axis=0)
+# the agreed input of a fit: this rank's rows (X in the training dtype, y as float64),
+# the replicas' (rows, width, dtype, classes), global rows, this rank's first global row,
+# features, classes, whether X may be changed in place, the feature columns held, seed
+FitData = namedtuple("FitData", "comm grid X y meta n_global offset d classes own columns seed")
 
 
 def _positive_int(v):
@@ -165,8 +160,11 @@ class Trainer(BaseEstimator):
         y : array (n_local,)
         resume : str, optional
             A checkpoint directory (or file): continue that run, on any number of
-            ranks, up to ``max_iter`` epochs in all. The optimisation
-            hyper-parameters come from the checkpoint.
+            ranks, up to ``max_iter`` epochs in all. The live hyper-parameters (learning
+            rate, momentum, alpha, batch size: they may have been changed while the run
+            ran) come from the checkpoint; the other settings the run depends on must be
+            the checkpoint's, or every rank raises a DataError
+            (:func:`mpiml.models.checkpointing.checkpoint_settings` reads them).
         columns : (lo, hi, n_features), optional
             Feature-sharded models only: ``X`` holds only columns ``lo:hi`` of the
             ``n_features`` (this rank's shard, as read by
@@ -179,7 +177,10 @@ class Trainer(BaseEstimator):
             e.g. :class:`mpiml.models.steering.EarlyStopping`. They run on every rank
             with the same global logs; a callback may change hyper-parameters with
             ``estimator.set_params(...)`` (learning rate, momentum, alpha from the next
-            step, batch_size from the next epoch).
+            step, batch_size from the next epoch). Such changes are live changes of the
+            fit: while callbacks run the estimator shows the live values; afterwards its
+            parameters are as given and ``live_params_`` / ``param_changes_`` record the
+            changes.
         sample_weight : array (n_local,), optional
             Per-row weights multiplying each row's loss and gradient (data-parallel
             linear models); combined with ``class_weight``.
@@ -205,6 +206,23 @@ class Trainer(BaseEstimator):
 
     def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
              callbacks=None, sample_weight=None, copy_X=True):
+        """Build a fit session from the agreed data, run it, store the result."""
+        data = self._agree_data(X, y, reset, classes, columns, copy_X)
+        session = FitSession(self, data, epochs=epochs, reset=reset, resume=resume,
+                             validation=validation, callbacks=callbacks,
+                             sample_weight=sample_weight, hooks=hooks.current())
+        session.run()
+        session.store()
+        return self
+
+    def _live_names(self):
+        """The hyper-parameters a running fit may change (``mpiml ctl set``, callbacks)."""
+        lr = "learning_rate_init" if hasattr(self, "learning_rate_init") else "eta0"
+        return (lr, "momentum", "alpha", "batch_size")
+
+    def _agree_data(self, X, y, reset, classes, columns, copy_X):
+        """Collective: check this rank's rows, agree on the global shape, classes, dtype and
+        seed; every rank raises the same error on bad data (a :class:`FitData`)."""
         c = get_comm(self.comm)
         Xl, yl, local_classes = c.run(self._prepare_local, X, y)
         grid = get_grid(c, self.model_parallel)
@@ -219,8 +237,7 @@ class Trainer(BaseEstimator):
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
         group = grid.model.allgather((Xl.shape[0], float(np.sum(yl)), Xl.shape[1]))
-        sync_kind, sync_num = parse_sync(self.sync)
-        servers = server_ranks(c.size, sync_num) if sync_kind == "ps" else []
+        servers = servers_of(self.sync, c.size)
 
         def check_global():
             if c.rank in servers and Xl.shape[0] > 0:
@@ -279,228 +296,7 @@ class Trainer(BaseEstimator):
         own = Xl.flags.writeable and (not copy_X or not np.may_share_memory(Xl, X))
         if Xl.shape[0] == 0:
             Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
-
-        if reset:
-            self.n_features_in_ = d
-            if self._is_classifier:
-                self.classes_ = cls
-            self._seed = seed
-            self.n_iter_ = 0
-            self._epochs_done = 0
-            self.t_ = 1.0
-            self._tol_state = [math.inf, 0]
-            self.loss_curve_ = []
-            self.epoch_times_ = []
-        batch = n_global if self.batch_size == "full" else int(self.batch_size)
-        state, arrays = (None, None)
-        if resume is not None:
-            state, arrays = restore(self, c, resume, d, n_global)
-            batch = int(state["batch"])
-        if reset:
-            # after a restore: a resumed run scales as its checkpoint says (the same
-            # statistics, recomputed from the same rows)
-            fit_scaler(self, grid, Xl, columns)
-        K, y_enc, loss = self._encode(yl)
-        sw = row_weights(self, c, grid, yl, sample_weight, meta)
-        # the local rows in batch order (in place when they are the fit's own, else one
-        # reordered copy): every step then reads contiguous memory
-        perm, gptr = group_layout(n_global, batch, offset, Xl.shape[0])
-        if perm is not None:
-            Xl = _reorder(Xl, perm, own)
-            own = True
-            y_enc = y_enc[perm]
-            sw = sw[perm] if sw is not None else None
-        if hasattr(self, "scale_offset_"):
-            Xl = transform(self, Xl, inplace=own, columns=columns)
-            own = True
-        engine = c.run(self._make_engine, Xl, y_enc, K, loss, d, grid, columns)
-        if sw is not None:
-            engine.set_sample_weight(sw)
-        start_step = 0
-        if state is not None:
-            c.run(engine.set_state, arrays)
-            engine.t = float(state["t"])
-            engine.epoch_loss = float(state["epoch_loss"])
-            engine.epoch_count = float(state["epoch_count"])
-            start_step = int(state["step"])
-        elif not reset:
-            engine.set_state(self._fitted_state())
-            engine.t = self.t_ - 1.0
-        target = self.max_iter if epochs is None else self.n_iter_ + epochs
-        control = step_control(self, c, grid, engine, K, d, n_global, batch)
-        counters = CommCounters()
-        writer = StatsWriter(self.stats, c, {"sync": self.sync, "compress": self.compress,
-                                             "overlap": bool(self.overlap), "ranks": c.size})
-        ps_run = None
-        if sync_kind == "ps":
-            if state is not None and int(state["step"]) != 0:
-                raise ConfigError(f"{state['path']} was written inside an epoch; a parameter-"
-                                  "server fit resumes from a checkpoint written at an epoch end",
-                                  ranks=range(c.size))
-            if validation is None and not callbacks and control.save is None and (
-                    self.tol is None or epochs is not None):
-                # nothing needs a common point (no validation, callbacks, checkpoints or tol
-                # rule): all epochs run without the ranks meeting
-                with watching(c, self.comm_timeout, control):
-                    self._fit_ps(c, engine, gptr, target, sync_num, counters, writer)
-                self.stopped_by_ = None
-                self.t_ = engine.t + 1.0
-                self._store(engine, K, d)
-                return self
-            ps_run = EpochwiseRun(c, sync_num, counters, record=getattr(self, "_ps_record", False))
-        comp_kind, ratio = parse_compress(self.compress)
-        compressor = None
-        if comp_kind != "none":
-            compressor = Compressor(comp_kind, ratio, engine.P, len(engine.buf_arr) - engine.P,
-                                    engine.buf_arr.dtype)
-        local = {"samples": 0.0, "since": 0}
-        steer, run = None, None
-        if self.run_dir is not None:
-            run = RunDir(self.run_dir, c.rank)
-            steer = Steering(self, c, control, run)
-            control.run, control.on_command, control.timing = run, steer.on_command, True
-            run.log({"event": "start", "time": time.time(), "ranks": c.size,
-                     "model": type(self).__name__, "rows": n_global, "features": d,
-                     "params": {k: v for k, v in self.get_params().items() if k != "comm"}})
-        progress = Progress(c.rank, 0, bool(self.verbose))
-        stopped = None
-        state_ = {"Xl": Xl, "y": y_enc, "perm": perm, "gptr": gptr, "batch": batch, "sw": sw,
-                  "own": own}
-
-        def relayout(new_batch):
-            """A new global batch size from the next epoch on: the rows are put in the new
-            batch order (in place when the rows are the fit's own) and a new engine takes
-            over the state."""
-            nonlocal engine
-            n_local = state_["Xl"].shape[0]
-            perm2, gptr2 = group_layout(n_global, new_batch, offset, n_local)
-            inv = np.empty(n_local, dtype=np.intp)
-            inv[state_["perm"] if state_["perm"] is not None else np.arange(n_local)] = \
-                np.arange(n_local)
-            idx = inv[perm2] if perm2 is not None else inv
-            Xn, yn = _reorder(state_["Xl"], idx, state_["own"]), state_["y"][idx]
-            fresh = c.run(self._make_engine, Xn, yn, K, loss, d, grid, columns)
-            if state_["sw"] is not None:
-                state_["sw"] = state_["sw"][idx]
-                fresh.set_sample_weight(state_["sw"])
-            for new, old in zip(fresh.sync_arrays(), engine.sync_arrays()):
-                new[...] = old
-            fresh.after_sync()
-            fresh.t = engine.t
-            for name in ("eta0", "momentum", "alpha"):
-                if hasattr(engine, name):
-                    setattr(fresh, name, getattr(engine, name))
-            if hasattr(engine, "h"):
-                fresh.h.update(engine.h)
-            engine = fresh
-            control.attach(engine)
-            state_.update(Xl=Xn, y=yn, perm=perm2, gptr=gptr2, batch=new_batch, own=True)
-            control.batch = new_batch
-
-        with signals(control, control.save is not None), watching(c, self.comm_timeout, control):
-            try:
-                while self.n_iter_ < target:
-                    if steer is not None and steer.pending_batch not in (None, state_["batch"]):
-                        relayout(steer.pending_batch)
-                    elif self.batch_size not in ("full", state_["batch"]) and callbacks:
-                        relayout(int(self.batch_size))      # changed by a callback
-                    epoch = self._epochs_done
-                    control.where = f"epoch {epoch + 1} (step Allreduce)"
-                    plan = layout_plan(state_["gptr"], self._seed, epoch)
-                    if ps_run is not None:
-                        control.where = f"epoch {epoch + 1} (parameter server)"
-                        stats = ps_run.epoch(self, engine, plan)
-                    elif sync_kind == "local":
-                        stats = run_epoch_local(engine, grid.data, plan, start_step, control,
-                                                counters, sync_num, self.sync_warmup, local)
-                    elif compressor is not None or self.overlap or self.stats:
-                        stats = run_epoch_sync(engine, grid.data, plan, start_step, control,
-                                               counters, compressor, bool(self.overlap))
-                    else:
-                        stats = run_epoch(engine, grid.data, plan, start_step, control)
-                    start_step = 0
-                    self._epochs_done += 1
-                    self.n_iter_ += 1
-                    mean_loss = stats.loss / stats.count
-                    # every rank holds the same reduced loss and parameters: all raise together
-                    if not math.isfinite(mean_loss) or not engine.params_finite():
-                        raise TrainingError(f"training diverged at epoch {epoch + 1} (loss "
-                                            f"{mean_loss}): lower the learning rate (eta0 / "
-                                            "--lr) or scale the features")
-                    self.loss_curve_.append(mean_loss)
-                    self.epoch_times_.append(stats.seconds)
-                    writer.epoch(self.n_iter_, counters, mean_loss, stats.seconds)
-                    logs = epoch_logs(self, c, engine, stats, mean_loss, K, d, validation, run,
-                                            control, counters)
-                    counters.reset()
-                    progress.update(engine.t, mean_loss, logs["samples_per_s"])
-                    if self.verbose:
-                        val = "".join(f"  {k} {v:.6g}" for k, v in logs.items()
-                                      if k.startswith("val_") and isinstance(v, float))
-                        progress.write(f"epoch {self.n_iter_}: loss {mean_loss:.6g}{val}  "
-                                       f"{stats.count / stats.seconds / 1e6:.3g} M samples/s  "
-                                       f"({stats.steps} steps, {stats.seconds:.3g} s)")
-                    # every callback sees every epoch, also after one asked to stop
-                    hits = [cb for cb in callbacks or () if bool(cb.on_epoch_end(self, logs))]
-                    if hits:
-                        stopped = getattr(hits[0], "reason", None) or "a callback"
-                        break
-                    for name in ("eta0", "learning_rate_init", "momentum", "alpha"):
-                        if hasattr(self, name):     # a callback may have changed them
-                            set_engine_hyper(engine, name, getattr(self, name))
-                    if self.tol is not None and epochs is None:      # fit, not partial_fit
-                        best, stall = self._tol_state
-                        stall = stall + 1 if mean_loss > best - self.tol else 0
-                        self._tol_state = [min(best, mean_loss), stall]
-                        if stall >= self.n_iter_no_change:
-                            break
-                    if ps_run is not None:
-                        ps_run.boundary(control, engine)
-            except StopTraining as exc:
-                stopped = f"mpiml ctl stop at step {exc.args[0]}"
-                control.user_stop = False
-            progress.close()
-            if ps_run is not None and ps_run.runs:
-                self.ps_stats_ = summarise_servers(ps_run.runs)
-            if control.save is not None:
-                control.save(0)         # the final state
-        if run is not None:
-            run.log({"event": "end", "time": time.time(), "step": int(engine.t),
-                     "epochs": self.n_iter_, "stopped_by": stopped})
-            run.write_status(force=True, state="finished", step=int(engine.t))
-        if stopped and self.verbose:
-            c.print0(f"stopped early by {stopped}")
-        self.stopped_by_ = stopped
-        self.t_ = engine.t + 1.0
-        self._store(engine, K, d)
-        return self
-
-    def _fit_ps(self, c, engine, gptr, target, n_servers, counters, writer):
-        """The asynchronous parameter-server run (see mpiml.parallel.ps)."""
-        first = self.n_iter_
-        plans = [layout_plan(gptr, self._seed, e) for e in range(self._epochs_done,
-                                                                   self._epochs_done + target - first)]
-        t0 = time.perf_counter()
-        out = run_parameter_server(engine, c, n_servers, plans, self._hyper(),
-                                   engine.P - engine.K, self.max_staleness, counters,
-                                   record=getattr(self, "_ps_record", False))
-        seconds = time.perf_counter() - t0
-        self.ps_stats_ = summarise_servers([out["servers"]])
-        for e in range(len(plans)):
-            mean_loss = out["loss"][e] / max(out["count"][e], 1.0)
-            if not math.isfinite(mean_loss) or not engine.params_finite():
-                raise TrainingError(f"training diverged in epoch {first + e + 1} (loss {mean_loss}):"
-                                    " lower the learning rate (eta0 / --lr) or scale the features")
-            self.loss_curve_.append(float(mean_loss))
-            self.epoch_times_.append(seconds / len(plans))
-            self.n_iter_ += 1
-            self._epochs_done += 1
-            if self.verbose:
-                c.print0(f"epoch {self.n_iter_}: loss {mean_loss:.6g} (asynchronous: the mean over "
-                         "the pushes of this epoch)")
-        writer.epoch("all", counters, self.loss_curve_[-1], seconds,
-                     {"max_clock_gap": self.ps_stats_["max_clock_gap"],
-                      "max_update_staleness": self.ps_stats_["max_update_staleness"]})
+        return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed)
 
     # ------------------------------------------------------------ fitted state
     def _write_model(self, path, arrays, params=None, attrs=None):

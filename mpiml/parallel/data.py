@@ -26,15 +26,12 @@ range of memory instead of ``B / b`` scattered blocks, which on the machines
 measured here was 1.5-2x faster. Within a batch, rows keep their address order,
 so the arithmetic is the same as visiting the blocks in place.
 """
-import os
-import signal
-import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-from ..errors import MpimlError
+from .protocol import N_WORDS, StepControl, StopTraining, Word  # noqa: F401  (re-exported)
 
 __all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
            "run_epoch", "EpochStats", "StepControl", "StopTraining"]
@@ -123,133 +120,12 @@ def layout_plan(gptr, seed, epoch):
             np.arange(n_steps + 1, dtype=np.intp))
 
 
-class StopTraining(Exception):
-    """Raised on every rank at the same step boundary to end a fit early (normally)."""
-
-
 class EpochStats:
     """Timing of one epoch on this rank (seconds)."""
     __slots__ = ("steps", "seconds", "loss", "count")
 
     def __init__(self, steps, seconds, loss, count):
         self.steps, self.seconds, self.loss, self.count = steps, seconds, loss, count
-
-
-def _hook(name):
-    value = os.environ.get(name, "")
-    return tuple(int(v) for v in value.split(":")) if value else None
-
-
-class StepControl:
-    """Decisions taken at step boundaries, agreed through the step's own Allreduce.
-
-    Four control words travel at the end of the packed buffer: the number of the
-    update the step makes (so a rank that skipped or repeated a collective is
-    caught at once: the words must add up to ``size * (t + 1)``), a stop request
-    (a signal that reached any rank), a checkpoint request (rank 0's clock, for
-    time-based checkpoints) and a command request (rank 0 saw a command in the run
-    directory, :mod:`mpiml.runctl`). Every rank sees the same sums, so every rank takes the
-    same decision at the same step; nothing is decided by one rank alone. The
-    kernel writes and checks the words (``Engine.apply_checked``), so a step costs
-    one Python branch more than without them.
-
-    ``save(step)`` is called (on every rank) when a checkpoint is due;
-    ``on_stop(path)`` when a stop was requested, after the checkpoint;
-    ``on_command(engine, step)`` when a command is waiting (it returns whether a
-    checkpoint is now wanted).
-    """
-    WORDS = 4
-    CHUNK = 64      # one-rank path: steps run in the kernel between two checks
-    TIME_EVERY = 16  # rank 0 looks at its clock every this many steps
-    POLL_SECONDS = 0.1  # and at the run directory at most this often
-
-    def __init__(self, comm, every_steps=None, every_seconds=None, save=None, on_stop=None):
-        self.comm = comm
-        self.every_steps = every_steps
-        self.every_seconds = every_seconds
-        self.save = save
-        self.on_stop = on_stop
-        self.stop_requested = False
-        self.last_save = time.monotonic()
-        self.engine = None
-        self.where = "training"
-        self.run = None              # the RunDir when the job has a run directory
-        self.on_command = None
-        self.next_poll = 0.0
-        self.paused = False          # read by the watchdog thread
-        self.user_stop = False       # `mpiml ctl DIR stop` / a callback: end the fit normally
-        self.timing = False          # sample the time spent in the step's collective
-        self.io_seconds = 0.0        # checkpoint writing in the current epoch
-        self.comm_sampled = 0.0
-        self.samples = 0
-        # failure-injection hooks for the reliability tests: "rank:update"
-        self.skip = _hook("MPIML_TEST_SKIP_COLLECTIVE")
-        self.world_rank = MPI.COMM_WORLD.Get_rank()     # the hooks name world ranks
-        # "rank:update:SIGNAL": that rank sends itself SIGNAL after that update
-        raw = os.environ.get("MPIML_TEST_SIGNAL", "")
-        self.signal_hook = None
-        if raw:
-            r, t, name = raw.split(":")
-            self.signal_hook = (int(r), int(t), getattr(signal, name))
-
-    @property
-    def progress(self):
-        """Updates made so far (read by the watchdog thread)."""
-        return int(self.engine.t) if self.engine is not None else 0
-
-    def attach(self, engine):
-        self.engine = engine
-        engine.checkpoint_every = int(self.every_steps or 0) if self.save is not None else 0
-
-    def commands_due(self):
-        """Rank 0: a command waits in the run directory (cheap: see mpiml.runctl); also
-        refreshes status.json (at most once a second)."""
-        if self.run is None or self.world_rank != 0:
-            return False
-        self.next_poll = time.monotonic() + self.POLL_SECONDS
-        if self.engine is not None:
-            self.run.write_status(step=int(self.engine.t), state="running")
-        return self.run.commands_waiting()
-
-    def time_due(self):
-        return (self.every_seconds is not None and self.comm.rank == 0
-                and time.monotonic() - self.last_save >= self.every_seconds)
-
-    def steps_until_check(self, t):
-        n = self.CHUNK
-        if self.every_steps:
-            n = min(n, self.every_steps - int(t) % self.every_steps)
-        return max(1, n)
-
-    def boundary(self, engine, step, stop, due, command=False):
-        """After an update: commands, checkpoint and/or stop, identically on every rank."""
-        if command and self.on_command is not None:
-            due = self.on_command(engine, step) or due
-        world = self.world_rank
-        if self.signal_hook is not None and self.signal_hook[:2] == (world, int(engine.t)):
-            sys.stderr.write(f"mpiml-test: rank {world} sends itself "
-                             f"{self.signal_hook[2].name} at {time.time():.3f}\n")
-            sys.stderr.flush()
-            os.kill(os.getpid(), self.signal_hook[2])
-        due = due or stop or (self.every_steps and int(engine.t) % self.every_steps == 0)
-        path = None
-        if due and self.save is not None:
-            path = self.save(step)
-            self.last_save = time.monotonic()
-        if stop:
-            self.on_stop(path)
-        if self.user_stop:
-            raise StopTraining(int(engine.t))
-
-    def out_of_step(self, engine):
-        """The update numbers disagree: name the ranks (all ranks get here together)."""
-        counts = self.comm.allgather(int(engine.t) + 1)
-        values, freq = np.unique(counts, return_counts=True)
-        majority = values[np.argmax(freq)]
-        odd = [r for r, v in enumerate(counts) if v != majority]
-        where = ", ".join(f"rank {r} at update {counts[r]}" for r in odd)
-        raise MpimlError(f"ranks are out of step ({where}; the others at update {majority}): "
-                         "a rank skipped or repeated a collective", ranks=odd)
 
 
 def run_epoch(engine, comm, plan, start=0, control=None):
@@ -290,34 +166,26 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         control.attach(engine)
         buf = engine.buf_arr
         base = engine.P + 2
+        words = buf[base:base + N_WORDS]
+        stop_at = base + Word.STOP
         allreduce = comm.mpi.Allreduce
-        grad, apply_checked = engine.grad_step, engine.apply_checked
+        grad, apply_checked, decide = engine.grad_step, engine.apply_checked, control.decide
         in_place = MPI.IN_PLACE
         size = float(comm.size)
         clock = comm.rank == 0 and (control.every_seconds is not None or control.run is not None)
         hooks = control.skip is not None or control.signal_hook is not None
         timing = control.timing
-        timed = control.every_seconds is not None
-        polled = control.run is not None
-        mono = time.monotonic
         every = control.TIME_EVERY
         special = clock or timing or hooks
 
         def step(s, first):
-            """A step with the extras: rank 0's clock (first step of a 16-step chunk),
-            a timed collective (the chunk's middle step), the test hooks."""
+            """A step with the extras: rank 0's look at its clock and run directory (first
+            step of a 16-step chunk), a timed collective (the chunk's middle step), the
+            test hooks."""
             grad(s)
-            if control.stop_requested:
-                buf[base + 1] = 1.0
-            if clock and first:
-                if timed and control.time_due():
-                    buf[base + 2] = 1.0
-                # the run directory: a clock comparison here, the poll itself at most every
-                # POLL_SECONDS (see mpiml.runctl)
-                if polled and mono() >= control.next_poll and control.commands_due():
-                    buf[base + 3] = 1.0
-            if hooks and control.skip == (control.world_rank, int(engine.t) + 1):
-                buf[base] *= size       # test hook: this rank skips one collective
+            control.request(words, first)
+            if hooks and control.skip is not None and control.skip[1] == int(engine.t) + 1:
+                buf[base + Word.SEQ] *= size        # test hook: this rank skips one collective
             elif timing and s % every == every // 2:   # off the step where rank 0 looks
                 c0 = time.perf_counter()
                 allreduce(in_place, buf)
@@ -327,22 +195,18 @@ def run_epoch(engine, comm, plan, start=0, control=None):
                 allreduce(in_place, buf)
             code = apply_checked(size)
             if code or hooks:
-                if code & 1:
-                    control.out_of_step(engine)
-                control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
+                decide(engine, code, s + 1)
 
         def plain(a, b):
             """Steps a..b-1 with nothing but the step itself."""
             for s in range(a, b):
                 grad(s)
                 if control.stop_requested:
-                    buf[base + 1] = 1.0
+                    buf[stop_at] = 1.0
                 allreduce(in_place, buf)
                 code = apply_checked(size)
                 if code:
-                    if code & 1:
-                        control.out_of_step(engine)
-                    control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
+                    decide(engine, code, s + 1)
 
         s = start
         while s < n_steps:

@@ -22,12 +22,14 @@ import math
 import numpy as np
 from mpi4py import MPI
 
+from .protocol import SEQ_MOD, Decision, Word, seq_word
+
 __all__ = ["StepEngine"]
 
 
 class StepEngine:
     collective = True
-    SEQ_MOD = 1 << 20      # sequence words are compared modulo this (exact in float32 buffers)
+    seq_mod = SEQ_MOD      # sequence words: protocol.seq_word(t, seq_mod)
 
     def __init__(self, P, model_comm, n_control, buf_dtype=np.float64):
         self.P = int(P)
@@ -39,7 +41,7 @@ class StepEngine:
         self.epoch_count = 0.0
         self.checkpoint_every = 0
         self._plan = None
-        self._flags = np.zeros(4)
+        self._flags = np.zeros(len(Word))
 
     # ------------------------------------------------------------ plan and steps
     def set_plan(self, lo, hi, ptr):
@@ -54,7 +56,7 @@ class StepEngine:
         buf[self.P] = loss
         buf[self.P + 1] = max(0, hi - lo)
         if self.n_control:
-            buf[self.P + 2] = (self.t + 1.0) % self.SEQ_MOD
+            buf[self.P + 2 + Word.SEQ] = seq_word(self.t, self.seq_mod)
         return loss
 
     def grad_step(self, s):
@@ -79,26 +81,30 @@ class StepEngine:
         self._update(count)
 
     def apply_checked(self, size):
+        """``apply`` after the step's reduction: the :class:`~.protocol.Decision` bits
+        (as an int), agreed over the model-parallel group (see the module doc)."""
         base = self.P + 2
         buf = self.buf_arr
         flags = self._flags
-        flags[0] = 1.0 if buf[base] != (size * ((self.t + 1.0) % self.SEQ_MOD)) else 0.0
-        flags[1] = buf[base + 1]
-        flags[2] = buf[base + 2]
-        flags[3] = buf[base + 3] if self.n_control > 3 else 0.0
+        flags[Word.SEQ] = 1.0 if buf[base + Word.SEQ] != size * seq_word(self.t, self.seq_mod) \
+            else 0.0
+        flags[Word.STOP] = buf[base + Word.STOP]
+        flags[Word.CHECKPOINT] = buf[base + Word.CHECKPOINT]
+        flags[Word.COMMAND] = buf[base + Word.COMMAND] if self.n_control > Word.COMMAND else 0.0
         if self.model.size > 1:
             self.model.mpi.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
-        if flags[0] > 0.0:
-            return 1
+        if flags[Word.SEQ] > 0.0:
+            return int(Decision.OUT_OF_STEP)
         self.apply()
         code = 0
-        if flags[1] > 0.0:
-            code |= 2
-        if flags[2] > 0.0 or (self.checkpoint_every > 0 and int(self.t) % self.checkpoint_every == 0):
-            code |= 4
-        if flags[3] > 0.0:
-            code |= 8
-        return code
+        if flags[Word.STOP] > 0.0:
+            code |= Decision.STOP
+        if flags[Word.CHECKPOINT] > 0.0 or (self.checkpoint_every > 0 and
+                                            int(self.t) % self.checkpoint_every == 0):
+            code |= Decision.CHECKPOINT
+        if flags[Word.COMMAND] > 0.0:
+            code |= Decision.COMMAND
+        return int(code)
 
     def run_plan(self, start=0, stop=-1):
         lo, hi, ptr = self._plan

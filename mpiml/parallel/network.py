@@ -195,7 +195,7 @@ class MLPEngine(StepEngine):
         # the step buffer in the data's precision: a float32 gradient halves the Allreduce
         super().__init__(self.net.P, grid.model, n_control, buf_dtype=dtype)
         if dtype == np.float32:
-            self.SEQ_MOD = 4096        # sequence words stay exact in float32 up to 4096 ranks
+            self.seq_mod = 4096.0      # sequence words stay exact in float32 up to 4096 ranks
         self.X = np.ascontiguousarray(X, dtype=dtype)
         self.y = np.asarray(y, dtype=np.float64)
         self.yi = self.y.astype(np.intp) if output == "softmax" else None

@@ -27,7 +27,6 @@ uneven shards are fine (a finished worker no longer holds the others back). Then
 every rank receives the final weights (one Allgatherv) and the per-epoch losses
 (one Allreduce).
 """
-import os
 import time
 
 import numpy as np
@@ -35,6 +34,7 @@ from mpi4py import MPI
 
 from .._kernels import sgd as _k
 from ..comm import chunk
+from .protocol import N_WORDS, Decision, Word, decision, seq_word
 
 __all__ = ["EpochwiseRun", "run_parameter_server", "server_ranks", "summarise_servers"]
 
@@ -46,24 +46,16 @@ def server_ranks(size, n_servers):
     return list(range(size - n_servers, size))
 
 
-def _slow_hook(rank):
-    """Test hook MPIML_TEST_SLOW_WORKER=rank:seconds: that worker sleeps after each push."""
-    raw = os.environ.get("MPIML_TEST_SLOW_WORKER", "")
-    if raw:
-        r, secs = raw.split(":")
-        if int(r) == rank:
-            return float(secs)
-    return 0.0
-
-
 def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_staleness,
-                         counters, record=False, first_step=0):
+                         counters, record=False, first_step=0, slow_seconds=0.0):
     """Train asynchronously (collective over ``comm``; see the module doc).
 
     ``plans[e]`` is the epoch plan of epoch ``e`` (ignored on servers). The run starts
     from the engine's state on every rank, and the servers count updates on from
     ``engine.t`` (the same on every rank), so a fit may call this once per epoch.
     ``first_step`` numbers this worker's first push (its pushes before, for the log).
+    ``record``: the servers keep a log of every update; ``slow_seconds``: this worker
+    sleeps after each push (both test hooks, :mod:`mpiml.hooks`).
     Every rank's engine ends with the final weights and momentum and ``engine.t`` = the
     servers' update count. Returns a dict: ``loss`` (per-epoch loss sums), ``count``
     (per-epoch rows), this rank's ``pushes``, and the servers' counters and logs.
@@ -81,7 +73,7 @@ def run_parameter_server(engine, comm, n_servers, plans, hyper, n_weights, max_s
         info = _serve(engine, comm, slices[j], workers, hyper, n_weights, max_staleness,
                       counters, record)
     else:
-        pushes = _work(engine, comm, servers, slices, plans, losses, counters, _slow_hook(rank),
+        pushes = _work(engine, comm, servers, slices, plans, losses, counters, slow_seconds,
                        first_step)
     # final weights on every rank: the servers' slices in order
     state = engine.get_state()
@@ -263,19 +255,23 @@ class EpochwiseRun:
     evaluate validation rows, run callbacks, and write checkpoints or stop on a signal
     there (:meth:`boundary`)."""
 
-    def __init__(self, comm, n_servers, counters, record=False):
-        self.comm, self.n_servers, self.counters, self.record = comm, n_servers, counters, record
+    def __init__(self, comm, n_servers, counters, hyper, max_staleness, record=False,
+                 slow_seconds=0.0):
+        self.comm, self.n_servers, self.counters = comm, n_servers, counters
+        self.hyper = hyper              # () -> the update's hyper-parameters (live values)
+        self.max_staleness, self.record, self.slow = max_staleness, record, slow_seconds
         self.pushes = 0           # this worker's pushes so far (numbers the log's steps)
         self.runs = []
         self.saved_at = None      # engine.t at the last checkpoint
 
-    def epoch(self, est, engine, plan):
+    def epoch(self, engine, plan):
         from .data import EpochStats
 
         t0 = time.perf_counter()
-        out = run_parameter_server(engine, self.comm, self.n_servers, [plan], est._hyper(),
-                                   engine.P - engine.K, est.max_staleness, self.counters,
-                                   record=self.record, first_step=self.pushes)
+        out = run_parameter_server(engine, self.comm, self.n_servers, [plan], self.hyper(),
+                                   engine.P - engine.K, self.max_staleness, self.counters,
+                                   record=self.record, first_step=self.pushes,
+                                   slow_seconds=self.slow)
         seconds = time.perf_counter() - t0
         self.pushes += out["pushes"]
         self.runs.append(out["servers"])
@@ -284,15 +280,19 @@ class EpochwiseRun:
     def boundary(self, control, engine):
         """At an epoch end, on every rank: agree on a stop request (a signal on any rank),
         a due checkpoint (every ``checkpoint_every`` updates or ``checkpoint_seconds``, by
-        rank 0's clock) and a waiting ``mpiml ctl`` command; then act on them together."""
+        rank 0's clock) and a waiting ``mpiml ctl`` command -- the step-control words in one
+        small reduction -- then act on them together."""
         if self.saved_at is None:
             self.saved_at = engine.t
+        words = np.zeros(N_WORDS)
+        words[Word.SEQ] = seq_word(engine.t)
+        control.request(words, True)
+        self.comm.mpi.Allreduce(MPI.IN_PLACE, words, op=MPI.SUM)
+        code = decision(words, float(self.comm.size), engine.t)
+        if code & Decision.OUT_OF_STEP:
+            control.out_of_step(engine)
         every = control.every_steps
-        words = np.array([control.stop_requested, control.time_due(), control.commands_due()],
-                         dtype=np.float64)
-        self.comm.mpi.Allreduce(MPI.IN_PLACE, words, op=MPI.MAX)
-        stop, due, command = (bool(v) for v in words)
-        due = due or bool(every and engine.t - self.saved_at >= every)
-        if (due or stop) and control.save is not None:
+        due = bool(code & Decision.CHECKPOINT) or bool(every and engine.t - self.saved_at >= every)
+        if (due or code & Decision.STOP) and control.save is not None:
             self.saved_at = engine.t
-        control.boundary(engine, 0, stop, due, command)
+        control.boundary(engine, 0, code & Decision.STOP, due, code & Decision.COMMAND)

@@ -36,6 +36,7 @@ from mpi4py import MPI
 
 from ..errors import ConfigError
 from .data import EpochStats
+from .protocol import N_WORDS, Decision, Word, decision, seq_word
 
 __all__ = ["parse_sync", "parse_compress", "CommCounters", "Compressor", "run_epoch_sync",
            "run_epoch_local", "StatsWriter"]
@@ -171,21 +172,14 @@ def _apply_reduced(engine, comm, control, s):
     """After the step's reduction: the checked update and the step-boundary decisions."""
     code = engine.apply_checked(float(comm.size))
     if code:
-        if code & 1:
-            control.out_of_step(engine)
-        control.boundary(engine, s + 1, code & 2, code & 4, code & 8)
+        control.decide(engine, code, s + 1)
 
 
-def _request_flags(engine, comm, control, s):
+def _request(engine, control, s):
+    """This rank's requests in the step buffer's control words (rank 0 looks at its clock
+    and run directory every TIME_EVERY steps)."""
     base = engine.P + 2
-    buf = engine.buf_arr
-    if control.stop_requested:
-        buf[base + 1] = 1.0
-    if comm.rank == 0 and s % control.TIME_EVERY == 0:
-        if control.every_seconds is not None and control.time_due():
-            buf[base + 2] = 1.0
-        if control.commands_due():
-            buf[base + 3] = 1.0
+    control.request(engine.buf_arr[base:base + N_WORDS], s % control.TIME_EVERY == 0)
 
 
 def _begin(engine, plan, start, control):
@@ -219,7 +213,6 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
         inflight = np.empty_like(buf)
         spare = np.empty_like(buf)
         req = None
-        seq_mod = getattr(engine, "SEQ_MOD", None)
 
         def finish(req, reduced, step):
             """Wait for the step's reduction, then its checked update."""
@@ -236,10 +229,10 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
             engine.grad_step(s)                 # with weights one update old (see module doc)
             if set_poll is not None:
                 set_poll(None)
-            _request_flags(engine, comm, control, s)
-            # the update number this gradient will make: one more if one is in flight
-            seq = engine.t + 1.0 + (1.0 if req is not None else 0.0)
-            buf[engine.P + 2] = seq % seq_mod if seq_mod else seq
+            _request(engine, control, s)
+            # the update this gradient will make: one more if one is in flight
+            buf[engine.P + 2 + Word.SEQ] = seq_word(engine.t + (1.0 if req is not None else 0.0),
+                                                    engine.seq_mod)
             spare[:] = buf
             if req is not None:
                 finish(req, inflight, s - 1)
@@ -257,7 +250,7 @@ def run_epoch_sync(engine, comm, plan, start, control, counters, compressor=None
             gathered = np.empty((comm.size, compressor.nbytes), dtype=np.uint8)
         for s in range(start, n_steps):
             engine.grad_step(s)
-            _request_flags(engine, comm, control, s)
+            _request(engine, control, s)
             if compressor is None:
                 _allreduce(mpi, buf, counters)
             else:
@@ -282,13 +275,15 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
     mpi = comm.mpi
     arrays = engine.sync_arrays()
     sizes = [a.size for a in arrays]
-    avg = np.zeros(sum(sizes) + 5)     # weighted arrays, samples, stop, checkpoint, seq, command
+    # the weighted arrays, the samples behind them, then the protocol's control words
+    avg = np.zeros(sum(sizes) + 1 + N_WORDS)
+    words = avg[sum(sizes) + 1:]
     t0 = time.perf_counter()
     for s in range(start, n_steps):
         t_before = engine.t
         engine.grad_step(s)
         if engine.t < warmup:                   # synchronous warm-up steps
-            _request_flags(engine, comm, control, s)
+            _request(engine, control, s)
             _allreduce(mpi, buf, counters)
             _apply_reduced(engine, comm, control, s)
             continue
@@ -307,13 +302,13 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
             avg[pos:pos + a.size] *= w
             pos += a.size
         avg[pos] = w
-        avg[pos + 1] = 1.0 if control.stop_requested else 0.0
-        avg[pos + 2] = 1.0 if (control.every_seconds is not None and comm.rank == 0
-                               and control.time_due()) else 0.0
-        avg[pos + 3] = engine.t
-        avg[pos + 4] = 1.0 if control.commands_due() else 0.0
+        words[:] = 0.0
+        # the sequence word of the update just made locally: (t - 1) + 1
+        words[Word.SEQ] = seq_word(engine.t - 1.0)
+        control.request(words, True)
         _allreduce(mpi, avg, counters)
-        if avg[pos + 3] != comm.size * engine.t:
+        code = decision(words, float(comm.size), engine.t - 1.0)
+        if code & Decision.OUT_OF_STEP:
             control.out_of_step(engine)
         total = avg[pos]
         pos = 0
@@ -323,10 +318,10 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
         engine.after_sync()
         state["samples"] = 0.0
         state["since"] = 0
-        stop, asked, command = avg[pos + 1] > 0, avg[pos + 2] > 0, avg[pos + 4] > 0
-        due = asked or (control.every_steps and int(engine.t) % control.every_steps == 0)
-        if stop or due or command:
-            control.boundary(engine, s + 1, stop, due, command)
+        due = code & Decision.CHECKPOINT or (control.every_steps and
+                                             int(engine.t) % control.every_steps == 0)
+        if code or due:
+            control.boundary(engine, s + 1, code & Decision.STOP, due, code & Decision.COMMAND)
     seconds = time.perf_counter() - t0
     tot = np.array([engine.epoch_loss, engine.epoch_count])
     mpi.Allreduce(MPI.IN_PLACE, tot, op=MPI.SUM)
