@@ -43,7 +43,8 @@ def _data(regression, seed=0):
 
 
 def _pair(comm, shared_tmp, name, cls, kw, rows):
-    """Fit the same model without and with validation (+ checkpoints, run directory)."""
+    """Fit the same model without validation, with it, and with it plus checkpoints, a run
+    directory and a callback."""
     regression = cls in (MLPRegressor, SGDRegressor)
     X, y = _data(regression)
     Xv, yv = _data(regression, seed=1)
@@ -51,12 +52,13 @@ def _pair(comm, shared_tmp, name, cls, kw, rows):
     vlo, vhi = chunk(N, comm.size, comm.rank)
     common = dict(batch_size=32, max_iter=5, tol=None, random_state=3, dtype="float64", **kw)
     plain = cls(**common).fit(X[lo:hi], y[lo:hi])
+    validated = cls(**common).fit(X[lo:hi], y[lo:hi], validation=(Xv[vlo:vhi], yv[vlo:vhi]))
     base = os.path.join(shared_tmp, name)
     watched = cls(**common, checkpoint_dir=os.path.join(base, "ckpt"), checkpoint_every=4,
                   run_dir=os.path.join(base, "run"))
     watched.fit(X[lo:hi], y[lo:hi], validation=(Xv[vlo:vhi], yv[vlo:vhi]),
                 callbacks=[EarlyStopping(monitor="val_loss", patience=100)])
-    return plain, watched
+    return plain, validated, watched
 
 
 def _flat(est):
@@ -66,13 +68,14 @@ def _flat(est):
     return np.concatenate([np.ravel(a) for a in [*coefs, *intercepts]])
 
 
-def _same(comm, plain, watched):
-    ok = (np.array_equal(plain.loss_curve_, watched.loss_curve_)
-          and np.array_equal(_flat(plain), _flat(watched)) and plain.n_iter_ == watched.n_iter_)
+def _same(comm, plain, *others):
+    ok = all(np.array_equal(plain.loss_curve_, o.loss_curve_)
+             and np.array_equal(_flat(plain), _flat(o)) and plain.n_iter_ == o.n_iter_
+             for o in others)
     verdict = comm.allgather(bool(ok))
     assert all(verdict), (f"validation changed training on rank(s) "
                           f"{[r for r, v in enumerate(verdict) if not v]}: "
-                          f"{plain.loss_curve_} vs {watched.loss_curve_}")
+                          f"{plain.loss_curve_} vs {[o.loss_curve_ for o in others]}")
 
 
 @pytest.mark.mpi
@@ -81,9 +84,9 @@ def _same(comm, plain, watched):
 @pytest.mark.parametrize("model", list(MODELS))
 def test_validation_never_changes_training(comm, shared_tmp, model, mode):
     cls, kw = MODELS[model]
-    plain, watched = _pair(comm, shared_tmp, f"{model}-{mode}", cls, {**kw, **MODES[mode]},
-                           chunk(N, comm.size, comm.rank))
-    _same(comm, plain, watched)
+    plain, validated, watched = _pair(comm, shared_tmp, f"{model}-{mode}", cls,
+                                      {**kw, **MODES[mode]}, chunk(N, comm.size, comm.rank))
+    _same(comm, plain, validated, watched)
     # the fit went on learning after the first epochs (the MLP bug froze it at epoch 3)
     assert watched.loss_curve_[-1] < watched.loss_curve_[1]
 
@@ -95,6 +98,6 @@ def test_validation_never_changes_a_one_worker_parameter_server(comm, shared_tmp
     cls, kw = MODELS[model]
     servers = comm.size - 1                   # the last ranks serve; rank 0 is the one worker
     rows = (0, N) if comm.rank == 0 else (0, 0)
-    plain, watched = _pair(comm, shared_tmp, f"ps-{model}", cls,
-                           {**kw, "sync": f"ps:{servers}"}, rows)
-    _same(comm, plain, watched)
+    plain, validated, watched = _pair(comm, shared_tmp, f"ps-{model}", cls,
+                                      {**kw, "sync": f"ps:{servers}"}, rows)
+    _same(comm, plain, validated, watched)
