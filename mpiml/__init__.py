@@ -5,10 +5,8 @@ duplicate of ``MPI.COMM_WORLD``) and must be called on every rank.
 """
 import os as _os
 
-# One BLAS thread per rank: MPI ranks already fill the cores. Must be set before
-# numpy loads its BLAS; a user's explicit setting wins.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    _os.environ.setdefault(_var, "1")
+# Importing mpiml changes nothing in the process: BLAS threads are limited to one
+# per rank only while mpiml computes (mpiml.threads.blas_threads).
 
 try:
     from ._kernels import sgd as _sgd  # noqa: F401

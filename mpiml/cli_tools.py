@@ -1,9 +1,11 @@
-"""The other data verbs of ``mpiml``: score, predict, convert, export, explain, ctl, plot."""
+"""The other data verbs of ``mpiml``: score, predict, convert, export, explain, ctl, plot
+(each command and, in :func:`add_parsers`, its options)."""
+import argparse
 import json
 import os
 import time
 
-from .cli import EXIT_ERROR, UsageError
+from .cli_common import EXIT_ERROR, UsageError, data_args, positive_int
 from .comm import write_stderr
 
 
@@ -35,7 +37,6 @@ def cmd_score(args):
 def cmd_predict(args):
 
     from .comm import get_comm, get_grid
-    from .io import check_output_path
     from .models import load
 
     c = get_comm()
@@ -46,8 +47,7 @@ def cmd_predict(args):
         from .errors import ConfigError
         raise ConfigError("--proba needs a probabilistic model (logistic, softmax or mlp)",
                           ranks=range(c.size))
-    check_output_path(args.out, comm=c)
-    from .predict import stream_predict
+    from .predict import stream_predict     # it checks --out before reading a row
     t0 = time.perf_counter()
     n = stream_predict(est, args.data, args.out, X=args.X, block_rows=args.block_rows,
                        proba=args.proba, comm=c, model_parallel=grid.K,
@@ -61,10 +61,8 @@ def cmd_predict(args):
 def cmd_convert(args):
     from .comm import get_comm
     from .convert import convert
-    from .io import check_output_path
 
     c = get_comm()
-    check_output_path(args.out, comm=c)
     t0 = time.perf_counter()
     rows, cols = convert(args.src, args.out, fmt=args.format, label_column=args.label_column,
                          header=args.header, delimiter=args.delimiter,
@@ -80,12 +78,10 @@ def cmd_convert(args):
 def cmd_export(args):
     from .comm import get_comm
     from .export import OPSET, export_onnx
-    from .io import check_output_path
     from .models import load
 
     c = get_comm()
     est = load(args.model, comm=c)
-    check_output_path(args.onnx, comm=c)
     export_onnx(est, args.onnx, dtype=args.dtype)
     c.print0(f"wrote {args.onnx} (ONNX opset {OPSET}, {args.dtype} input X)")
     return 0
@@ -126,7 +122,7 @@ def cmd_explain(args):
             plot_importance(mean, args.plot, "mean drop of the score when permuted", std=std)
         c.print0(f"done in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
         return 0
-    if hasattr(est, "_net"):                               # MLP: Kernel SHAP
+    if est._shap_method == "kernel":                       # MLPs: Kernel SHAP
         bg = None
         if c.rank == 0:
             import h5py
@@ -199,3 +195,91 @@ def cmd_plot(args):
         return EXIT_ERROR
     print(f"wrote {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------------- options
+def add_parsers(sub):
+    """The parsers of score, predict, convert, export, explain, ctl and plot."""
+    p = sub.add_parser("score", help="evaluate a model on an HDF5 dataset")
+    p.add_argument("--model", required=True, help="model file written by `mpiml train`")
+    data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--model-parallel", type=positive_int, default=1, metavar="K",
+                   help="hold the weights split over K consecutive ranks (any model file)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("predict", help="write predictions in input row order")
+    p.add_argument("--model", required=True)
+    data_args(p, y=False)
+    p.add_argument("--out", required=True, help="output HDF5 file (dataset 'pred')")
+    p.add_argument("--proba", action="store_true", help="also write class probabilities ('proba')")
+    p.add_argument("--model-parallel", type=positive_int, default=1, metavar="K",
+                   help="hold the weights split over K consecutive ranks (any model file)")
+    p.add_argument("--block-rows", type=positive_int, default=65536, metavar="N",
+                   help="rows read and predicted at a time: bounds the memory (default 65536)")
+    p.set_defaults(func=cmd_predict)
+    _convert_and_export(sub)
+    _explain(sub)
+
+    p = sub.add_parser("ctl", help="steer a running job: status | set K=V ... | pause | resume | "
+                                   "checkpoint | stop")
+    p.add_argument("run_dir", help="the job's --run-dir")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="status, set lr=0.01 batch_size=512, pause, resume, checkpoint, stop")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the job's response (default 60)")
+    p.set_defaults(func=cmd_ctl)
+
+    p = sub.add_parser("plot", help="PNG of a run's curves from its metrics log")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output PNG file")
+    p.set_defaults(func=cmd_plot)
+
+
+def _convert_and_export(sub):
+    p = sub.add_parser("convert", help="CSV / .npy / libsvm into HDF5 (X, y), in parallel")
+    p.add_argument("src", help="input file")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--format", choices=["csv", "npy", "libsvm"], default=None,
+                   help="default: from the file name (.csv .txt .npy .svm .libsvm)")
+    p.add_argument("--label-column", default=None,
+                   help="CSV/npy: the label column, by header name or index (negative: from "
+                        "the end)")
+    hdr = p.add_mutually_exclusive_group()
+    hdr.add_argument("--header", dest="header", action="store_const", const=True,
+                     default="auto", help="the first CSV line names the columns")
+    hdr.add_argument("--no-header", dest="header", action="store_const", const=False)
+    p.add_argument("--delimiter", default=",")
+    p.add_argument("--n-features", type=positive_int, default=None,
+                   help="libsvm: the feature count (default: the largest index)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--compression", choices=["gzip"], default=None)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="write a model as ONNX")
+    p.add_argument("model", help="model file written by `mpiml train`")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the graph's input and weight type (default float32)")
+    p.set_defaults(func=cmd_export)
+
+
+def _explain(sub):
+    p = sub.add_parser("explain", help="SHAP values or permutation importance, in parallel")
+    p.add_argument("--model", required=True)
+    data_args(p)
+    p.add_argument("--method", choices=["shap", "permutation"], default="shap")
+    p.add_argument("--out", default=None,
+                   help="shap: HDF5 file of SHAP values in input row order (+ base_value); "
+                        "permutation: JSON file of the importances")
+    p.add_argument("--plot", default=None, help="bar chart of the global importances (PNG)")
+    p.add_argument("--background", default=None,
+                   help="HDF5 file of background rows (default: the explained data)")
+    p.add_argument("--background-rows", type=positive_int, default=100,
+                   help="Kernel SHAP (MLPs): background rows rank 0 takes and broadcasts")
+    p.add_argument("--nsamples", type=positive_int, default=None,
+                   help="Kernel SHAP coalitions per row (default 2*features + 2048)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="permutation repeats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=positive_int, default=10, help="features in the summary")
+    p.set_defaults(func=cmd_explain)

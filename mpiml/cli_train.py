@@ -1,11 +1,8 @@
-"""``mpiml train``: the estimator from the command line, the grid layout (``--dry-run``),
-data loading for every split and mode, and the fit."""
+"""``mpiml train``: its options, the estimator they make, the grid layout
+(``--dry-run``), and a call of :func:`mpiml.pipeline.train_from_file`."""
 import json
-import os
-import time
 
-from . import hooks
-from .cli import MODELS
+from .cli_common import MODELS, batch_size, data_args, positive_int
 
 
 def _hidden(text):
@@ -21,7 +18,8 @@ def _hidden(text):
     return sizes
 
 
-def _estimator(args, c):
+def estimator_from_args(args, c):
+    """The estimator the train options describe (``mpiml tune`` starts from it too)."""
     from . import models
     from .errors import ConfigError
 
@@ -121,139 +119,149 @@ def _dry_run(args, c, grid):
     c.print0("\n".join(lines))
 
 
-def _held_out(args, c, grid, n_local):
-    """This rank's rows in the --val-fraction validation part (None without it): the
-    split is over global row indices, so the same rows at any rank count and grid (a
-    resumed run holds out the same rows again)."""
-    from .errors import ConfigError
-    from .model_selection import validation_mask
-
-    if args.val_fraction is None:
-        return None
-    if args.val:
-        raise ConfigError("give --val FILE or --val-fraction F, not both", ranks=range(c.size))
-    # the ranks of a model-parallel group hold the same rows: count them once
-    offset = grid.data.exscan(n_local)
-    n_global = grid.data.allreduce(n_local)
-    try:
-        mask = validation_mask(n_global, offset, n_local, args.val_fraction, seed=args.seed)
-    except ConfigError as exc:
-        raise ConfigError(f"--val-fraction: {exc}", ranks=range(c.size)) from None
-    n_val = int(round(float(args.val_fraction) * n_global))
-    if not 0 < n_val < n_global:
-        raise ConfigError(f"--val-fraction {args.val_fraction} of {n_global} rows holds out "
-                          f"{n_val}: it must leave at least one row on each side",
-                          ranks=range(c.size))
-    return mask
-
-
 def cmd_train(args):
-    from mpi4py import MPI
-
-    from .comm import chunk, get_comm, get_grid
-    from .io import check_output_path, dataset_info, load_hdf5
+    from .comm import get_comm
+    from .pipeline import train_from_file
 
     c = get_comm()
-    est = _estimator(args, c)
+    est = estimator_from_args(args, c)
     c.run(est._validate_params)
-    callbacks = None
-    if args.early_stopping:
-        from .errors import ConfigError
-        from .models.steering import EarlyStopping
-        if not (args.val or args.val_fraction):
-            raise ConfigError("--early-stopping watches the validation loss: give --val FILE "
-                              "or --val-fraction F", ranks=range(c.size))
-        # as scikit-learn's early_stopping: --tol then applies to the validation loss,
-        # not to the training loss
-        callbacks = [EarlyStopping("val_loss", patience=args.n_iter_no_change,
-                                   min_delta=args.tol or 0.0)]
-        est.set_params(tol=None)
-    grid = get_grid(c, args.model_parallel)
     if args.dry_run:
-        _dry_run(args, c, grid)
+        _dry_run(args, c, c.grid(args.model_parallel))
         return 0
-    check_output_path(args.out, comm=c)
-    t0 = time.perf_counter()
-    split_features = grid.K > 1 and _split_of(args) == "features"
-    X, y = load_hdf5(args.data, X=args.X, y=args.y, comm=c,
-                     dtype=None if args.dtype == "auto" else args.dtype, require_y=True,
-                     model_parallel=grid.K, split_features=split_features, sync=args.sync)
-    columns = None
-    if split_features:
-        d = c.run(dataset_info, args.data, X=args.X, y=args.y)["shape"][1]
-        columns = (*chunk(d, grid.K, grid.model_rank), d)
-    held_out = _held_out(args, c, grid, X.shape[0])
-    t_load = time.perf_counter() - t0
-    if hooks.current().raise_on_rank == c.rank:     # failure injection for the tests
-        raise RuntimeError(f"injected failure on rank {c.rank}")
-    n = grid.data.allreduce(X.shape[0])
-    width = columns[2] if columns else c.allreduce(X.shape[1], op=MPI.MAX)
-    layout = f"{c.size} rank(s)" if grid.K == 1 else \
-        f"{c.size} ranks = {grid.D} data-parallel x {grid.K} model-parallel ({_split_of(args)})"
-    if args.sync != "allreduce" or args.overlap or args.compress != "none":
-        layout += f", sync {args.sync}" + (", overlap" if args.overlap else "") + \
-            (f", compress {args.compress}" if args.compress != "none" else "")
-    c.print0(f"mpiml train: {args.model} on {n} x {width} ({X.dtype}) from {args.data}, "
-             f"{layout}, global batch {args.batch_size}; loaded in {t_load:.2f} s")
-    sample_weight = None
-    if args.sample_weight:
-        from .io import load_vector
-        sample_weight = load_vector(args.data, args.sample_weight, comm=c, sync=args.sync,
-                                    model_parallel=grid.K)
-        if held_out is not None:
-            sample_weight = sample_weight[~held_out]
-    validation = None
-    if held_out is not None:
-        # split before any resampling, so no copy of a validation row is trained on;
-        # in place: both parts are views of the rows read (no second copy in memory)
-        from .model_selection import split_rows
-        (X, y), validation = split_rows(X, y, held_out)
-        c.print0(f"validation: {grid.data.allreduce(len(validation[1]))} rows held out "
-                 f"(--val-fraction {args.val_fraction}, seed {args.seed}); training on "
-                 f"{grid.data.allreduce(len(y))}")
-    if args.resample:
-        from .errors import ConfigError
-        from .imbalance import resample
-        kind, _, ratio = args.resample.partition(":")
-        try:
-            ratio = float(ratio) if ratio else 1.0
-        except ValueError:
-            raise ConfigError(f"--resample must be over|under[:RATIO], not {args.resample!r}",
-                              ranks=range(c.size)) from None
-        if sample_weight is not None:
-            raise ConfigError("--resample and --sample-weight do not combine", ranks=range(c.size))
-        X, y = resample(X, y, kind, ratio, seed=args.seed, comm=c)
-        c.print0(f"resampled ({args.resample}): {c.allreduce(len(y))} rows")
-    if args.val:
-        Xv, yv = load_hdf5(args.val, X=args.X, y=args.y, comm=c, require_y=True,
-                           dtype=X.dtype, model_parallel=grid.K,
-                           split_features=split_features, sync=args.sync)
-        validation = (Xv, yv)
-    if args.run_dir:
-        from .runctl import RunDir
-        loads = c.allgather(t_load)
-        RunDir(args.run_dir, c.rank).log({"event": "load", "data": os.path.abspath(args.data),
-                                          "seconds_min": min(loads), "seconds_max": max(loads)})
-        c.print0(f"steer with: mpiml ctl {args.run_dir} status | set lr=... | pause | stop")
-    n = grid.data.allreduce(X.shape[0])     # the training rows (after a split / resampling)
-    t0 = time.perf_counter()
-    if args.resume:
-        c.print0(f"resuming from {args.resume}")
-        # a resumed run is the run that was started: its settings come from the checkpoint
-        # (the live ones -- learning rate, momentum, alpha, batch size -- the fit takes itself)
-        from .models.checkpointing import checkpoint_settings
-        est.set_params(**checkpoint_settings(est, args.resume, comm=c))
-    # the rows read above are the fit's to reorder in place (no second copy in memory)
-    est.fit(X, y, resume=args.resume, columns=columns, validation=validation,
-            sample_weight=sample_weight, callbacks=callbacks, copy_X=False)
-    t_fit = time.perf_counter() - t0
-    est.save(args.out)
+    grid = c.grid(args.model_parallel)
+    est, info = train_from_file(
+        est, args.data, args.out, X=args.X, y=args.y, val=args.val,
+        val_fraction=args.val_fraction, seed=args.seed, resample=args.resample,
+        sample_weight=args.sample_weight, early_stopping=args.early_stopping,
+        resume=args.resume, split_features=grid.K > 1 and _split_of(args) == "features",
+        describe=args.model, log=c.print0)
     if est.scaler is not None:
         from .models.scaling import describe
         c.print0(describe(est))
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
     if est.stopped_by_ and est.stopped_by_.startswith("early stopping"):
         c.print0(f"stopped after epoch {est.n_iter_}: {est.stopped_by_}")
-    c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {t_fit:.2f} s "
-             f"({n * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s in the "
-             f"epochs), final loss {est.loss_curve_[-1]:.6g}; saved {args.out}")
+    c.print0(f"trained {est.n_iter_} epoch(s) ({run} in this run) in {info['fit_seconds']:.2f} s "
+             f"({info['rows'] * run / max(sum(est.epoch_times_), 1e-9) / 1e6:.3g} M samples/s "
+             f"in the epochs), final loss {est.loss_curve_[-1]:.6g}; saved {args.out}")
+
+
+# ---------------------------------------------------------------------- options
+def add_parser(sub):
+    """``mpiml train``'s parser (``mpiml tune`` takes it as its parent)."""
+    p = sub.add_parser("train", help="fit a model on an HDF5 dataset")
+    data_args(p)
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    _optimisation(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
+    p.add_argument("--out", required=True, help="output model file (HDF5)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _scaling_and_validation(p)
+    _imbalance_and_mlp(p)
+    _parallel(p)
+    _steering_and_safety(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def _optimisation(p):
+    p.add_argument("--epochs", type=positive_int, default=5, help="(maximum) number of epochs")
+    p.add_argument("--batch-size", type=batch_size, default=256,
+                   help="global batch size over all ranks, or 'full' (default 256)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate: eta0 of the linear models (default 0.1), "
+                        "learning_rate_init of the MLPs (default 0.001)")
+    p.add_argument("--lr-schedule", choices=["constant", "invscaling", "optimal"],
+                   default="constant")
+    p.add_argument("--power-t", type=float, default=0.5, help="exponent of invscaling")
+    p.add_argument("--alpha", type=float, default=1e-4, help="regularisation strength")
+    p.add_argument("--penalty", choices=["l2", "l1", "elasticnet", "none"], default="l2")
+    p.add_argument("--l1-ratio", type=float, default=0.15)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="momentum (default 0 for the linear models, 0.9 for MLPs with --solver sgd)")
+    p.add_argument("--epsilon", type=float, default=0.1, help="huber threshold")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop when the epoch loss improves by less than this (default: run all epochs)")
+    p.add_argument("--n-iter-no-change", type=positive_int, default=5)
+
+
+def _scaling_and_validation(p):
+    g = p.add_argument_group("feature scaling and validation")
+    g.add_argument("--scale", choices=["none", "standard", "minmax"], default="none",
+                   help="scale the features with global statistics of the training rows "
+                        "(one Allreduce); stored in the model and applied by predict, score, "
+                        "explain and the ONNX export")
+    g.add_argument("--standardize", action="store_true", help="the same as --scale standard")
+    g.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="hold out this fraction of the rows, chosen by global row index and "
+                        "--seed (the same rows at any rank count): metrics after every epoch")
+    g.add_argument("--early-stopping", action="store_true",
+                   help="with --val or --val-fraction: stop when the validation loss has not "
+                        "improved by --tol (default 0) for --n-iter-no-change epochs (--tol "
+                        "then no longer applies to the training loss)")
+
+
+def _imbalance_and_mlp(p):
+    g = p.add_argument_group("class imbalance")
+    g.add_argument("--class-weight", default=None, metavar="balanced|JSON",
+                   help="'balanced' (from the global class counts) or a JSON map label -> weight")
+    g.add_argument("--sample-weight", default=None, metavar="DATASET",
+                   help="a 1-D dataset of per-row weights in the data file")
+    g.add_argument("--resample", default=None, metavar="over|under[:RATIO]",
+                   help="random over-/under-sampling of the classes to RATIO (default 1) of the "
+                        "largest/smallest class; the same rows at any rank count")
+    g = p.add_argument_group("MLPs (--model mlp | mlp-regression)")
+    g.add_argument("--hidden", default="100", metavar="H1,H2,...",
+                   help="hidden layer sizes (default 100)")
+    g.add_argument("--activation", choices=["relu", "tanh"], default="relu")
+    g.add_argument("--solver", choices=["adam", "sgd"], default="adam")
+
+
+def _parallel(p):
+    g = p.add_argument_group("model parallelism (2-D grid: ranks = data-parallel x model-parallel)")
+    g.add_argument("--model-parallel", type=positive_int, default=1, metavar="K",
+                   help="split the weights over K consecutive ranks (must divide the rank count)")
+    g.add_argument("--shard", choices=["auto", "classes", "features"], default="auto",
+                   help="how to split a linear model: by classes (softmax; default for it) or by "
+                        "features (each rank reads only its columns; default otherwise)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the process grid and each rank's shard, then exit")
+    g = p.add_argument_group("how the ranks combine their work")
+    g.add_argument("--sync", default="allreduce", metavar="MODE",
+                   help="allreduce (default: one packed Allreduce per step) | local:K (K local "
+                        "steps, then model averaging) | ps:S (S parameter-server ranks, "
+                        "asynchronous workers)")
+    g.add_argument("--sync-warmup", type=int, default=0, metavar="STEPS",
+                   help="local:K: synchronous steps before local SGD starts")
+    g.add_argument("--max-staleness", type=int, default=4, metavar="N",
+                   help="ps:S: a worker may be at most N pushes ahead of the slowest (default 4)")
+    g.add_argument("--overlap", action="store_true",
+                   help="overlap each step's Iallreduce with the next gradient (delayed update)")
+    g.add_argument("--compress", default="none", metavar="KIND",
+                   help="none | fp16 | topk:RATIO (gradient compression with error feedback)")
+    g.add_argument("--stats", default=None, metavar="FILE",
+                   help="write per-epoch communication counters (JSON lines) here")
+
+
+def _steering_and_safety(p):
+    g = p.add_argument_group("watch and steer (mpiml ctl / mpiml plot)")
+    g.add_argument("--run-dir", default=None, metavar="DIR",
+                   help="control commands, status.json, metrics.jsonl and checkpoints live here")
+    g.add_argument("--val", default=None, metavar="FILE",
+                   help="validation data (HDF5, same datasets): metrics after every epoch")
+    g = p.add_argument_group("never hang, never lose work")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
+    g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
+                   help="checkpoint every this many updates")
+    g.add_argument("--checkpoint-seconds", type=float, default=None, metavar="SECONDS",
+                   help="checkpoint when this much time has passed since the last one")
+    g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="K")
+    g.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the newest checkpoint in DIR (any number of ranks)")
+    g.add_argument("--comm-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="end the job with a report if a collective takes longer (0: off; "
+                        "default 600)")
+

@@ -1,12 +1,13 @@
 """``mpiml tune``: cross-validated hyper-parameter search over rank groups
 (:mod:`mpiml.tune`); takes every option of ``train`` as the fixed part of the
 configuration, and ``--grid name=v1,v2 ...`` for the searched part."""
-import copy
 import csv
 import json
 import math
 import time
 
+from .cli_common import param_name
+from .cli_train import _hidden, estimator_from_args
 from .errors import ConfigError
 
 
@@ -18,9 +19,11 @@ def add_parser(sub, train_parser):
                     "--grid lr=0.01,0.1 alpha=1e-5,1e-4 batch_size=64,256. The best "
                     "configuration is retrained on all data with all ranks and saved to --out.")
     p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
-                   help="values to search; NAME is a train option (lr, alpha, batch_size, "
-                        "epochs, momentum, l1_ratio, penalty, scale, hidden: 64,128x128 for "
-                        "one layer of 64 or two of 128, ...)")
+                   help="values to search; NAME is a parameter of the estimator (alpha, "
+                        "batch_size, momentum, l1_ratio, penalty, eta0 or learning_rate_init, "
+                        "hidden_layer_sizes, ...) or its train option name: lr (the learning "
+                        "rate of either family), hidden (64,128x128: one layer of 64 or two of "
+                        "128), scale, lr_schedule")
     p.add_argument("--search", default="grid", help="grid (default) or random:N")
     p.add_argument("--halving", action="store_true",
                    help="successive halving: few epochs for all, more for the best third")
@@ -37,25 +40,33 @@ def add_parser(sub, train_parser):
     p.set_defaults(func=cmd_tune)
 
 
-def _factory(args):
-    from .cli_train import _estimator
+def _grid_value(name, value):
+    """A searched value in the form the estimator takes (``hidden=16x16`` -> (16, 16);
+    ``penalty=none`` / ``scale=none`` -> None)."""
+    if name in ("hidden", "hidden_layer_sizes") and not isinstance(value, tuple):
+        return _hidden(value)
+    if name in ("penalty", "scale", "scaler") and value == "none":
+        return None
+    return value
+
+
+def _factory(args, c, grid):
+    """``make(config, comm, epochs)``: the estimator of the train options with a
+    configuration's values, by the estimators' own parameter names (or their command-line
+    aliases, :data:`mpiml.cli_common.ALIASES`: ``lr``, ``epochs``, ``hidden``, ...)."""
+    base = estimator_from_args(args, c)
+    fixed = dict(base.get_params(), verbose=0, checkpoint_dir=None, run_dir=None, stats=None)
+    mlp = hasattr(base, "learning_rate_init")
+    for name in grid:
+        if name in ("comm", "max_iter", "epochs") or param_name(name, mlp) not in fixed:
+            raise ConfigError(f"--grid: {name!r} is not a train option or a parameter of "
+                              f"{type(base).__name__}", ranks=range(c.size))
 
     def make(config, comm, epochs):
-        a = copy.copy(args)
-        for k, v in config.items():
-            setattr(a, k, v)
-        a.epochs = epochs
-        a.quiet, a.checkpoint_dir, a.run_dir, a.stats = True, None, None, None
-        return _estimator(a, comm)
+        params = dict(fixed, comm=comm, max_iter=epochs)
+        params.update({param_name(k, mlp): _grid_value(k, v) for k, v in config.items()})
+        return type(base)(**params)
     return make
-
-
-def _check_names(args, grid, c):
-    fixed = vars(args)
-    for name in grid:
-        if name in ("grid", "search", "cv", "group_size", "data", "out", "results", "func") \
-                or name not in fixed:
-            raise ConfigError(f"--grid: {name!r} is not a train option", ranks=range(c.size))
 
 
 def cmd_tune(args):
@@ -69,7 +80,7 @@ def cmd_tune(args):
         configs = configurations(grid, args.search, args.seed)
     except ConfigError as exc:
         raise ConfigError(str(exc), ranks=range(c.size)) from None
-    _check_names(args, grid, c)
+    make = _factory(args, c, grid)
     unused = [opt for opt, v in (("--val", args.val), ("--val-fraction", args.val_fraction),
                                  ("--resample", args.resample),
                                  ("--sample-weight", args.sample_weight),
@@ -95,7 +106,7 @@ def cmd_tune(args):
                                                           if args.halving else "")
              + f"; finished fits are journaled in {journal}")
     t0 = time.perf_counter()
-    res = search(_factory(args), configs, load, cv=args.cv, group_size=args.group_size,
+    res = search(make, configs, load, cv=args.cv, group_size=args.group_size,
                  seed=args.seed, max_epochs=args.epochs, halving=args.halving, eta=args.eta,
                  journal=journal, resume=bool(args.resume),
                  model_parallel=args.model_parallel, comm=c)
@@ -110,12 +121,11 @@ def cmd_tune(args):
     if best is None:
         raise ConfigError("every configuration failed; see the table", ranks=range(c.size))
     # the best configuration on all the data with all ranks
-    est = _factory(args)(best["params"], c, args.epochs)
+    est = make(best["params"], c, args.epochs)
     X, y = load(c)
     est.fit(X, y, copy_X=False)          # X: read for this fit only
     est.save(args.out)
-    from .comm import get_grid
-    n_rows = get_grid(c, args.model_parallel).data.allreduce(X.shape[0])
+    n_rows = c.grid(args.model_parallel).data.allreduce(X.shape[0])
     c.print0(f"best {best['params']}: CV score {best['mean_score']:.6g} ± "
              f"{best['std_score']:.2g}; retrained on all {n_rows} rows and "
              f"saved to {args.out} ({time.perf_counter() - t0:.1f} s in all); results in "

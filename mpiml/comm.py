@@ -54,8 +54,30 @@ class Comm:
     def __init__(self, comm=None, dup=True):
         base = MPI.COMM_WORLD if comm is None else comm
         self.mpi = base.Dup() if dup else base
+        self.owned = bool(dup)       # this object made self.mpi: free() frees it
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
+        self._grids = {}
+
+    # ---------------------------------------------------------------- grids, lifetime
+    def grid(self, model_parallel=1):
+        """The :class:`Grid` of this communicator for ``model_parallel`` (collective the
+        first time for a given ``model_parallel``; memoised on this object)."""
+        check_model_parallel(model_parallel, self.size)
+        k = int(model_parallel)
+        if k not in self._grids:
+            self._grids[k] = Grid(self, k)
+        return self._grids[k]
+
+    def free(self):
+        """Collective: free the communicators of this object's grids and, when this object
+        made it, its duplicate. The object is unusable afterwards."""
+        for grid in self._grids.values():
+            grid.free()
+        self._grids.clear()
+        if self.owned and self.mpi != MPI.COMM_NULL:
+            self.mpi.Free()
+        self.owned = False
 
     # ---------------------------------------------------------------- partitions
     def chunk(self, n, rank=None):
@@ -156,28 +178,30 @@ def _describe(error):
     return text or type(error).__name__
 
 
-_WORLD = None
-_CACHE = {}
+_KEYVAL = None
 
 
 def get_comm(comm=None):
     """Resolve a ``comm=`` argument to a :class:`Comm` (the one place that does it).
 
     ``None`` gives the package-wide duplicate of ``MPI.COMM_WORLD``; an mpi4py
-    communicator gives its (cached) duplicate; a ``Comm`` is returned as is.
+    communicator gives its duplicate, made once and cached *on that communicator* (an
+    MPI attribute), so the cache entry goes away with the communicator and a new
+    communicator can never be handed a stale duplicate; a ``Comm`` is returned as is.
     """
-    global _WORLD
+    global _KEYVAL
     if isinstance(comm, Comm):
         return comm
     if comm is None:
-        if _WORLD is None:
-            _WORLD = Comm()
-        return _WORLD
+        comm = MPI.COMM_WORLD
     if isinstance(comm, MPI.Comm):
-        key = comm.py2f()
-        if key not in _CACHE:
-            _CACHE[key] = Comm(comm)
-        return _CACHE[key]
+        if _KEYVAL is None:
+            _KEYVAL = MPI.Comm.Create_keyval()
+        mine = comm.Get_attr(_KEYVAL)
+        if mine is None:
+            mine = Comm(comm)
+            comm.Set_attr(_KEYVAL, mine)
+        return mine
     raise TypeError(f"comm must be None, an mpi4py communicator or mpiml.comm.Comm, not {type(comm).__name__}")
 
 
@@ -191,7 +215,8 @@ class Grid:
     hold the same shard, over which that shard's gradient is averaged. With
     ``K = 1`` the grid is plain data parallelism (``data`` is the world).
 
-    Use :func:`get_grid`; it validates ``model_parallel`` identically on every rank.
+    Use :meth:`Comm.grid` (or :func:`get_grid`); it validates ``model_parallel``
+    identically on every rank and memoises the grid on the communicator object.
     """
 
     def __init__(self, world, model_parallel):
@@ -206,6 +231,12 @@ class Grid:
         else:
             self.model = Comm(world.mpi.Split(self.data_rank, self.model_rank), dup=False)
             self.data = Comm(world.mpi.Split(self.model_rank, self.data_rank), dup=False)
+            self.model.owned = self.data.owned = True     # split here: freed by free()
+
+    def free(self):
+        """Collective over the grid's world: free the communicators made for it."""
+        for c in ((self.model,) if self.K == 1 else (self.model, self.data)):
+            c.free()
 
     def model_group(self, replica):
         """World ranks holding the shards of data-parallel replica ``replica``."""
@@ -245,18 +276,9 @@ def check_model_parallel(model_parallel, size):
                           f"model-parallel)", ranks=range(size))
 
 
-_GRIDS = {}
-
-
 def get_grid(comm=None, model_parallel=1):
-    """The :class:`Grid` of ``comm`` for ``model_parallel`` (collective the first time;
-    cached)."""
-    c = get_comm(comm)
-    check_model_parallel(model_parallel, c.size)
-    key = (id(c), int(model_parallel))
-    if key not in _GRIDS:
-        _GRIDS[key] = Grid(c, int(model_parallel))
-    return _GRIDS[key]
+    """The :class:`Grid` of ``comm`` for ``model_parallel``: ``get_comm(comm).grid(K)``."""
+    return get_comm(comm).grid(model_parallel)
 
 
 def write_stderr(text):

@@ -19,7 +19,7 @@ from mpi4py import MPI
 
 from .comm import get_comm
 from .errors import ConfigError, DataError
-from .io import write_rows
+from .io import check_output_path, write_rows
 
 __all__ = ["convert", "FORMATS"]
 
@@ -165,76 +165,16 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
             raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
 
     c.run(check)
-    y = None
+    check_output_path(out, comm=c)
+    y, names = None, None
     if fmt == "npy":
-        def read():
-            a = np.load(src, mmap_mode="r")
-            if a.ndim != 2:
-                raise DataError(f"{src}: the array must be 2-D, it has shape {a.shape}")
-            lo, hi = c.chunk(a.shape[0])
-            return np.asarray(a[lo:hi], dtype=np.float64)
-        block = c.run(read)
-        names = None
+        block = _read_npy(c, src)
     elif fmt == "csv":
-        def head():
-            with open(src, "rb") as fh:
-                first = fh.readline().decode("utf-8", "replace").strip("\r\n")
-            fields = first.split(delimiter)
-            has = (header is True) or (header == "auto" and not all(_is_float(f) for f in fields))
-            return fields, has
-
-        fields, has_header = c.bcast(c.run(lambda: head() if c.rank == 0 else None))
-        names = fields if has_header else None
-        ncols = len(fields)
-
-        def parse():
-            chunk, start = _my_lines(src, c.rank, c.size)
-            return chunk, start
-
-        chunk, start = c.run(parse)
-        if has_header and c.rank == 0:
-            nl = chunk.find(b"\n")
-            chunk = chunk[nl + 1:] if nl >= 0 else b""
-        n_lines = _count_lines(chunk)
-        first = c.exscan(n_lines) + 1 + (1 if has_header else 0)
-        block = c.run(_parse_csv, chunk, ncols, first, delimiter)
+        block, names = _read_csv(c, src, header, delimiter)
     else:
-        chunk, _ = c.run(_my_lines, src, c.rank, c.size)
-        n_lines = _count_lines(chunk)
-        first = c.exscan(n_lines) + 1
-        labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
-        d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
-
-        def dense():
-            width = d if n_features is None else int(n_features)
-            if cols.size and cols.max() >= width:
-                raise DataError(f"feature index {int(cols.max()) + 1} exceeds n_features={width}")
-            Xd = np.zeros((len(labels), width))
-            Xd[rows, cols] = vals
-            return Xd
-
-        block = c.run(dense)
-        y = labels
-        names = None
+        block, y = _read_libsvm(c, src, n_features)
     if label_column is not None and fmt != "libsvm":
-        def split():
-            if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
-                if not names or label_column not in names:
-                    raise ConfigError(f"no column named {label_column!r} (columns: "
-                                      f"{', '.join(names or [])[:200] or 'the file has no header'})")
-                k = names.index(label_column)
-            else:
-                k = int(label_column)
-                if not -block.shape[1] <= k < block.shape[1]:
-                    raise ConfigError(f"label column {k} is outside the {block.shape[1]} columns")
-                k %= block.shape[1]
-            return k
-
-        k = c.run(split)
-        y = block[:, k].copy()
-        keep = np.ones(block.shape[1], dtype=bool)
-        keep[k] = False
-        block = block[:, keep].astype(dtype)          # one copy: the columns, in the output type
+        block, y = _split_label(c, block, names, label_column, dtype)
     rows_total = c.allreduce(block.shape[0])
     arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
     if y is not None:
@@ -243,3 +183,72 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
     write_rows(out, arrays, comm=c, attrs={"source": os.path.abspath(src), "format": fmt},
                compression=compression)
     return rows_total, block.shape[1]
+
+
+def _read_npy(c, src):
+    def read():
+        a = np.load(src, mmap_mode="r")
+        if a.ndim != 2:
+            raise DataError(f"{src}: the array must be 2-D, it has shape {a.shape}")
+        lo, hi = c.chunk(a.shape[0])
+        return np.asarray(a[lo:hi], dtype=np.float64)
+    return c.run(read)
+
+
+def _read_csv(c, src, header, delimiter):
+    """This rank's lines of a CSV file as a float64 block, and the column names."""
+    def head():
+        with open(src, "rb") as fh:
+            first = fh.readline().decode("utf-8", "replace").strip("\r\n")
+        fields = first.split(delimiter)
+        has = (header is True) or (header == "auto" and not all(_is_float(f) for f in fields))
+        return fields, has
+
+    fields, has_header = c.bcast(c.run(lambda: head() if c.rank == 0 else None))
+    chunk, _ = c.run(_my_lines, src, c.rank, c.size)
+    if has_header and c.rank == 0:
+        nl = chunk.find(b"\n")
+        chunk = chunk[nl + 1:] if nl >= 0 else b""
+    n_lines = _count_lines(chunk)
+    first = c.exscan(n_lines) + 1 + (1 if has_header else 0)
+    block = c.run(_parse_csv, chunk, len(fields), first, delimiter)
+    return block, (fields if has_header else None)
+
+
+def _read_libsvm(c, src, n_features):
+    """This rank's lines of a libsvm file as a dense float64 block, and the labels."""
+    chunk, _ = c.run(_my_lines, src, c.rank, c.size)
+    n_lines = _count_lines(chunk)
+    first = c.exscan(n_lines) + 1
+    labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
+    d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
+
+    def dense():
+        width = d if n_features is None else int(n_features)
+        if cols.size and cols.max() >= width:
+            raise DataError(f"feature index {int(cols.max()) + 1} exceeds n_features={width}")
+        Xd = np.zeros((len(labels), width))
+        Xd[rows, cols] = vals
+        return Xd
+
+    return c.run(dense), labels
+
+
+def _split_label(c, block, names, label_column, dtype):
+    """The label column out of the block: ``(features in the output type, labels)``."""
+    def which():
+        if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
+            if not names or label_column not in names:
+                raise ConfigError(f"no column named {label_column!r} (columns: "
+                                  f"{', '.join(names or [])[:200] or 'the file has no header'})")
+            return names.index(label_column)
+        k = int(label_column)
+        if not -block.shape[1] <= k < block.shape[1]:
+            raise ConfigError(f"label column {k} is outside the {block.shape[1]} columns")
+        return k % block.shape[1]
+
+    k = c.run(which)
+    y = block[:, k].copy()
+    keep = np.ones(block.shape[1], dtype=bool)
+    keep[k] = False
+    return block[:, keep].astype(dtype), y          # one copy: the columns, in the output type

@@ -35,7 +35,19 @@ def run_checks(comm=None):
     def add(status, name, finding, fix=""):
         results.append((status, name, finding, fix))
 
-    # ---------------------------------------------------------------- mpi4py and MPI
+    size = _check_mpi(add)
+    if size is None:
+        return results
+    _check_allreduce(add, size)
+    _check_h5py(add)
+    _check_kernels(add)
+    _check_environment(add, size)
+    return results
+
+
+def _check_mpi(add):
+    """mpi4py, the MPI library, thread support and the launcher; the rank count (None
+    when mpi4py does not import)."""
     try:
         import mpi4py
         from mpi4py import MPI
@@ -43,7 +55,7 @@ def run_checks(comm=None):
         add("FAIL", "mpi4py", f"cannot import mpi4py: {exc}",
             "pip install mpi4py (with the site MPI: MPICC=mpicc pip install --no-binary mpi4py "
             "mpi4py; without one: pip install mpich mpi4py)")
-        return results
+        return None
     library = MPI.Get_library_version().strip().splitlines()[0]
     add("ok", "mpi4py", f"mpi4py {mpi4py.__version__}, {library}, MPI {'%d.%d' % MPI.Get_version()}")
     provided = MPI.Query_thread()
@@ -66,10 +78,15 @@ def run_checks(comm=None):
         add("ok", "launcher", f"started by a launcher ({var}={announced}), {size} rank(s)")
     else:
         add("ok", "launcher", "not started by a launcher (a single process)")
+    return size
 
-    # ---------------------------------------------------------------- a real Allreduce
+
+def _check_allreduce(add, size):
+    """A real Allreduce: over this job's ranks, or a 2-process job started here."""
     if size > 1:
         import numpy as np
+        from mpi4py import MPI
+        world = MPI.COMM_WORLD
         b = np.full(4, float(world.Get_rank() + 1))
         world.Allreduce(MPI.IN_PLACE, b)
         expect = size * (size + 1) // 2
@@ -106,7 +123,8 @@ def run_checks(comm=None):
                     "a hang at start-up usually means a firewall or wrong network interface: "
                     "for MPICH try FI_PROVIDER=tcp or MPIR_CVAR_CH4_NETMOD=ofi")
 
-    # ---------------------------------------------------------------- h5py
+
+def _check_h5py(add):
     try:
         import h5py
         mpi_io = bool(h5py.get_config().mpi)
@@ -115,7 +133,8 @@ def run_checks(comm=None):
     except ImportError as exc:
         add("FAIL", "h5py", f"cannot import h5py: {exc}", "pip install h5py")
 
-    # ---------------------------------------------------------------- the kernels
+
+def _check_kernels(add):
     try:
         from ._kernels import sgd, stats  # noqa: F401 - stats: the scaler's kernels
         add("ok", "kernels", f"compiled (sgd, stats; {', '.join(sgd.DTYPES)}), flags "
@@ -136,11 +155,13 @@ def run_checks(comm=None):
     if simd:
         add("ok", "cpu", f"SIMD for the kernels' clones: {', '.join(simd)}")
 
-    # ---------------------------------------------------------------- threads, Slurm
+
+def _check_environment(add, size):
+    """Thread variables and Slurm."""
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(v) not in (None, "1") and size > 1:
             add("warn", "threads", f"{v}={os.environ[v]} with {size} ranks: cores oversubscribed",
-                f"export {v}=1 (mpiml sets it if unset)")
+                f"export {v}=1 (mpiml limits BLAS threads itself only while it computes)")
     if "SLURM_JOB_ID" in os.environ:
         add("ok", "slurm", f"inside Slurm job {os.environ['SLURM_JOB_ID']} "
             f"({os.environ.get('SLURM_NTASKS', '?')} tasks)")
@@ -156,7 +177,6 @@ def run_checks(comm=None):
                 "run `srun -n N mpiml ...` (srun --mpi=pmi2 with the mpich wheel)")
     elif shutil.which("sbatch"):
         add("ok", "slurm", "Slurm commands found (not inside a job)")
-    return results
 
 
 def main(comm=None, stream=None):

@@ -110,8 +110,10 @@ def export_onnx(est, path, dtype="float32"):
     import onnx
 
     from .comm import get_comm
-    model = to_onnx(est, dtype)
+    from .io import check_output_path
     c = get_comm(est.comm)
+    check_output_path(path, comm=c)
+    model = to_onnx(est, dtype)
     if c.rank == 0:
         onnx.save(model, path)
     c.barrier()

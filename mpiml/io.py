@@ -195,19 +195,7 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
                 raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
                                   f"{path}")
             _check_fits(path, X, hi - lo, c1 - c0, out_dtype.itemsize)
-            yl = None
-            if y is not None and y in f:
-                dy = _dataset(f, path, y, "the targets")
-                if dy.ndim == 2 and dy.shape[1] == 1:
-                    pass
-                elif dy.ndim != 1:
-                    raise DataError(f"{path}: dataset '{y}' must be 1-D, it has shape {dy.shape}")
-                if dy.shape[0] != n:
-                    raise DataError(f"{path}: '{X}' has {n} rows but '{y}' has {dy.shape[0]}")
-                yl = np.asarray(dy[lo:hi], dtype=np.float64).reshape(-1)
-                _check_finite(yl, path, y, lo)
-            elif require_y:
-                _dataset(f, path, y, "the targets")
+            yl = _read_targets(f, path, X, y, n, lo, hi, require_y)
             Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
             if hi > lo:
                 if dX.dtype == out_dtype:
@@ -218,6 +206,23 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
             return Xl, yl
 
     return c.run(local)
+
+
+def _read_targets(f, path, X, y, n, lo, hi, require_y):
+    """Rows ``lo:hi`` of the targets ``y`` as float64 (None when the file has none and
+    they are not required)."""
+    if y is None or y not in f:
+        if require_y:
+            _dataset(f, path, y, "the targets")     # raises, naming what is missing
+        return None
+    dy = _dataset(f, path, y, "the targets")
+    if dy.ndim != 1 and not (dy.ndim == 2 and dy.shape[1] == 1):
+        raise DataError(f"{path}: dataset '{y}' must be 1-D, it has shape {dy.shape}")
+    if dy.shape[0] != n:
+        raise DataError(f"{path}: '{X}' has {n} rows but '{y}' has {dy.shape[0]}")
+    yl = np.asarray(dy[lo:hi], dtype=np.float64).reshape(-1)
+    _check_finite(yl, path, y, lo)
+    return yl
 
 
 def load_vector(path, name, comm=None, sync="allreduce", model_parallel=1):
@@ -294,6 +299,7 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
         Whole (not row-distributed) datasets, taken from rank 0.
     """
     c = get_comm(comm)
+    check_output_path(path, comm=c)
     names = sorted(arrays)
     meta = [(k, arrays[k].shape[0], arrays[k].shape[1:], arrays[k].dtype.str) for k in names]
     everyone = c.allgather(meta)
@@ -309,22 +315,8 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
     offsets = {k: sum(m[i][1] for m in everyone[:c.rank]) for i, k in enumerate(names)}
 
     def create():
-        if c.rank != 0:
-            return
-        with h5py.File(tmp, "w", locking=False) as f:
-            for k in names:
-                a = arrays[k]
-                shape = (totals[k],) + a.shape[1:]
-                row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize)
-                cr = chunk_rows or max(1, min(totals[k], (1 << 20) // row_bytes))
-                chunks = (cr,) + a.shape[1:] if totals[k] > 0 else None
-                f.create_dataset(k, shape=shape, dtype=a.dtype, chunks=chunks,
-                                 compression=compression,
-                                 shuffle=compression is not None and totals[k] > 0)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-            for key, value in (extra or {}).items():
-                f.create_dataset(key, data=value)
+        if c.rank == 0:
+            _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra)
 
     try:
         c.run(create)
@@ -332,23 +324,7 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
         if c.rank == 0 and os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    error = None
-    if c.rank > 0:
-        error = c.mpi.recv(source=c.rank - 1, tag=_TOKEN)
-    if error is None:
-        try:
-            if any(arrays[k].shape[0] for k in names):
-                with h5py.File(tmp, "r+", locking=False) as f:
-                    for k in names:
-                        a = arrays[k]
-                        if a.shape[0]:
-                            f[k][offsets[k]:offsets[k] + a.shape[0]] = a
-        except Exception as exc:  # noqa: BLE001 - agreed below
-            error = f"rank {c.rank}: {exc}"
-    if c.rank < c.size - 1:
-        c.mpi.send(error, dest=c.rank + 1, tag=_TOKEN)
-    # the last rank knows whether every write succeeded
-    error = c.bcast(error, root=c.size - 1)
+    error = _write_in_turn(c, tmp, arrays, offsets)
 
     def finish():
         if c.rank != 0:
@@ -362,9 +338,49 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
     c.run(finish)
 
 
+def _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra):
+    """Rank 0: the new file with every dataset at its full size (about 1 MiB chunks)."""
+    with h5py.File(tmp, "w", locking=False) as f:
+        for k in sorted(arrays):
+            a = arrays[k]
+            shape = (totals[k],) + a.shape[1:]
+            row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize)
+            cr = chunk_rows or max(1, min(totals[k], (1 << 20) // row_bytes))
+            chunks = (cr,) + a.shape[1:] if totals[k] > 0 else None
+            f.create_dataset(k, shape=shape, dtype=a.dtype, chunks=chunks,
+                             compression=compression,
+                             shuffle=compression is not None and totals[k] > 0)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        for key, value in (extra or {}).items():
+            f.create_dataset(key, data=value)
+
+
+def _write_in_turn(c, tmp, arrays, offsets):
+    """Each rank writes its rows in rank order (a token passed on; the serial HDF5 library
+    has one writer at a time); every rank returns the first error (None: all written)."""
+    error = None
+    if c.rank > 0:
+        error = c.mpi.recv(source=c.rank - 1, tag=_TOKEN)
+    if error is None:
+        try:
+            if any(a.shape[0] for a in arrays.values()):
+                with h5py.File(tmp, "r+", locking=False) as f:
+                    for k, a in sorted(arrays.items()):
+                        if a.shape[0]:
+                            f[k][offsets[k]:offsets[k] + a.shape[0]] = a
+        except Exception as exc:  # noqa: BLE001 - agreed by the caller
+            error = f"rank {c.rank}: {exc}"
+    if c.rank < c.size - 1:
+        c.mpi.send(error, dest=c.rank + 1, tag=_TOKEN)
+    # the last rank knows whether every write succeeded
+    return c.bcast(error, root=c.size - 1)
+
+
 def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
     """Collective: write a model file (rank 0 writes; temporary file + rename)."""
     c = get_comm(comm)
+    check_output_path(path, comm=c)
 
     def write():
         if c.rank != 0:

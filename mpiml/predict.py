@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from .comm import chunk, get_comm, get_grid
 from .errors import DataError
-from .io import _dataset, _open_read
+from .io import _dataset, _open_read, check_output_path
 
 __all__ = ["stream_predict"]
 
@@ -26,6 +26,7 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
     """Predict the rows of ``data[X]`` into ``out`` (datasets ``pred`` and, with
     ``proba``, ``proba``), in input row order (collective). Returns the row count."""
     c = get_comm(comm)
+    check_output_path(out, comm=c)
     grid = get_grid(c, model_parallel)
     part = f"{os.path.abspath(out)}.part-{c.rank}"
     writer = grid.model_rank == 0          # one rank per model-parallel group writes

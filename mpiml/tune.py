@@ -82,7 +82,9 @@ def split_groups(world, group_size):
         raise ConfigError(f"--group-size must divide the number of ranks ({world.size}); got "
                           f"{group_size}", ranks=range(world.size))
     g = world.rank // int(group_size)
-    return Comm(world.mpi.Split(g, world.rank), dup=False), g, world.size // int(group_size)
+    group = Comm(world.mpi.Split(g, world.rank), dup=False)
+    group.owned = True              # split here: group.free() frees it
+    return group, g, world.size // int(group_size)
 
 
 class _Counter:
@@ -282,10 +284,7 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     data = (X, y, rows.exscan(X.shape[0]), n_global)
     if int(cv) > n_global:
         raise ConfigError(f"--cv {cv} is more than the {n_global} rows", ranks=range(world.size))
-    rungs = [max_epochs]
-    if halving:
-        n_rungs = max(1, math.floor(math.log(len(configs), eta)) + 1) if len(configs) > 1 else 1
-        rungs = [max(1, max_epochs // eta ** (n_rungs - 1 - r)) for r in range(n_rungs)]
+    rungs = _rungs(len(configs), max_epochs, halving, eta)
     book = None
     if journal is not None:
         book = _Journal(journal, world, {"configs": configs, "cv": int(cv), "seed": int(seed),
@@ -319,21 +318,32 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
             if not alive:
                 break
     counter.free()
-    group.mpi.Free()
+    group.free()            # its grids' communicators too
     if interrupted:
         raise Interrupted(f"stopped by a signal after {ran} fit(s) in this run; the finished "
                           f"ones are in {journal}: continue with --resume {journal}"
                           if journal else "stopped by a signal",
                           ranks=range(world.size), checkpoint=journal)
-    # each configuration by the last rung it reached
+    return {"summary": _final(configs, everything), "records": everything, "rungs": rungs, "groups": n_groups,
+            "group_size": int(group_size), "seconds": time.perf_counter() - t0,
+            "fits_run": ran, "fits_resumed": len(everything) - ran}
+
+
+def _rungs(n_configs, max_epochs, halving, eta):
+    """Epochs of each rung: one rung of ``max_epochs``, or successive halving's rungs."""
+    if not halving:
+        return [max_epochs]
+    n_rungs = max(1, math.floor(math.log(n_configs, eta)) + 1) if n_configs > 1 else 1
+    return [max(1, max_epochs // eta ** (n_rungs - 1 - r)) for r in range(n_rungs)]
+
+
+def _final(configs, everything):
+    """The summary of each configuration at the last rung it reached."""
     last = {}
     for rec in everything:
         last[rec["config"]] = max(last.get(rec["config"], 0), rec["rung"])
-    final = summarise(configs, [rec for rec in everything if rec["rung"] == last[rec["config"]]],
-                      range(len(configs)))
-    return {"summary": final, "records": everything, "rungs": rungs, "groups": n_groups,
-            "group_size": int(group_size), "seconds": time.perf_counter() - t0,
-            "fits_run": ran, "fits_resumed": len(everything) - ran}
+    return summarise(configs, [rec for rec in everything if rec["rung"] == last[rec["config"]]],
+                     range(len(configs)))
 
 
 def summarise(configs, records, indices):

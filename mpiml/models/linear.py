@@ -35,6 +35,7 @@ class _BaseSGD(Trainer):
     _losses = ()
     _supports_ps = True
     _resumed_params = _RESUMED_PARAMS
+    _shap_method = "linear"         # exact linear SHAP of the margins (mpiml.explain)
 
     # ------------------------------------------------------------ validation
     def _validate_model_params(self, bad):

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..comm import get_comm, get_grid
 from ..errors import DataError, NotFittedError
-from ..parallel.network import ACTIVATIONS, MLPEngine, Network
+from ..parallel.network import (ACTIVATIONS, OUTPUT_LOSSES, MLPEngine, Network, output_loss,
+                                output_targets)
 from ..parallel.protocol import N_WORDS
 from .base import check_local_X
 from .scaling import restore_scaler, transform
@@ -22,6 +23,7 @@ _RESUMED_PARAMS = ("hidden_layer_sizes", "activation", "solver", "alpha", "batch
 
 class _BaseMLP(Trainer):
     _resumed_params = _RESUMED_PARAMS
+    _shap_method = "kernel"         # Kernel SHAP of the outputs (mpiml.explain)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=1e-4, batch_size=200, learning_rate="constant", learning_rate_init=1e-3,
@@ -211,15 +213,8 @@ class _BaseMLP(Trainer):
 
 
 def _loss_sum(out, y_enc, output):
-    z = np.asarray(out, dtype=np.float64)
-    if output == "softmax":
-        m = z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
-        return float(np.sum(lse - z[np.arange(len(z)), y_enc.astype(np.intp)]))
-    if output == "logistic":
-        return float(np.sum(np.logaddexp(0.0, z[:, 0]) - y_enc * z[:, 0]))
-    r = z[:, 0] - y_enc
-    return float(0.5 * np.dot(r, r))
+    """The summed data loss of output-layer values (the training engine's loss)."""
+    return output_loss(OUTPUT_LOSSES[output](), out, output_targets(output, y_enc))[0]
 
 
 class MLPClassifier(_BaseMLP):

@@ -44,6 +44,7 @@ from ..parallel.protocol import StepControl, StopTraining
 from ..parallel.sync import CommCounters, StatsWriter
 from ..parallel.synchronizers import SYNCHRONIZERS, SyncSetup, mode_of
 from ..runctl import RunDir
+from ..threads import blas_threads
 from ..watchdog import watching
 from .checkpointing import read_resume, signals
 from .scaling import fit_scaler, transform
@@ -344,7 +345,7 @@ class FitSession:
         progress = Progress(c.rank, 0, bool(est.verbose))
         start = self.start_step
         with signals(control, control.save is not None), \
-                watching(c, est.comm_timeout, control):
+                watching(c, est.comm_timeout, control), blas_threads():
             try:
                 while st.n_iter < self.target:
                     if self.pending_batch not in (None, self.layout.batch):

@@ -59,7 +59,8 @@ class Trainer(BaseEstimator):
     ``_fitted_state``)."""
     _is_classifier = False
     _supports_ps = False
-    _resumed_params = ()        # hyper-parameters a resumed run takes from its checkpoint
+    _resumed_params = ()        # hyper-parameters a resumed run depends on (checkpointing.py)
+    _shap_method = None         # how `mpiml explain` computes SHAP values: "linear" | "kernel"
 
     # ------------------------------------------------------------ validation
     def _validate_params(self):

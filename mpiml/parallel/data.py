@@ -143,16 +143,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
     engine.set_plan(lo, hi, ptr)
     t0 = time.perf_counter()
     if comm.size == 1 and not getattr(engine, "collective", False):
-        if control is not None:
-            control.attach(engine)
-        s = start
-        while s < n_steps:
-            stop = n_steps if control is None else min(n_steps, s + control.steps_until_check(engine.t))
-            engine.run_plan(s, stop)
-            s = stop
-            if control is not None:
-                control.boundary(engine, s, control.stop_requested, control.time_due(),
-                                 control.commands_due())
+        _one_rank(engine, start, n_steps, control)
     elif control is None:
         buf = engine.buf_arr
         allreduce = comm.mpi.Allreduce
@@ -163,70 +154,89 @@ def run_epoch(engine, comm, plan, start=0, control=None):
             allreduce(in_place, buf)
             apply()
     else:
-        control.attach(engine)
-        buf = engine.buf_arr
-        base = engine.P + 2
-        words = buf[base:base + N_WORDS]
-        stop_at = base + Word.STOP
-        allreduce = comm.mpi.Allreduce
-        grad, apply_checked, decide = engine.grad_step, engine.apply_checked, control.decide
-        in_place = MPI.IN_PLACE
-        size = float(comm.size)
-        clock = comm.rank == 0 and (control.every_seconds is not None or control.run is not None)
-        hooks = control.skip is not None or control.signal_hook is not None
-        timing = control.timing
-        every = control.TIME_EVERY
-        special = clock or timing or hooks
-
-        def step(s, first):
-            """A step with the extras: rank 0's look at its clock and run directory (first
-            step of a 16-step chunk), a timed collective (the chunk's middle step), the
-            test hooks."""
-            grad(s)
-            control.request(words, first)
-            if hooks and control.skip is not None and control.skip[1] == int(engine.t) + 1:
-                buf[base + Word.SEQ] *= size        # test hook: this rank skips one collective
-            elif timing and s % every == every // 2:   # off the step where rank 0 looks
-                c0 = time.perf_counter()
-                allreduce(in_place, buf)
-                control.comm_sampled += time.perf_counter() - c0
-                control.samples += 1
-            else:
-                allreduce(in_place, buf)
-            code = apply_checked(size)
-            if code or hooks:
-                decide(engine, code, s + 1)
-
-        def plain(a, b):
-            """Steps a..b-1 with nothing but the step itself."""
-            for s in range(a, b):
-                grad(s)
-                if control.stop_requested:
-                    buf[stop_at] = 1.0
-                allreduce(in_place, buf)
-                code = apply_checked(size)
-                if code:
-                    decide(engine, code, s + 1)
-
-        s = start
-        while s < n_steps:
-            # chunks of `every` steps: only the first (rank 0's clock) and the middle one
-            # (a timed collective) carry extras; the others run the plain step
-            end = min(n_steps, (s // every + 1) * every)
-            if hooks:
-                for s in range(s, end):
-                    step(s, s % every == 0)
-            elif special:
-                step(s, s % every == 0)
-                mid = (s // every) * every + every // 2
-                if s < mid < end:
-                    plain(s + 1, mid)
-                    step(mid, False)
-                    plain(mid + 1, end)
-                else:
-                    plain(s + 1, end)
-            else:
-                plain(s, end)
-            s = end
+        _controlled(engine, comm, start, n_steps, control)
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)
+
+
+def _one_rank(engine, start, n_steps, control):
+    """One rank: the steps run in the kernel, returning to Python every few steps for
+    the step control."""
+    if control is not None:
+        control.attach(engine)
+    s = start
+    while s < n_steps:
+        stop = n_steps if control is None else min(n_steps, s + control.steps_until_check(engine.t))
+        engine.run_plan(s, stop)
+        s = stop
+        if control is not None:
+            control.boundary(engine, s, control.stop_requested, control.time_due(),
+                             control.commands_due())
+
+
+def _controlled(engine, comm, start, n_steps, control):
+    """Steps with the step-control words: chunks of ``TIME_EVERY`` steps in which only the
+    first (rank 0's look at its clock and run directory) and the middle one (a timed
+    collective) carry extras; the others run the plain step."""
+    control.attach(engine)
+    buf = engine.buf_arr
+    base = engine.P + 2
+    words = buf[base:base + N_WORDS]
+    stop_at = base + Word.STOP
+    allreduce = comm.mpi.Allreduce
+    grad, apply_checked, decide = engine.grad_step, engine.apply_checked, control.decide
+    in_place = MPI.IN_PLACE
+    size = float(comm.size)
+    clock = comm.rank == 0 and (control.every_seconds is not None or control.run is not None)
+    hooks = control.skip is not None or control.signal_hook is not None
+    timing = control.timing
+    every = control.TIME_EVERY
+    special = clock or timing or hooks
+
+    def step(s, first):
+        """A step with the extras: rank 0's look at its clock and run directory (first
+        step of a chunk), a timed collective (the chunk's middle step), the test hooks."""
+        grad(s)
+        control.request(words, first)
+        if hooks and control.skip is not None and control.skip[1] == int(engine.t) + 1:
+            buf[base + Word.SEQ] *= size        # test hook: this rank skips one collective
+        elif timing and s % every == every // 2:   # off the step where rank 0 looks
+            c0 = time.perf_counter()
+            allreduce(in_place, buf)
+            control.comm_sampled += time.perf_counter() - c0
+            control.samples += 1
+        else:
+            allreduce(in_place, buf)
+        code = apply_checked(size)
+        if code or hooks:
+            decide(engine, code, s + 1)
+
+    def plain(a, b):
+        """Steps a..b-1 with nothing but the step itself."""
+        for s in range(a, b):
+            grad(s)
+            if control.stop_requested:
+                buf[stop_at] = 1.0
+            allreduce(in_place, buf)
+            code = apply_checked(size)
+            if code:
+                decide(engine, code, s + 1)
+
+    s = start
+    while s < n_steps:
+        end = min(n_steps, (s // every + 1) * every)
+        if hooks:
+            for s in range(s, end):
+                step(s, s % every == 0)
+        elif special:
+            step(s, s % every == 0)
+            mid = (s // every) * every + every // 2
+            if s < mid < end:
+                plain(s + 1, mid)
+                step(mid, False)
+                plain(mid + 1, end)
+            else:
+                plain(s + 1, end)
+        else:
+            plain(s, end)
+        s = end

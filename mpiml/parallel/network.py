@@ -20,13 +20,33 @@ optionally Nesterov, or Adam) and implements the engine protocol of
 import numpy as np
 from mpi4py import MPI
 
+from .._kernels import sgd as _k
+
 from .engine import StepEngine
 from .model import ColumnParallelLinear, Linear, RowParallelLinear
 
-__all__ = ["Network", "MLPEngine", "OUTPUTS", "ACTIVATIONS"]
+__all__ = ["Network", "MLPEngine", "OUTPUTS", "ACTIVATIONS", "OUTPUT_LOSSES", "output_loss",
+           "output_targets"]
 
 OUTPUTS = ("softmax", "logistic", "identity")
 ACTIVATIONS = ("relu", "tanh")
+# an output layer -> the kernel's loss object (the one loss registry: mpiml._kernels.sgd):
+# softmax cross-entropy, logistic loss, half the squared error
+OUTPUT_LOSSES = {"softmax": _k.Multinomial, "logistic": _k.LogLoss, "identity": _k.SquaredLoss}
+
+
+def output_targets(output, y):
+    """Targets as the kernel's losses take them: class indices (softmax), -1/+1
+    (logistic, from 0/1 labels), values (identity)."""
+    y = np.asarray(y, dtype=np.float64)
+    return np.ascontiguousarray(2.0 * y - 1.0 if output == "logistic" else y)
+
+
+def output_loss(loss, out, targets):
+    """``(summed loss, d loss / d output)`` of output-layer values ``out`` (n, K)."""
+    z = np.ascontiguousarray(out, dtype=np.float64).reshape(len(targets), -1)
+    g = np.empty_like(z)
+    return float(loss.batch_grad(z, targets, g)), g
 
 
 class Network:
@@ -199,6 +219,7 @@ class MLPEngine(StepEngine):
         self.X = np.ascontiguousarray(X, dtype=dtype)
         self.y = np.asarray(y, dtype=np.float64)
         self.yi = self.y.astype(np.intp) if output == "softmax" else None
+        self.loss, self.targets = OUTPUT_LOSSES[output](), output_targets(output, self.y)
         self.params = np.zeros(self.P, dtype=dtype)
         self.net.bind(self.params, self.buf_arr[:self.P])
         self.net.init(hyper["seed"])
@@ -212,29 +233,8 @@ class MLPEngine(StepEngine):
 
     # ------------------------------------------------------------ loss
     def _output_grad(self, out, lo, hi):
-        """Summed loss of the rows and d loss / d output (in place of ``out``)."""
-        kind = self.net.output
-        z = np.asarray(out, dtype=np.float64)
-        if kind == "softmax":
-            yb = self.yi[lo:hi]
-            z = z - z.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            s = e.sum(axis=1)
-            rows = np.arange(z.shape[0])
-            loss = float(np.sum(np.log(s) - z[rows, yb]))
-            e /= s[:, None]
-            e[rows, yb] -= 1.0
-            g = e
-        elif kind == "logistic":
-            yb = self.y[lo:hi]
-            zz = z[:, 0]
-            # log(1 + exp(z)) - y z, overflow-free
-            loss = float(np.sum(np.logaddexp(0.0, zz) - yb * zz))
-            g = (0.5 * (1.0 + np.tanh(0.5 * zz)) - yb)[:, None]
-        else:
-            r = z[:, 0] - self.y[lo:hi]
-            loss = float(0.5 * np.dot(r, r))
-            g = r[:, None]
+        """Summed loss of the rows and d loss / d output (the kernel's loss object)."""
+        loss, g = output_loss(self.loss, out, self.targets[lo:hi])
         return loss, g.astype(self.X.dtype, copy=False)
 
     def _grad(self, lo, hi):

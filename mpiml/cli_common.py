@@ -1,0 +1,92 @@
+"""What every ``mpiml`` verb shares: the models table, the usage error and the parser
+that raises it, argument types, exit codes. The verb modules (``cli_train``,
+``cli_tools``, ``cli_tune``, ``cli_bench``) import this module and never each other or
+``cli``; ``cli`` imports them to build the parser, so there is no import cycle.
+
+Exit codes: 0 success; 1 an error mpiml detected (the message printed once, by rank 0;
+every rank exits 1); 2 a command-line usage error; 75 stopped by SIGTERM/SIGUSR1 after
+writing a checkpoint (resume with ``--resume``); 70 ended by the collective watchdog.
+"""
+import argparse
+import sys
+
+from .checkpoint import EXIT_CHECKPOINTED  # noqa: F401 - stopped by a signal after a checkpoint
+from .watchdog import EXIT_WATCHDOG  # noqa: F401 - a collective did not complete in time
+
+__all__ = ["MODELS", "UsageError", "Parser", "rank", "positive_int", "batch_size",
+           "data_args", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CHECKPOINTED", "EXIT_WATCHDOG",
+           "ALIASES", "param_name"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+MODELS = {
+    # CLI name -> (estimator class name, constructor arguments)
+    "linear": ("SGDRegressor", {"loss": "squared_error"}),
+    "huber": ("SGDRegressor", {"loss": "huber"}),
+    "logistic": ("SGDClassifier", {"loss": "log_loss"}),
+    "hinge": ("SGDClassifier", {"loss": "hinge"}),
+    "softmax": ("SGDClassifier", {"loss": "log_loss", "multi_class": "multinomial"}),
+    "mlp": ("MLPClassifier", {}),
+    "mlp-regression": ("MLPRegressor", {}),
+}
+
+# command-line names of estimator parameters (``mpiml tune --grid NAME=...`` takes both
+# forms); ``lr`` is the learning rate of either family
+# (the linear models' name, the MLPs' name)
+ALIASES = {"lr": ("eta0", "learning_rate_init"),
+           "lr_schedule": ("learning_rate", "learning_rate"),
+           "hidden": ("hidden_layer_sizes", "hidden_layer_sizes"),
+           "scale": ("scaler", "scaler"), "seed": ("random_state", "random_state")}
+
+
+def param_name(name, mlp):
+    """The estimator parameter a command-line name stands for (``name`` itself if none)."""
+    pair = ALIASES.get(name)
+    return pair[1 if mlp else 0] if pair else name
+
+
+class UsageError(Exception):
+    pass
+
+
+def rank():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting and prints on rank 0 only."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message}")
+
+    def _print_message(self, message, file=None):
+        if message and rank() == 0:
+            (file or sys.stdout).write(message)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def batch_size(text):
+    if text == "full":
+        return "full"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
+
+
+def data_args(p, y=True):
+    p.add_argument("--data", required=True, help="HDF5 input file")
+    p.add_argument("--X", default="X", help="dataset of features (default X; nested paths allowed)")
+    if y:
+        p.add_argument("--y", default="y", help="dataset of targets/labels (default y)")
