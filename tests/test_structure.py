@@ -123,3 +123,24 @@ def test_importing_mpiml_changes_no_environment_variable():
                          env=env, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_shared_infrastructure_parameters_agree_across_estimators():
+    """The parameters of how a fit runs (checkpoints, sync modes, dtype, comm, ...) are
+    listed in each estimator's signature, as scikit-learn requires; they must not drift
+    apart: same names, same defaults."""
+    import inspect
+
+    from mpiml import MLPClassifier, MLPRegressor, SGDClassifier, SGDRegressor
+    infra = ("random_state", "verbose", "dtype", "checkpoint_dir", "checkpoint_every",
+             "checkpoint_seconds", "keep_checkpoints", "comm_timeout", "model_parallel", "sync",
+             "sync_warmup", "max_staleness", "overlap", "compress", "stats", "run_dir",
+             "scaler", "comm")
+    defaults = {}
+    for cls in (SGDClassifier, SGDRegressor, MLPClassifier, MLPRegressor):
+        params = inspect.signature(cls.__init__).parameters
+        missing = [p for p in infra if p not in params]
+        assert not missing, (cls.__name__, missing)
+        defaults[cls.__name__] = {p: params[p].default for p in infra}
+    first = defaults["SGDClassifier"]
+    assert all(d == first for d in defaults.values()), defaults
