@@ -594,6 +594,8 @@ cdef class Engine:
 
     cpdef double grad_step(self, Py_ssize_t s):
         """``grad`` over the ranges of plan step ``s``."""
+        if s < 0 or s + 1 >= self.plan_ptr.shape[0]:
+            raise IndexError(f"plan step {s} outside the {self.plan_ptr.shape[0] - 1} steps")
         cdef Py_ssize_t a = self.plan_ptr[s], b = self.plan_ptr[s + 1]
         with nogil:
             self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
@@ -606,6 +608,8 @@ cdef class Engine:
         cdef Py_ssize_t s, a, b, ns = self.plan_ptr.shape[0] - 1
         if stop < 0 or stop > ns:
             stop = ns
+        if start < 0 or start > ns:
+            raise IndexError(f"plan step {start} outside the {ns} steps")
         with nogil:
             for s in range(start, stop):
                 a = self.plan_ptr[s]

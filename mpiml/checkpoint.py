@@ -21,6 +21,7 @@ are never unpickled.
 import glob
 import json
 import os
+import uuid
 
 import h5py
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from .comm import get_comm
 from .errors import DataError, OutputError
 from .hooks import NO_HOOKS
-from .io import check_format
+from .io import check_format, local_items
 
 __all__ = ["CheckpointPolicy", "write_checkpoint", "read_checkpoint", "latest_checkpoint",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "EXIT_CHECKPOINTED"]
@@ -89,14 +90,17 @@ def write_checkpoint(policy, state, arrays, comm=None, hooks=NO_HOOKS):
         if c.rank != 0:
             return
         os.makedirs(policy.directory, exist_ok=True)
-        tmp = os.path.join(policy.directory, f".ckpt-{int(state['t']):012d}.h5.tmp-{os.getpid()}")
+        tmp = os.path.join(policy.directory, f".ckpt-{int(state['t']):012d}.h5.tmp-{os.getpid()}-"
+                           f"{uuid.uuid4().hex[:8]}")
         try:
-            with h5py.File(tmp, "w", locking=False) as f:
+            with h5py.File(tmp, "w-", locking=False) as f:
                 f.attrs["format"] = CHECKPOINT_FORMAT
                 f.attrs["format_version"] = CHECKPOINT_VERSION
                 f.attrs["model_type"] = state["model_type"]
                 f.attrs["params"] = json.dumps(state["params"], sort_keys=True)
                 f.attrs["param_changes"] = json.dumps(state.get("param_changes", []))
+                if state.get("fingerprint"):
+                    f.attrs["fingerprint"] = state["fingerprint"]
                 for key in _SCALARS:
                     f.attrs[key] = state[key]
                 for name, a in arrays.items():
@@ -136,6 +140,45 @@ def latest_checkpoint(path):
     return files[-1]
 
 
+# what each scalar of a checkpoint may be: (kind, lowest value)
+_RANGES = {"epoch": ("int", 0), "step": ("int", 0), "n_iter": ("int", 0), "stall": ("int", 0),
+           "n_global": ("int", 1), "batch": ("int", 1), "seed": ("int", 0),
+           "n_features": ("int", 1), "n_outputs": ("int", 1), "t": ("count", 0.0),
+           "epoch_count": ("count", 0.0), "epoch_loss": ("finite", None), "best": ("loss", None)}
+_BIG = 2.0 ** 53        # counts stay exact integers in float64 below this
+
+
+def validate_checkpoint(state, arrays, where):
+    """Raise DataError unless every field of a checkpoint has a type and range a fit can
+    trust (read from a file: never used before this passes)."""
+    for key, (kind, low) in _RANGES.items():
+        v = state[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                 np.floating)):
+            raise DataError(f"{where}: '{key}' is {v!r}, not a number")
+        v = float(v)
+        if kind == "loss":
+            bad = v != v or v == -np.inf
+        elif kind == "finite":
+            bad = not np.isfinite(v)
+        else:
+            bad = not np.isfinite(v) or v < low or v > _BIG or (kind == "int" and v != int(v))
+        if bad:
+            raise DataError(f"{where}: '{key}' = {state[key]!r} is out of range")
+    steps = -(-int(state["n_global"]) // int(state["batch"]))
+    if state["step"] > steps or state["epoch"] != state["n_iter"]:
+        raise DataError(f"{where}: step {state['step']} of epoch {state['epoch']} does not "
+                        f"exist ({steps} steps per epoch, {state['n_iter']} epochs done)")
+    if not isinstance(state["params"], dict) or not isinstance(state["param_changes"], list):
+        raise DataError(f"{where}: its parameters are damaged")
+    for name, a in arrays.items():
+        if a.dtype.kind not in "fiu" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+            raise DataError(f"{where}: dataset '{name}' is not finite numbers")
+    curve = arrays.get("loss_curve")
+    if curve is None or curve.ndim != 1 or len(curve) != int(state["n_iter"]):
+        raise DataError(f"{where}: its loss curve does not match its {state['n_iter']} epochs")
+
+
 def read_checkpoint(path, comm=None):
     """Collective: read the newest checkpoint in ``path`` on every rank.
 
@@ -152,14 +195,17 @@ def read_checkpoint(path, comm=None):
         with f:
             check_format(f, f_path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint")
             try:
-                state = {key: f.attrs[key].item() for key in _SCALARS}
+                state = {key: np.asarray(f.attrs[key]).item() for key in _SCALARS}
                 state["model_type"] = str(f.attrs["model_type"])
                 state["params"] = json.loads(str(f.attrs["params"]))
                 # the live hyper-parameter changes (absent from checkpoints before 0.2)
                 state["param_changes"] = json.loads(str(f.attrs.get("param_changes", "[]")))
-                arrays = {k: np.asarray(v[()]) for k, v in f.items()}
+                fp = f.attrs.get("fingerprint")
+                state["fingerprint"] = None if fp is None else str(fp)
+                arrays = {k: np.asarray(v[()]) for k, v in local_items(f, f_path)}
             except (KeyError, ValueError, TypeError) as exc:
                 raise DataError(f"{f_path} is incomplete or damaged: {exc}") from None
+            validate_checkpoint(state, arrays, f_path)
             state["path"] = f_path
             return state, arrays
 

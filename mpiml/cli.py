@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from . import __version__
+from . import __version__, hooks
 from .cli_bench import add_parser as add_bench
 from .cli_common import (EXIT_CHECKPOINTED, EXIT_ERROR, EXIT_USAGE, MODELS, Parser,  # noqa: F401
                          UsageError, positive_int, rank)
@@ -160,7 +160,8 @@ def main(argv=None):
             # raised on this rank only: the others may be waiting in a collective
             abort_on_exception(type(exc), exc, exc.__traceback__)
         if rank() == 0:
-            write_stderr(f"mpiml: error: {exc}\n")
+            kind = f" [{type(exc).__name__}]" if hooks.current().error_class else ""
+            write_stderr(f"mpiml: error{kind}: {exc}\n")
         return EXIT_ERROR
     except SystemExit:
         raise

@@ -52,7 +52,7 @@ def cmd_predict(args):
     n = stream_predict(est, args.data, args.out, X=args.X, block_rows=args.block_rows,
                        proba=args.proba, comm=c, model_parallel=grid.K,
                        attrs={"model": os.path.abspath(args.model),
-                              "data": os.path.abspath(args.data)})
+                              "data": os.path.abspath(args.data)}, inputs=(args.model,))
     secs = time.perf_counter() - t0
     c.print0(f"wrote predictions for {n} rows to {args.out} in {secs:.2f} s "
              f"({n / max(secs, 1e-9):.3g} rows/s, blocks of {args.block_rows} rows)")
@@ -67,7 +67,8 @@ def cmd_convert(args):
     rows, cols = convert(args.src, args.out, fmt=args.format, label_column=args.label_column,
                          header=args.header, delimiter=args.delimiter,
                          n_features=args.n_features, dtype=args.dtype,
-                         compression=args.compression, comm=c)
+                         compression=args.compression, comm=c,
+                         allow_nonfinite=args.allow_nonfinite)
     secs = time.perf_counter() - t0
     mb = os.path.getsize(args.src) / 1e6
     c.print0(f"wrote {args.out}: {rows} x {cols} from {args.src} in {secs:.2f} s "
@@ -82,7 +83,7 @@ def cmd_export(args):
 
     c = get_comm()
     est = load(args.model, comm=c)
-    export_onnx(est, args.onnx, dtype=args.dtype)
+    export_onnx(est, args.onnx, dtype=args.dtype, inputs=(args.model,))
     c.print0(f"wrote {args.onnx} (ONNX opset {OPSET}, {args.dtype} input X)")
     return 0
 
@@ -101,7 +102,7 @@ def cmd_explain(args):
     est = load(args.model, comm=c)
     for path in (args.out, args.plot):
         if path:
-            check_output_path(path, comm=c)
+            check_output_path(path, comm=c, inputs=(args.model, args.data, args.background))
     need_y = args.method == "permutation"
     X, y = load_hdf5(args.data, X=args.X, y=args.y if need_y else None, comm=c,
                      require_y=need_y)
@@ -254,6 +255,8 @@ def _convert_and_export(sub):
                    help="libsvm: the feature count (default: the largest index)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--compression", choices=["gzip"], default=None)
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="keep NaN / infinite values (refused by default)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="write a model as ONNX")

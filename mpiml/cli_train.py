@@ -134,7 +134,8 @@ def cmd_train(args):
         est, args.data, args.out, X=args.X, y=args.y, val=args.val,
         val_fraction=args.val_fraction, seed=args.seed, resample=args.resample,
         sample_weight=args.sample_weight, early_stopping=args.early_stopping,
-        resume=args.resume, split_features=grid.K > 1 and _split_of(args) == "features",
+        resume=args.resume, overwrite=args.overwrite, allow_external=args.allow_external_links,
+        split_features=grid.K > 1 and _split_of(args) == "features",
         describe=args.model, log=c.print0)
     if est.scaler is not None:
         from .models.scaling import describe
@@ -158,6 +159,9 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--allow-external-links", action="store_true",
+                   help="follow HDF5 external links to --X / --y (refused by default: mpiml "
+                        "reads only the file it is given)")
     _scaling_and_validation(p)
     _imbalance_and_mlp(p)
     _parallel(p)
@@ -261,6 +265,9 @@ def _steering_and_safety(p):
     g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="K")
     g.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the newest checkpoint in DIR (any number of ranks)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="a fresh run into a checkpoint directory holding another run's "
+                        "checkpoints deletes them (without it, the run is refused)")
     g.add_argument("--comm-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="end the job with a report if a collective takes longer (0: off; "
                         "default 600)")

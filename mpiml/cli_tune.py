@@ -81,6 +81,8 @@ def cmd_tune(args):
     except ConfigError as exc:
         raise ConfigError(str(exc), ranks=range(c.size)) from None
     make = _factory(args, c, grid)
+    from .io import check_output_path
+    check_output_path(args.out, comm=c, inputs=(args.data,))
     unused = [opt for opt, v in (("--val", args.val), ("--val-fraction", args.val_fraction),
                                  ("--resample", args.resample),
                                  ("--sample-weight", args.sample_weight),

@@ -58,6 +58,7 @@ class Comm:
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
         self._grids = {}
+        self._node = None
 
     # ---------------------------------------------------------------- grids, lifetime
     def grid(self, model_parallel=1):
@@ -69,12 +70,22 @@ class Comm:
             self._grids[k] = Grid(self, k)
         return self._grids[k]
 
+    def node(self):
+        """The ranks of this communicator that share this rank's node (memoised)."""
+        if self._node is None:
+            self._node = Comm(self.mpi.Split_type(MPI.COMM_TYPE_SHARED), dup=False)
+            self._node.owned = True
+        return self._node
+
     def free(self):
         """Collective: free the communicators of this object's grids and, when this object
         made it, its duplicate. The object is unusable afterwards."""
         for grid in self._grids.values():
             grid.free()
         self._grids.clear()
+        if self._node is not None:
+            self._node.free()
+            self._node = None
         if self.owned and self.mpi != MPI.COMM_NULL:
             self.mpi.Free()
         self.owned = False

@@ -11,6 +11,7 @@ numbers does not match does a rank look line by line for the culprit. The output
 written through :func:`mpiml.io.write_rows` (rank-ordered, temporary name, rename):
 chunked, optionally gzip-compressed, never half-written.
 """
+import csv
 import os
 import warnings
 
@@ -19,7 +20,7 @@ from mpi4py import MPI
 
 from .comm import get_comm
 from .errors import ConfigError, DataError
-from .io import check_output_path, write_rows
+from .io import check_node_memory, check_output_path, write_rows
 
 __all__ = ["convert", "FORMATS"]
 
@@ -57,13 +58,14 @@ def _count_lines(chunk):
     return chunk.count(b"\n") + (1 if chunk and not chunk.endswith(b"\n") else 0)
 
 
-def _parse_csv(chunk, ncols, first_line, delimiter):
+def _parse_csv(chunk, ncols, first_line, delimiter, allow_nonfinite=False):
     """(rows x ncols) floats; DataError naming the first bad line."""
     n_lines = _count_lines(chunk)
     if n_lines == 0:
         return np.zeros((0, ncols))
     flat = _bulk(chunk, ncols, delimiter)
-    if flat is not None and flat.size == n_lines * ncols and np.isfinite(flat).all():
+    if flat is not None and flat.size == n_lines * ncols and (allow_nonfinite or
+                                                               np.isfinite(flat).all()):
         return flat.reshape(n_lines, ncols)
     lines = chunk.split(b"\n")                       # the slow path: find the culprit
     for i, ln in enumerate(lines):                  # the slow path: find the culprit
@@ -129,10 +131,10 @@ def _parse_libsvm(chunk, first_line):
                 if not _:
                     raise ValueError(item)
                 j = int(k)
-                if j < 1:
+                if j < 0:
                     raise ValueError(item)
                 rows.append(i)
-                cols.append(j - 1)
+                cols.append(j)          # as written; the caller decides the base
                 vals.append(float(v))
         except ValueError as exc:
             raise DataError(f"line {first_line + i}: malformed libsvm entry "
@@ -142,7 +144,8 @@ def _parse_libsvm(chunk, first_line):
 
 
 def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
-            n_features=None, dtype="float32", compression=None, comm=None):
+            n_features=None, dtype="float32", compression=None, comm=None,
+            allow_nonfinite=False):
     """Convert ``src`` into ``out`` (collective); returns ``(rows, features)``.
 
     label_column : int or str, optional
@@ -152,6 +155,8 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
         CSV: the first line names the columns ("auto": when it is not numeric).
     n_features : int, optional
         libsvm: the feature count (default: the largest index in the file).
+    allow_nonfinite : bool
+        Keep NaN and infinite values instead of refusing the file.
     """
     c = get_comm(comm)
     fmt = _format_of(src, fmt)
@@ -165,16 +170,17 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
             raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
 
     c.run(check)
-    check_output_path(out, comm=c)
+    check_output_path(out, comm=c, inputs=(src,))
     y, names = None, None
     if fmt == "npy":
         block = _read_npy(c, src)
     elif fmt == "csv":
-        block, names = _read_csv(c, src, header, delimiter)
+        block, names = _read_csv(c, src, header, delimiter, allow_nonfinite)
     else:
         block, y = _read_libsvm(c, src, n_features)
     if label_column is not None and fmt != "libsvm":
         block, y = _split_label(c, block, names, label_column, dtype)
+    _check_values(c, block, y, dtype, allow_nonfinite)
     rows_total = c.allreduce(block.shape[0])
     arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
     if y is not None:
@@ -183,6 +189,28 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
     write_rows(out, arrays, comm=c, attrs={"source": os.path.abspath(src), "format": fmt},
                compression=compression)
     return rows_total, block.shape[1]
+
+
+_BOM = "\ufeff".encode("utf-8")
+
+
+def _check_values(c, block, y, dtype, allow_nonfinite):
+    """Refuse (on every rank) what the output cannot represent: NaN / Inf in the
+    features or labels (unless ``allow_nonfinite``), and values beyond the output
+    dtype's range."""
+    def check():
+        for what, a in (("feature", block), ("label", y)):
+            if a is None or not a.size:
+                continue
+            finite = np.isfinite(a)
+            if not allow_nonfinite and not finite.all():
+                raise DataError(f"a {what} value is NaN or infinite (--allow-nonfinite to keep "
+                                "such values)")
+            big = np.finfo(dtype).max if what == "feature" else np.finfo(np.float64).max
+            if np.any(np.abs(a[finite]) > big):
+                raise DataError(f"a {what} value does not fit in {np.dtype(dtype).name} "
+                                "(--dtype float64 for larger values)")
+    c.run(check)
 
 
 def _read_npy(c, src):
@@ -195,38 +223,46 @@ def _read_npy(c, src):
     return c.run(read)
 
 
-def _read_csv(c, src, header, delimiter):
+def _read_csv(c, src, header, delimiter, allow_nonfinite=False):
     """This rank's lines of a CSV file as a float64 block, and the column names."""
     def head():
         with open(src, "rb") as fh:
-            first = fh.readline().decode("utf-8", "replace").strip("\r\n")
-        fields = first.split(delimiter)
+            first = fh.readline().decode("utf-8", "replace").lstrip("\ufeff").strip("\r\n")
+        fields = next(csv.reader([first], delimiter=delimiter), [])     # quoted names too
         has = (header is True) or (header == "auto" and not all(_is_float(f) for f in fields))
         return fields, has
 
     fields, has_header = c.bcast(c.run(lambda: head() if c.rank == 0 else None))
     chunk, _ = c.run(_my_lines, src, c.rank, c.size)
+    if c.rank == 0 and chunk.startswith(_BOM):
+        chunk = chunk[len(_BOM):]
     if has_header and c.rank == 0:
         nl = chunk.find(b"\n")
         chunk = chunk[nl + 1:] if nl >= 0 else b""
     n_lines = _count_lines(chunk)
     first = c.exscan(n_lines) + 1 + (1 if has_header else 0)
-    block = c.run(_parse_csv, chunk, len(fields), first, delimiter)
+    block = c.run(_parse_csv, chunk, len(fields), first, delimiter, allow_nonfinite)
     return block, (fields if has_header else None)
 
 
 def _read_libsvm(c, src, n_features):
-    """This rank's lines of a libsvm file as a dense float64 block, and the labels."""
+    """This rank's lines of a libsvm file as a dense float64 block, and the labels.
+    Indices are one-based unless one of them is 0 anywhere in the file (then
+    zero-based), as scikit-learn's ``load_svmlight_file(zero_based="auto")`` reads."""
     chunk, _ = c.run(_my_lines, src, c.rank, c.size)
     n_lines = _count_lines(chunk)
     first = c.exscan(n_lines) + 1
     labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
+    base = 0 if c.allreduce(int(cols.min()) if cols.size else 1, op=MPI.MIN) == 0 else 1
+    cols = cols - base
     d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
+    width = d if n_features is None else int(n_features)
+    # a dense block this wide must fit in the node's memory (refused before allocating)
+    check_node_memory(c, len(labels) * width * 8, f"{src}: {width} features")
 
     def dense():
-        width = d if n_features is None else int(n_features)
         if cols.size and cols.max() >= width:
-            raise DataError(f"feature index {int(cols.max()) + 1} exceeds n_features={width}")
+            raise DataError(f"feature index {int(cols.max()) + base} exceeds n_features={width}")
         Xd = np.zeros((len(labels), width))
         Xd[rows, cols] = vals
         return Xd

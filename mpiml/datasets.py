@@ -143,7 +143,7 @@ def make_data(task, rows, features, out, *, seed=0, test_out=None, test_rows=0, 
     c.run(_validate, task, rows, features, classes, noise, balance, weights, dtype, test_rows)
     check_output_path(out, comm=c)
     if test_out:
-        check_output_path(test_out, comm=c)
+        check_output_path(test_out, comm=c, inputs=(out,))
     coef, intercept = _truth(task, features, seed, classes, balance, weights)
     attrs = {"task": task, "seed": seed, "noise": noise, "generator": "mpiml make-data"}
     if task != "regression":

@@ -105,14 +105,15 @@ def to_onnx(est, dtype="float32"):
     return model
 
 
-def export_onnx(est, path, dtype="float32"):
-    """Write ``to_onnx(est)`` to ``path`` (rank 0 writes; collective for a split model)."""
+def export_onnx(est, path, dtype="float32", inputs=()):
+    """Write ``to_onnx(est)`` to ``path`` (rank 0 writes; collective for a split model);
+    ``inputs``: files ``path`` must not be (the model file it was read from)."""
     import onnx
 
     from .comm import get_comm
     from .io import check_output_path
     c = get_comm(est.comm)
-    check_output_path(path, comm=c)
+    check_output_path(path, comm=c, inputs=inputs)
     model = to_onnx(est, dtype)
     if c.rank == 0:
         onnx.save(model, path)

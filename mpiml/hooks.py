@@ -24,6 +24,7 @@ The variables (all world ranks, update numbers counted globally):
 ``MPIML_TEST_SLOW_WORKER=R:SECONDS``    parameter-server worker R sleeps after each push
 ``MPIML_TEST_TUNE_SIGNAL=R:PAIRS:SIG``  ``tune`` rank R signals itself after PAIRS pairs
 ``MPIML_TEST_RECORD_SERVERS=1``         parameter servers keep a log of every update
+``MPIML_TEST_ERROR_CLASS=1``            ``mpiml`` names the error's class in its message
 """
 import contextlib
 import dataclasses
@@ -46,6 +47,7 @@ class TestHooks:
     slow_worker: tuple = None         # (world rank, seconds)
     tune_signal: tuple = None         # (world rank, pairs, signal number)
     record_servers: bool = False
+    error_class: bool = False
 
     @property
     def in_step(self):
@@ -69,6 +71,7 @@ _FIELDS = {   # variable -> (field, parser of its ':'-separated parts)
     "MPIML_TEST_SLOW_WORKER": ("slow_worker", (int, float)),
     "MPIML_TEST_TUNE_SIGNAL": ("tune_signal", (int, int, "signal")),
     "MPIML_TEST_RECORD_SERVERS": ("record_servers", (bool,)),
+    "MPIML_TEST_ERROR_CLASS": ("error_class", (bool,)),
 }
 
 

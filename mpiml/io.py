@@ -13,6 +13,8 @@
 """
 import json
 import os
+import tempfile
+import uuid
 
 import h5py
 import numpy as np
@@ -20,9 +22,9 @@ import numpy as np
 from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 
-__all__ = ["load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
+__all__ = ["check_local", "local_items", "load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
            "read_model_slice", "load_vector",
-           "check_output_path", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+           "check_output_path", "check_output_dir", "check_node_memory", "same_file", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
 MODEL_FORMAT = "mpiml-model"
 MODEL_FORMAT_VERSION = 2          # the newest version this mpiml reads and writes
@@ -45,13 +47,43 @@ def _open_read(path):
         raise DataError(f"cannot read {path} as HDF5: {exc}") from None
 
 
-def _dataset(f, path, name, what):
+def check_local(f, path, name, allow_external=False):
+    """Raise DataError unless ``f[name]`` is stored inside the file ``path``: no external
+    link on the way to it (unless ``allow_external``), and a dataset with neither
+    external raw storage nor a virtual layout (both read other files' bytes)."""
+    parts = [p for p in str(name).split("/") if p]
+    node = f
+    for i, part in enumerate(parts):
+        link = node.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not allow_external:
+            raise DataError(f"{path}: '{'/'.join(parts[:i + 1])}' is an external link to "
+                            f"{link.filename}: mpiml reads only the file it is given")
+        node = node[part]
+    if isinstance(node, h5py.Dataset):
+        if node.is_virtual:
+            raise DataError(f"{path}: dataset '{name}' is a virtual dataset (its data live in "
+                            "other files): mpiml reads only the file it is given")
+        if node.external:
+            raise DataError(f"{path}: dataset '{name}' keeps its data in external files: "
+                            "mpiml reads only the file it is given")
+    return node
+
+
+def local_items(f, path):
+    """The top-level datasets of ``f``, each checked with :func:`check_local`."""
+    for name in f.keys():
+        node = check_local(f, path, name)
+        if isinstance(node, h5py.Dataset):
+            yield name, node
+
+
+def _dataset(f, path, name, what, allow_external=False):
     if name not in f:
         have = []
         f.visititems(lambda k, v: have.append(k) if isinstance(v, h5py.Dataset) else None)
         hint = f" (datasets in the file: {', '.join(have[:10])})" if have else " (the file has no datasets)"
         raise DataError(f"{path}: no dataset '{name}' for {what}{hint}")
-    ds = f[name]
+    ds = check_local(f, path, name, allow_external)
     if not isinstance(ds, h5py.Dataset):
         raise DataError(f"{path}: '{name}' is a group, not a dataset")
     try:
@@ -93,6 +125,23 @@ def available_memory():
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_node_memory(c, need, what):
+    """Collective: the ranks sharing a node add up what they are about to allocate
+    (``need`` bytes each) against the node's available memory; refused (on every rank)
+    before anything is allocated."""
+    node = c.node()
+    total = node.allreduce(int(need))
+    avail = available_memory()
+
+    def check():
+        if avail is not None and total > avail:
+            raise DataError(f"{what}: the {node.size} rank(s) on this node need "
+                            f"{total / 2**30:.1f} GiB together, but only {avail / 2**30:.1f} GiB "
+                            "of memory is available on the node: use more nodes (fewer ranks "
+                            "per node)")
+    c.run(check)
 
 
 def _check_fits(path, name, rows, cols, itemsize):
@@ -137,7 +186,7 @@ def _row_part(c, grid, sync):
 
 
 def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
-              split_features=False, sync="allreduce"):
+              split_features=False, sync="allreduce", allow_external=False):
     """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
 
     Collective. Rows are split by :func:`mpiml.comm.chunk`; no rank reads rows
@@ -161,6 +210,10 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
         Default: float32 if X is stored as float32, else float64.
     require_y : bool
         Raise if ``y`` is missing instead of returning ``None`` for it.
+    allow_external : bool
+        Follow HDF5 external links to the datasets (refused by default: mpiml reads only
+        the file it is given). External raw storage and virtual datasets are always
+        refused.
 
     Returns
     -------
@@ -175,9 +228,9 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     grid = get_grid(c, model_parallel)
     parts, part = _row_part(c, grid, sync)
 
-    def local():
+    def plan():
         with _open_read(path) as f:
-            dX = _dataset(f, path, X, "the features")
+            dX = _dataset(f, path, X, "the features", allow_external)
             if dX.ndim != 2:
                 raise DataError(f"{path}: dataset '{X}' must be 2-D (rows x features), "
                                 f"it has shape {dX.shape}")
@@ -195,27 +248,38 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
                 raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
                                   f"{path}")
             _check_fits(path, X, hi - lo, c1 - c0, out_dtype.itemsize)
-            yl = _read_targets(f, path, X, y, n, lo, hi, require_y)
-            Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
-            if hi > lo:
-                if dX.dtype == out_dtype:
-                    dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
-                else:
-                    Xl[...] = dX[lo:hi, c0:c1]
-            _check_finite(Xl, path, X, lo)
-            return Xl, yl
+            return n, out_dtype, lo, hi, c0, c1
 
-    return c.run(local)
+    n, out_dtype, lo, hi, c0, c1 = c.run(plan)
+    check_node_memory(c, (hi - lo) * (c1 - c0) * out_dtype.itemsize, f"{path}: '{X}'")
+
+    return c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
+                 allow_external)
 
 
-def _read_targets(f, path, X, y, n, lo, hi, require_y):
+def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_external):
+    """This rank's hyperslab ``[lo:hi, c0:c1]`` of ``X`` and rows of ``y`` (checked)."""
+    with _open_read(path) as f:
+        dX = _dataset(f, path, X, "the features", allow_external)
+        yl = _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external)
+        Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
+        if hi > lo:
+            if dX.dtype == out_dtype:
+                dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
+            else:
+                Xl[...] = dX[lo:hi, c0:c1]
+        _check_finite(Xl, path, X, lo)
+        return Xl, yl
+
+
+def _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external=False):
     """Rows ``lo:hi`` of the targets ``y`` as float64 (None when the file has none and
     they are not required)."""
     if y is None or y not in f:
         if require_y:
             _dataset(f, path, y, "the targets")     # raises, naming what is missing
         return None
-    dy = _dataset(f, path, y, "the targets")
+    dy = _dataset(f, path, y, "the targets", allow_external)
     if dy.ndim != 1 and not (dy.ndim == 2 and dy.shape[1] == 1):
         raise DataError(f"{path}: dataset '{y}' must be 1-D, it has shape {dy.shape}")
     if dy.shape[0] != n:
@@ -244,8 +308,49 @@ def load_vector(path, name, comm=None, sync="allreduce", model_parallel=1):
     return c.run(local)
 
 
-def check_output_path(path, comm=None):
-    """Collective: raise :class:`OutputError` on every rank if ``path`` cannot be written.
+def same_file(a, b):
+    """``a`` and ``b`` name the same file (also through a symlink or a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:         # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_inputs(path, inputs):
+    for inp in inputs:
+        if inp is not None and same_file(path, inp):
+            raise OutputError(f"output {path} is the input {inp}: mpiml never writes over "
+                              "an input")
+
+
+def check_output_dir(path, comm=None, inputs=()):
+    """Collective: raise :class:`OutputError` on every rank unless directory ``path`` is
+    writable or can be created (checked on rank 0 before any work is done)."""
+    c = get_comm(comm)
+
+    def local():
+        if c.rank != 0:
+            return
+        p = os.path.abspath(os.fspath(path))
+        _refuse_inputs(p, inputs)
+        if os.path.exists(p) and not os.path.isdir(p):
+            raise OutputError(f"{path} is a file, not a directory")
+        # the run creates it anyway: create it now and write a probe (access() says yes
+        # to root on read-only mounts and pseudo file systems)
+        try:
+            os.makedirs(p, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".mpiml-probe-", dir=p)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {path}: {exc.strerror or exc}") from None
+
+    c.run(local)
+
+
+def check_output_path(path, comm=None, inputs=()):
+    """Collective: raise :class:`OutputError` on every rank if ``path`` cannot be written
+    or is one of ``inputs`` (also through a link: an output never replaces an input).
 
     Checked on rank 0 (the rank that writes) before any work is done.
     """
@@ -255,6 +360,7 @@ def check_output_path(path, comm=None):
         if c.rank != 0:
             return
         p = os.path.abspath(os.fspath(path))
+        _refuse_inputs(p, inputs)
         parent = os.path.dirname(p)
         if os.path.isdir(p):
             raise OutputError(f"output path {path} is a directory")
@@ -269,8 +375,10 @@ def check_output_path(path, comm=None):
 
 
 def _tmp_name(path):
+    """A temporary beside ``path``, unique per process and call (created exclusively)."""
     p = os.path.abspath(os.fspath(path))
-    return os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp-{os.getpid()}")
+    return os.path.join(os.path.dirname(p),
+                        f".{os.path.basename(p)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _commit(tmp, path):
@@ -340,7 +448,7 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
 
 def _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra):
     """Rank 0: the new file with every dataset at its full size (about 1 MiB chunks)."""
-    with h5py.File(tmp, "w", locking=False) as f:
+    with h5py.File(tmp, "w-", locking=False) as f:
         for k in sorted(arrays):
             a = arrays[k]
             shape = (totals[k],) + a.shape[1:]
@@ -387,7 +495,7 @@ def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
             return
         tmp = _tmp_name(path)
         try:
-            with h5py.File(tmp, "w", locking=False) as f:
+            with h5py.File(tmp, "w-", locking=False) as f:
                 f.attrs["format"] = MODEL_FORMAT
                 f.attrs["format_version"] = max(
                     [1] + [_VERSION_OF_GROUP.get(name.split("/")[0], 1) for name in arrays])
@@ -429,13 +537,14 @@ def load_model(path, comm=None, lazy=()):
             check_format(f, path, MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")
             model_type = str(f.attrs["model_type"])
             params = json.loads(str(f.attrs["params"]))
-            arrays = {k: (tuple(v.shape) if k in lazy else v[()])
-                      for k, v in f.items() if isinstance(v, h5py.Dataset)}
+            arrays = {k: (tuple(v.shape) if k in lazy else v[()]) for k, v in local_items(f, path)}
             # one level of groups (``scaler/offset``, ...): small, read whole
-            for g, group in f.items():
+            for g in f.keys():
+                group = check_local(f, path, g)
                 if isinstance(group, h5py.Group):
-                    arrays.update({f"{g}/{k}": v[()] for k, v in group.items()
-                                   if isinstance(v, h5py.Dataset)})
+                    arrays.update({f"{g}/{k}": check_local(f, path, f"{g}/{k}")[()]
+                                   for k in group.keys()
+                                   if isinstance(check_local(f, path, f"{g}/{k}"), h5py.Dataset)})
             attrs = {k: v for k, v in f.attrs.items()}
             return model_type, params, arrays, attrs
 
@@ -449,6 +558,9 @@ def read_model_slice(path, name, index, comm=None):
 
     def read():
         with _open_read(path) as f:
-            return np.asarray(f[name][index], dtype=np.float64)
+            a = np.asarray(check_local(f, path, name)[index], dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise DataError(f"{path}: the model's '{name}' holds a NaN or infinite value")
+        return a
 
     return c.run(read)

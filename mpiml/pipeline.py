@@ -21,7 +21,7 @@ from mpi4py import MPI
 from . import hooks
 from .comm import chunk, get_comm
 from .errors import ConfigError
-from .io import check_output_path, dataset_info, load_hdf5, load_vector
+from .io import check_output_dir, check_output_path, dataset_info, load_hdf5, load_vector
 from .model_selection import split_rows, validation_mask
 
 __all__ = ["train_from_file"]
@@ -70,10 +70,23 @@ def _check_options(est, c, val, val_fraction, resample, sample_weight, early_sto
     return None
 
 
-def _read(est, c, grid, data, X, y, split_features):
+def _check_outputs(est, c, out, inputs):
+    """Every path the run will write, checked before a row is read: writable, and never
+    one of the inputs."""
+    if out is not None:
+        check_output_path(out, comm=c, inputs=inputs)
+    if est.stats is not None:
+        check_output_path(est.stats, comm=c, inputs=inputs + (out,))
+    for directory in (est.run_dir, est.checkpoint_dir):
+        if directory is not None:
+            check_output_dir(directory, comm=c, inputs=inputs + (out,))
+
+
+def _read(est, c, grid, data, X, y, split_features, allow_external):
     t0 = time.perf_counter()
     Xl, yl = load_hdf5(data, X=X, y=y, comm=c, dtype=est.dtype, require_y=True,
-                       model_parallel=grid.K, split_features=split_features, sync=est.sync)
+                       model_parallel=grid.K, split_features=split_features, sync=est.sync,
+                       allow_external=allow_external)
     columns = None
     if split_features:
         d = c.run(dataset_info, data, X=X, y=y)["shape"][1]
@@ -83,7 +96,8 @@ def _read(est, c, grid, data, X, y, split_features):
 
 def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction=None, seed=0,
                     resample=None, sample_weight=None, early_stopping=False, resume=None,
-                    split_features=False, describe=None, log=None):
+                    overwrite=False, split_features=False, allow_external=False, describe=None,
+                    log=None):
     """Fit ``est`` on the HDF5 file ``data`` (collective; see the module doc).
 
     Parameters
@@ -101,14 +115,14 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
         ``est.tol`` (0 if None) for ``est.n_iter_no_change`` epochs (the training-loss
         ``tol`` rule is then off)
     resume : str, optional -- a checkpoint directory: continue that run with its settings
+    overwrite : bool -- a fresh run may delete another run's checkpoints in its directory
     split_features : bool -- with ``model_parallel > 1``, each rank reads only its columns
+    allow_external : bool -- follow HDF5 external links in ``data`` (refused by default)
     describe : str, optional -- how to name the model in the first report line
     log : callable, optional -- receives the progress lines (rank 0 prints them in the CLI)
 
-    Returns
-    -------
-    (estimator, info) : the fitted estimator (a copy of ``est`` where options changed its
-    parameters) and a dict: ``rows``, ``width``, ``load_seconds``, ``fit_seconds``.
+    Returns ``(estimator, info)``: the fitted estimator (a copy of ``est`` where options
+    changed its parameters) and ``rows``, ``width``, ``load_seconds``, ``fit_seconds``.
     """
     c = get_comm(est.comm)
     log = log or (lambda text: None)
@@ -122,9 +136,8 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
                                    min_delta=est.tol or 0.0)]
         est = _with(est, tol=None)
     grid = c.grid(est.model_parallel)
-    if out is not None:
-        check_output_path(out, comm=c)
-    Xl, yl, columns, t_load = _read(est, c, grid, data, X, y, split_features)
+    _check_outputs(est, c, out, (data, val))
+    Xl, yl, columns, t_load = _read(est, c, grid, data, X, y, split_features, allow_external)
     held_out = held_out_rows(grid, Xl.shape[0], val_fraction, seed) \
         if val_fraction is not None else None
     if hooks.current().raise_on_rank == c.rank:     # failure injection for the tests
@@ -154,7 +167,8 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
     t0 = time.perf_counter()
     # the rows read above are the fit's to reorder in place (no second copy in memory)
     est.fit(Xl, yl, resume=resume, columns=columns, validation=validation,
-            sample_weight=weights, callbacks=callbacks, copy_X=False)
+            sample_weight=weights, callbacks=callbacks, copy_X=False, overwrite=overwrite,
+            signal_checkpoint_dir=_signal_dir(est, out))
     t_fit = time.perf_counter() - t0
     if out is not None:
         est.save(out)
@@ -177,6 +191,15 @@ def _split_and_resample(c, grid, Xl, yl, held_out, val_fraction, kind_ratio, res
         Xl, yl = resample_rows(Xl, yl, kind_ratio[0], kind_ratio[1], seed=seed, comm=c)
         log(f"resampled ({resample}): {c.allreduce(len(yl))} rows")
     return Xl, yl, validation
+
+
+def _signal_dir(est, out):
+    """Without a checkpoint directory, SIGTERM / SIGUSR1 still must not lose the work: the
+    checkpoint goes beside the model file (``OUT.checkpoints``), no model is saved, and
+    the exit code is 75, so that a requeued job resumes from it."""
+    if est.checkpoint_dir is not None or est.run_dir is not None or out is None:
+        return None
+    return f"{out}.checkpoints"
 
 
 def _resumable(est, c, resume):

@@ -9,6 +9,7 @@ parts, block by block, into a temporary name, and renames it into place; a failu
 anywhere leaves no output file and no parts.
 """
 import os
+import uuid
 
 import h5py
 import numpy as np
@@ -21,14 +22,20 @@ from .io import _dataset, _open_read, check_output_path
 __all__ = ["stream_predict"]
 
 
+def _part_name(out, token, rank):
+    return f"{os.path.abspath(out)}.part-{token}-{rank}"
+
+
 def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=None,
-                   model_parallel=1, attrs=None):
+                   model_parallel=1, attrs=None, inputs=()):
     """Predict the rows of ``data[X]`` into ``out`` (datasets ``pred`` and, with
     ``proba``, ``proba``), in input row order (collective). Returns the row count."""
     c = get_comm(comm)
-    check_output_path(out, comm=c)
+    check_output_path(out, comm=c, inputs=(data, *inputs))
     grid = get_grid(c, model_parallel)
-    part = f"{os.path.abspath(out)}.part-{c.rank}"
+    # part files unique to this job: two jobs writing the same --out never mix their parts
+    token = c.bcast(uuid.uuid4().hex[:12] if c.rank == 0 else None)
+    part = _part_name(out, token, c.rank)
     writer = grid.model_rank == 0          # one rank per model-parallel group writes
 
     def info():
@@ -44,7 +51,7 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
 
     def predict_all():
         # the same number of blocks on every rank: a split model's predict is collective
-        with _open_read(data) as f, (h5py.File(part, "w", locking=False) if writer
+        with _open_read(data) as f, (h5py.File(part, "w-", locking=False) if writer
                                       else _Null()) as p:
             ds = f[X]
             dp = dpr = None
@@ -71,7 +78,7 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
 
     try:
         c.run(predict_all)
-        c.run(_assemble, c, grid, out, n, block_rows, attrs or {})
+        c.run(_assemble, c, grid, out, token, n, block_rows, attrs or {})
     finally:
         if os.path.exists(part):
             os.unlink(part)
@@ -86,18 +93,18 @@ class _Null:
         return False
 
 
-def _assemble(c, grid, out, n, block_rows, attrs):
+def _assemble(c, grid, out, token, n, block_rows, attrs):
     """Rank 0: the parts in rank order into one file (a temporary name, then renamed)."""
     if c.rank != 0:
         return
-    tmp = f"{os.path.abspath(out)}.tmp-{os.getpid()}"
+    tmp = f"{os.path.abspath(out)}.tmp-{token}"
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
+        with h5py.File(tmp, "w-", locking=False) as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
             pos = 0
             for g in range(grid.D):
-                part = f"{os.path.abspath(out)}.part-{g * grid.K}"
+                part = _part_name(out, token, g * grid.K)
                 with h5py.File(part, "r", locking=False) as p:
                     for name in p:
                         src = p[name]

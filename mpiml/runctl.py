@@ -18,7 +18,10 @@ Allreduce; at that boundary every rank receives the commands by one broadcast fr
 rank 0 and applies them at the same step.
 """
 import json
+import math
 import os
+import re
+import stat
 import time
 import uuid
 
@@ -30,11 +33,14 @@ STATUS_SECONDS = 1.0
 
 # what `set` may change, with its check; name -> (type, test, description)
 SETTABLE = {
-    "lr": (float, lambda v: v > 0, "a positive number"),
+    "lr": (float, lambda v: 0 < v <= 1e6, "a positive number, at most 1e6"),
     "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "alpha": (float, lambda v: v >= 0, "a number >= 0"),
-    "batch_size": (int, lambda v: v >= 1, "a positive integer"),
+    "alpha": (float, lambda v: 0 <= v <= 1e6, "a number >= 0, at most 1e6"),
+    "batch_size": (int, lambda v: 1 <= v < 2 ** 31, "a positive integer below 2^31"),
 }
+MAX_COMMAND_BYTES = 65536       # a command file larger than this is refused unread
+MAX_DEPTH = 8                   # and one nested deeper than this
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 COMMANDS = ("set", "pause", "resume", "checkpoint", "stop", "status")
 
 
@@ -67,17 +73,62 @@ def parse_command(words):
             v = typ(text)
         except ValueError:
             raise CommandError(f"{key}={text!r}: must be {what}") from None
-        if typ is float and v != v or not ok(v):
+        if typ is float and not math.isfinite(v) or not ok(v):
             raise CommandError(f"{key}={text!r}: must be {what}")
         values[key] = v
     return name, values
 
 
+_EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
 def _atomic_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
+    """Write ``obj`` to ``path`` through a temporary created exclusively (never through a
+    planted link; unique per process and call), renamed over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, _EXCL, 0o644)
+    with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh)
     os.replace(tmp, path)
+
+
+def _depth(obj, limit):
+    """Raise CommandError if ``obj`` nests deeper than ``limit``."""
+    if limit < 0:
+        raise CommandError(f"the command nests deeper than {MAX_DEPTH} levels")
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _depth(v, limit - 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _depth(v, limit - 1)
+
+
+def _read_command(full):
+    """A command file's message; only a regular file (no link, FIFO, device or
+    directory) of bounded size and nesting is read."""
+    st = os.lstat(full)
+    if not stat.S_ISREG(st.st_mode):
+        raise CommandError("not a regular file")
+    if st.st_size > MAX_COMMAND_BYTES:
+        raise CommandError(f"larger than {MAX_COMMAND_BYTES} bytes")
+    fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd) as fh:
+        text = fh.read(MAX_COMMAND_BYTES + 1)
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CommandError(f"malformed command file ({exc})") from None
+    _depth(msg, MAX_DEPTH)
+    if not isinstance(msg, dict):
+        raise CommandError("a command file holds a JSON object")
+    words = msg.get("command")
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise CommandError("'command' must be a list of words")
+    cid = msg.get("id")
+    if cid is not None and (not isinstance(cid, str) or not _NAME.match(cid)):
+        raise CommandError("'id' must be a plain name (letters, digits, '.', '_', '-')")
+    return msg, words
 
 
 class RunDir:
@@ -94,9 +145,20 @@ class RunDir:
         self._mtime = None
         self._next_status = 0.0
         self.status = {}
+        self.rejected = os.path.join(self.control, "rejected")
         if rank == 0:
-            for d in (self.path, self.control, self.responses):
+            for d in (self.path, self.control, self.responses, self.rejected):
                 os.makedirs(d, exist_ok=True)
+
+    def start(self):
+        """Rank 0, when a run starts in this directory: commands left over from an earlier
+        run are answered and set aside, never applied to this one."""
+        if self.rank != 0:
+            return
+        self.write_status(force=True, state="starting")
+        for e in os.scandir(self.control):
+            if e.name.endswith(".json"):
+                self._set_aside(e.name, "sent before this run started (to an earlier run)")
 
     # ------------------------------------------------------------ rank 0, cheap
     def commands_waiting(self):
@@ -123,26 +185,30 @@ class RunDir:
         names = sorted(e.name for e in os.scandir(self.control) if e.name.endswith(".json"))
         for name in names:
             full = os.path.join(self.control, name)
-            cid = name[:-5]
             try:
-                with open(full) as fh:
-                    msg = json.load(fh)
-                words = msg["command"]
-                if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                    raise CommandError("'command' must be a list of words")
+                msg, words = _read_command(full)
                 cmd = parse_command(words)
-                out.append((msg.get("id", cid), " ".join(words), cmd))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                reason = exc if isinstance(exc, CommandError) else f"malformed command file ({exc})"
-                self.respond(cid, "rejected", None, str(reason))
-                self.log({"event": "command", "command": name, "status": "rejected",
-                          "reason": str(reason)})
-            finally:
-                try:
-                    os.unlink(full)
-                except OSError:
-                    pass
+            except (OSError, CommandError) as exc:
+                self._set_aside(name, str(exc))
+                continue
+            out.append((msg.get("id") or name[:-5], " ".join(words), cmd))
+            try:
+                os.unlink(full)
+            except OSError:
+                pass
         return out
+
+    def _set_aside(self, name, reason):
+        """Answer a command file once (rejected) and move it out of the queue."""
+        cid = name[:-5] if _NAME.match(name[:-5]) else None
+        if cid is not None:
+            self.respond(cid, "rejected", None, reason)
+        self.log({"event": "command", "command": name, "status": "rejected", "reason": reason})
+        try:
+            os.replace(os.path.join(self.control, name),
+                       os.path.join(self.rejected, f"{uuid.uuid4().hex[:8]}-{name}"))
+        except OSError:
+            pass
 
     def respond(self, cid, status, step, message=""):
         _atomic_json(os.path.join(self.responses, f"{cid}.json"),
@@ -151,7 +217,10 @@ class RunDir:
 
     def log(self, record):
         if self.rank == 0:
-            with open(self.metrics, "a") as fh:
+            # appended, never through a planted link
+            fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
+                         getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
     def write_status(self, force=False, **fields):
@@ -172,6 +241,9 @@ def send_command(run_dir, words, timeout=30.0):
     parse_command(words)                       # refuse locally what the job would refuse
     if words[0] == "status":
         return read_status(run_dir)
+    with_status = os.path.join(run_dir, "status.json")
+    if os.path.exists(with_status) and read_status(run_dir).get("state") == "finished":
+        raise CommandError(f"the run in {run_dir} has finished: nothing to {words[0]}")
     control = os.path.join(run_dir, "control")
     if not os.path.isdir(control):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no control/ in it): start "

@@ -3,16 +3,20 @@ limit) turned into a stop request at the next step boundary, and reading and che
 the checkpoint a fit resumes from. Writing checkpoints is the fit session's
 (:meth:`mpiml.models.session.FitSession.save_checkpoint`)."""
 import contextlib
+import glob
 import json
+import os
+import re
 import signal
+import sys
 import threading
 
 import numpy as np
 
 from ..checkpoint import read_checkpoint
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
-__all__ = ["signals", "read_resume", "checkpoint_settings"]
+__all__ = ["signals", "read_resume", "checkpoint_settings", "claim_directory"]
 
 
 @contextlib.contextmanager
@@ -45,7 +49,44 @@ def _canonical(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def read_resume(est, c, resume, d, n_global):
+def claim_directory(directory, rank, resume, overwrite):
+    """Rank 0, before a fit writes checkpoints into ``directory``: it belongs to one run.
+    A fit that does not resume from it refuses a directory holding another run's
+    checkpoints (``overwrite`` deletes them instead); temporaries left by a killed writer
+    (a process that no longer exists) are removed either way."""
+    if rank != 0 or not os.path.isdir(directory):
+        return
+    for tmp in glob.glob(os.path.join(directory, ".ckpt-*.h5.tmp-*")):
+        pid = re.search(r"\.tmp-(\d+)", tmp)
+        if pid and not _alive(int(pid.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    old = sorted(glob.glob(os.path.join(directory, "ckpt-*.h5")))
+    same = resume is not None and os.path.realpath(
+        resume if os.path.isdir(resume) else os.path.dirname(resume)) == \
+        os.path.realpath(directory)
+    if not old or same:
+        return
+    if not overwrite:
+        raise ConfigError(f"{directory} holds the checkpoints of another run "
+                          f"({os.path.basename(old[-1])}, ...): continue it with --resume "
+                          f"{directory}, choose another directory, or give --overwrite "
+                          "(fit(..., overwrite=True)) to delete them", ranks=None)
+    for path in old:
+        os.unlink(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def read_resume(est, c, resume, d, n_global, fingerprint=None):
     """Collective: read and check the checkpoint a fit resumes from (``fit(...,
     resume=...)``). Returns ``(state, arrays)``; the caller (the fit session) takes the
     running state and the live hyper-parameters from them.
@@ -73,7 +114,16 @@ def read_resume(est, c, resume, d, n_global):
         if est._is_classifier and not np.array_equal(arrays["classes"], est.classes_):
             raise DataError(f"{where} has classes {arrays['classes'].tolist()[:10]}; the "
                             f"labels have {est.classes_.tolist()[:10]}")
+        if fingerprint is not None and state.get("fingerprint") not in (None, fingerprint):
+            raise DataError(f"{where} was made on other training rows (fingerprint "
+                            f"{state['fingerprint']}, these rows {fingerprint}): resume on the "
+                            "data the run was started on")
         live = set(est._live_names())
+        try:
+            type(est)(**{**est.get_params(), **{k: state["params"][k] for k in live
+                                               if k in state["params"]}})._validate_params()
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise DataError(f"{where}: its hyper-parameters are not valid ({exc})") from None
         differ = [k for k in est._resumed_params
                   if k not in live and k in state["params"]
                   and _canonical(state["params"][k]) != _canonical(getattr(est, k))]
@@ -84,6 +134,9 @@ def read_resume(est, c, resume, d, n_global):
                             "run was started with")
 
     c.run(check)
+    if state.get("fingerprint") is None:
+        c.print0(f"mpiml: warning: {state['path']} has no data fingerprint (written before "
+                 "mpiml 0.2): cannot check that it was made on these rows", file=sys.stderr)
     return state, arrays
 
 
@@ -95,9 +148,10 @@ def checkpoint_settings(est, resume, comm=None):
     state, _ = read_checkpoint(resume, comm=get_comm(comm))
     if state["model_type"] != type(est).__name__:
         return {}           # the fit refuses it, saying so
-    live = set(est._live_names())
+    # the live ones the fit takes itself; the loss (the command's --model) must match
+    keep = set(est._live_names()) | {"loss", "multi_class"}
     out = {k: state["params"][k] for k in est._resumed_params
-           if k in state["params"] and k not in live}
+           if k in state["params"] and k not in keep}
     if isinstance(out.get("hidden_layer_sizes"), list):
         out["hidden_layer_sizes"] = tuple(out["hidden_layer_sizes"])
     return out

@@ -15,6 +15,82 @@ __all__ = ["load"]
 MODEL_TYPES = {"SGDClassifier": SGDClassifier, "SGDRegressor": SGDRegressor}
 
 
+def _int_attr(attrs, key, low, where, default=None):
+    v = attrs.get(key, default)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < low:
+        raise DataError(f"{where}: attribute '{key}' is {v!r}, not an integer >= {low}")
+    return int(v)
+
+
+def _finite(arrays, name, where, ndim):
+    a = arrays.get(name)
+    if a is None:
+        raise DataError(f"{where} has no dataset '{name}'")
+    a = np.asarray(a)
+    if a.ndim != ndim or a.dtype.kind not in "fiu" or not np.isfinite(a).all():
+        raise DataError(f"{where}: dataset '{name}' must be {ndim}-D finite numbers "
+                        f"(it is {a.dtype}, shape {a.shape})")
+    return a
+
+
+def check_contents(path, model_type, params, arrays, attrs):
+    """Raise DataError unless a model file's contents make a model this mpiml can use:
+    a known type, parameters the estimator accepts, and weights, classes and scaler whose
+    shapes agree with ``n_features_in`` and each other."""
+    where = f"model file {path}"
+    cls = MODEL_TYPES.get(model_type) or MLP_TYPES.get(model_type)
+    if cls is None:
+        raise DataError(f"{path} holds a model of type {model_type!r}, which this mpiml does not know")
+    if not isinstance(params, dict):
+        raise DataError(f"{where}: its parameters are damaged")
+    d = _int_attr(attrs, "n_features_in", 1, where)
+    _int_attr(attrs, "n_iter", 0, where, default=0)
+    valid = set(cls._param_names())
+    try:
+        # the model's own settings; how the job that wrote it ran is not checked here
+        est = cls(**{**{k: (tuple(v) if k == "hidden_layer_sizes" and isinstance(v, list) else v)
+                        for k, v in params.items() if k in valid and k != "comm"},
+                     "model_parallel": 1, "sync": "allreduce", "overlap": False,
+                     "compress": "none"})
+        est._validate_params()
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise DataError(f"{where}: its parameters are not valid ({exc})") from None
+    if model_type in MLP_TYPES:
+        K = _check_layers(arrays, attrs, d, est, where)
+    else:
+        shape = arrays.get("coef")
+        if not isinstance(shape, tuple) or len(shape) not in (1, 2) or shape[-1] != d or \
+                (len(shape) == 2 and shape[0] < 1):
+            raise DataError(f"{where}: 'coef' has shape {shape}; {d} features were expected")
+        K = 1 if len(shape) == 1 else shape[0]
+        if len(_finite(arrays, "intercept", where, 1)) != K:
+            raise DataError(f"{where}: 'intercept' does not have the {K} values of 'coef'")
+        if cls is SGDRegressor and K != 1:
+            raise DataError(f"{where}: a regressor has one output, this file has {K}")
+    if cls._is_classifier:
+        classes = _finite(arrays, "classes", where, 1)
+        if len(classes) != (2 if K == 1 else K) or len(np.unique(classes)) != len(classes):
+            raise DataError(f"{where}: {len(classes)} classes do not match its {K} outputs")
+    if attrs.get("scaler") is not None:
+        restore_scaler(cls(), arrays, attrs, path, n_features=d)
+
+
+def _check_layers(arrays, attrs, d, est, where):
+    from ..parallel.network import OUTPUTS
+    n = _int_attr(attrs, "n_layers", 1, where)
+    if n > 1000 or str(attrs.get("output")) not in OUTPUTS:
+        raise DataError(f"{where}: {n} layers with output {attrs.get('output')!r}")
+    width = d
+    for i in range(n):
+        W = _finite(arrays, f"coef_{i}", where, 2)
+        if W.shape[0] != width or len(_finite(arrays, f"intercept_{i}", where, 1)) != W.shape[1]:
+            raise DataError(f"{where}: layer {i} has shape {W.shape}, its input has {width} units")
+        width = W.shape[1]
+    if [arrays[f"coef_{i}"].shape[1] for i in range(n - 1)] != list(est._hidden()):
+        raise DataError(f"{where}: its layers do not match hidden_layer_sizes {est._hidden()}")
+    return width
+
+
 def load(path, comm=None, model_parallel=1, shard="auto"):
     """Read a model saved with ``save`` (collective); returns the fitted estimator
     (any of mpiml's model types).
@@ -28,6 +104,8 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
     model_type, params, arrays, attrs = load_model(path, comm=c, lazy=("coef",))
+    # every field read from the file is checked (identically on every rank) before use
+    c.run(check_contents, path, model_type, params, arrays, attrs)
     if model_type in MLP_TYPES:
         return load_mlp(model_type, params, arrays, attrs, comm=comm,
                         model_parallel=model_parallel)

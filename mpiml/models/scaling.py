@@ -80,8 +80,9 @@ def scaler_arrays(est):
             {"scaler": est.scaler})
 
 
-def restore_scaler(est, arrays, attrs, path=""):
-    """Set the scaler of an estimator loaded from a model file (none if the file has none)."""
+def restore_scaler(est, arrays, attrs, path="", n_features=None):
+    """Set the scaler of an estimator loaded from a model file (none if the file has none);
+    ``n_features`` (default ``est.n_features_in_``) is what the scaler must cover."""
     kind = attrs.get("scaler")
     if kind is None:
         est.scaler = None
@@ -92,9 +93,10 @@ def restore_scaler(est, arrays, attrs, path=""):
                         f"scaler/scale datasets")
     off = np.asarray(arrays["scaler/offset"], dtype=np.float64).ravel()
     fac = np.asarray(arrays["scaler/scale"], dtype=np.float64).ravel()
-    if len(off) != est.n_features_in_ or len(fac) != est.n_features_in_ or \
-            not np.all(np.isfinite(off)) or not np.all(fac > 0):
-        raise DataError(f"model file {path}: the scaler needs {est.n_features_in_} finite "
+    d = est.n_features_in_ if n_features is None else n_features
+    if len(off) != d or len(fac) != d or not np.all(np.isfinite(off)) or \
+            not np.all(np.isfinite(fac)) or not np.all(fac > 0):
+        raise DataError(f"model file {path}: the scaler needs {d} finite "
                         f"offsets and positive scales")
     est.scaler = kind
     est.scale_offset_, est.scale_factor_ = off, fac

@@ -37,7 +37,7 @@ import numpy as np
 
 from .._kernels.stats import permute_rows
 from ..checkpoint import CheckpointPolicy, write_checkpoint
-from ..errors import Interrupted, TrainingError
+from ..errors import DataError, Interrupted, TrainingError
 from ..imbalance import row_weights
 from ..parallel.data import group_layout, layout_plan
 from ..parallel.protocol import StepControl, StopTraining
@@ -46,7 +46,7 @@ from ..parallel.synchronizers import SYNCHRONIZERS, SyncSetup, mode_of
 from ..runctl import RunDir
 from ..threads import blas_threads
 from ..watchdog import watching
-from .checkpointing import read_resume, signals
+from .checkpointing import claim_directory, read_resume, signals
 from .scaling import fit_scaler, transform
 from .steering import Progress, Steering, summarise
 
@@ -113,6 +113,15 @@ class LiveParams:
                              "value": value, "by": by})
 
 
+def _load_state(engine, arrays, where):
+    """A checkpoint's optimiser state into the engine; arrays of the wrong size are the
+    file's fault (a DataError naming it), not a bug."""
+    try:
+        engine.set_state(arrays)
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{where}: its model state does not fit this model ({exc})") from None
+
+
 def _reorder(X, idx, own):
     """``X[idx]``: in place when ``X`` is this fit's to change (no second copy of the
     rows in memory), else a new array."""
@@ -161,8 +170,10 @@ class FitSession:
     :class:`mpiml.models.training.FitData`)."""
 
     def __init__(self, est, data, *, epochs, reset, resume, validation, callbacks,
-                 sample_weight, hooks):
+                 sample_weight, hooks, overwrite=False, signal_checkpoint_dir=None):
         self.est, self.data, self.hooks = est, data, hooks
+        self.resume, self.overwrite = resume, overwrite
+        self.signal_only = False
         self.c, self.grid = c, grid = data.comm, data.grid
         self.validation, self.callbacks = validation, list(callbacks or ())
         self.partial = epochs is not None
@@ -180,7 +191,7 @@ class FitSession:
             self.live = LiveParams({n: getattr(est, n) for n in names})
         start_step, saved = 0, None
         if resume is not None:
-            saved, arrays = read_resume(est, c, resume, d, n_global)
+            saved, arrays = read_resume(est, c, resume, d, n_global, data.fingerprint)
             self.state = RunState.of_checkpoint(saved, arrays)
             self.live = LiveParams({n: saved["params"].get(n, getattr(est, n)) for n in names},
                                    saved.get("param_changes", ()))
@@ -200,7 +211,7 @@ class FitSession:
             self.layout.scale(est, data.columns)
         self.engine = self._make_engine()
         if saved is not None:
-            c.run(self.engine.set_state, arrays)
+            c.run(_load_state, self.engine, arrays, saved["path"])
             self.engine.t = float(saved["t"])
             self.engine.epoch_loss = float(saved["epoch_loss"])
             self.engine.epoch_count = float(saved["epoch_count"])
@@ -210,6 +221,16 @@ class FitSession:
         self.start_step = start_step
         self.target = est.max_iter if epochs is None else self.state.n_iter + epochs
         self.control = self._make_control()
+        self._make_synchronizer(signal_checkpoint_dir)
+        if saved is not None:
+            self.sync.check_start(start_step, saved["path"])
+        self.run_dir = self.steering = None
+        if est.run_dir is not None:
+            self._open_run_dir()
+        self.pending_batch = None
+
+    def _make_synchronizer(self, signal_checkpoint_dir):
+        est, c = self.est, self.c
         self.counters = CommCounters()
         self.writer = StatsWriter(est.stats, c, {"sync": est.sync, "compress": est.compress,
                                                  "overlap": bool(est.overlap), "ranks": c.size})
@@ -217,25 +238,28 @@ class FitSession:
         meets = bool(self.validation is not None or self.callbacks or
                      self.control.save is not None or (est.tol is not None and not self.partial))
         mode, number = mode_of(est.sync, est.compress, est.overlap, meets)
-        setup = SyncSetup(c, grid, self.control, self.counters,
+        setup = SyncSetup(c, self.grid, self.control, self.counters,
                           lambda e: self.layout.plan(self.state.seed, e), self.kernel_hyper,
                           number=number, warmup=est.sync_warmup, compress=est.compress,
                           counted=bool(est.stats), max_staleness=est.max_staleness,
-                          last_epoch=self.target, hooks=hooks)
+                          last_epoch=self.target, hooks=self.hooks)
         self.sync = SYNCHRONIZERS[mode](setup, self.engine)
-        if saved is not None:
-            self.sync.check_start(start_step, saved["path"])
-        self.run_dir = self.steering = None
-        if est.run_dir is not None:
-            self.run_dir = RunDir(est.run_dir, c.rank)
-            self.steering = Steering(self, c, self.control, self.run_dir,
-                                     mlp=hasattr(est, "learning_rate_init"))
-            self.control.run, self.control.on_command = self.run_dir, self.steering.on_command
-            self.control.timing = True
-            self.run_dir.log({"event": "start", "time": time.time(), "ranks": c.size,
-                              "model": type(est).__name__, "rows": n_global, "features": d,
-                              "params": self.params()})
-        self.pending_batch = None
+        if self.control.save is None and signal_checkpoint_dir is not None and mode != "ps":
+            # no checkpoint directory: a signal still must not lose the work
+            self._arm(signal_checkpoint_dir)
+            self.signal_only = True
+
+    def _open_run_dir(self):
+        est, c = self.est, self.c
+        self.run_dir = RunDir(est.run_dir, c.rank)
+        self.run_dir.start()
+        self.steering = Steering(self, c, self.control, self.run_dir,
+                                 mlp=hasattr(est, "learning_rate_init"))
+        self.control.run, self.control.on_command = self.run_dir, self.steering.on_command
+        self.control.timing = True
+        self.run_dir.log({"event": "start", "time": time.time(), "ranks": c.size,
+                          "model": type(est).__name__, "rows": self.data.n_global,
+                          "features": self.data.d, "params": self.params()})
 
     # ------------------------------------------------------------ parts
     def kernel_hyper(self):
@@ -257,7 +281,7 @@ class FitSession:
         return engine
 
     def _make_control(self):
-        est, c = self.est, self.c
+        est = self.est
         control = StepControl(self.grid.data, est.checkpoint_every, est.checkpoint_seconds,
                               hooks=self.hooks)
         control.batch = self.layout.batch
@@ -266,8 +290,16 @@ class FitSession:
             directory = os.path.join(est.run_dir, "checkpoints")
         if directory is None:
             return control
-        self.policy = CheckpointPolicy(directory, est.checkpoint_every, est.checkpoint_seconds,
-                                       est.keep_checkpoints)
+        self.control = control
+        self._arm(directory, est.checkpoint_every, est.checkpoint_seconds)
+        return control
+
+    def _arm(self, directory, every=None, seconds=None):
+        """Checkpoints into ``directory`` (claimed for this run): every ``every`` updates,
+        every ``seconds``, at the end and on a signal."""
+        est, c, control = self.est, self.c, self.control
+        self.policy = CheckpointPolicy(directory, every, seconds, est.keep_checkpoints)
+        c.run(claim_directory, directory, c.rank, self.resume, self.overwrite)
 
         def on_stop(path):
             raise Interrupted(f"stopped by a signal; checkpoint written to {path}: continue "
@@ -275,7 +307,6 @@ class FitSession:
                               ranks=range(c.size), checkpoint=path)
 
         control.save, control.on_stop = self.save_checkpoint, on_stop
-        return control
 
     def save_checkpoint(self, step):
         """Collective: write a checkpoint of the fit as it is after ``step`` of the epoch."""
@@ -286,7 +317,8 @@ class FitSession:
                  "epoch_loss": eng.epoch_loss, "epoch_count": eng.epoch_count,
                  "best": st.best, "stall": st.stall, "n_iter": st.n_iter,
                  "n_global": self.data.n_global, "batch": self.layout.batch,
-                 "seed": st.seed, "n_features": self.data.d, "n_outputs": self.K}
+                 "seed": st.seed, "n_features": self.data.d, "n_outputs": self.K,
+                 "fingerprint": self.data.fingerprint}
         arrays = dict(eng.get_state())       # logical arrays, gathered if sharded
         arrays["loss_curve"] = np.asarray(st.loss_curve, dtype=np.float64)
         if est._is_classifier:
@@ -388,7 +420,7 @@ class FitSession:
                 st.stopped_by = f"mpiml ctl stop at step {exc.args[0]}"
                 control.user_stop = False
             progress.close()
-            if control.save is not None:
+            if control.save is not None and not self.signal_only:
                 control.save(0)         # the final state
         if self.run_dir is not None:
             self.run_dir.log({"event": "end", "time": time.time(), "step": int(self.engine.t),

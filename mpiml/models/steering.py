@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 __all__ = ["Steering", "EarlyStopping", "Progress", "summarise"]
 
@@ -79,36 +80,46 @@ class Steering:
         return want_checkpoint
 
     def _pause(self, engine, step):
-        """Every rank waits here until rank 0 reads ``resume`` (or ``stop``)."""
+        """Every rank waits here until rank 0 reads ``resume`` (or ``stop``), or a signal
+        reaches any rank (then the run checkpoints and stops as on any signal). The ranks
+        agree on both with a small non-blocking reduction, without polling MPI hard."""
         c, run = self.c, self.run
         self.control.paused = True
         run.write_status(force=True, state="paused", step=step)
-        later = []
-        if c.rank == 0:
-            while True:
-                time.sleep(0.1)
-                if not run.commands_waiting():
-                    continue
-                cmds = run.take_commands()
-                resumed = False
-                for cmd in cmds:
-                    name = cmd[2][0]
-                    if name == "resume":
-                        self._respond(cmd[0], cmd[1], "applied", step, "resumed")
-                        resumed = True
-                    elif name == "pause":
-                        self._respond(cmd[0], cmd[1], "rejected", step, "already paused")
-                    else:
-                        later.append(cmd)
-                        resumed |= name == "stop"
-                if resumed:
-                    break
-        req = c.mpi.Ibarrier()
-        while not req.Test():
-            time.sleep(0.02)
+        later, flags = [], np.zeros(2)
+        while True:
+            time.sleep(0.1)
+            resumed = c.rank == 0 and self._resumed(run, step, later)
+            flags[:] = (float(resumed), float(self.control.stop_requested))
+            req = c.mpi.Iallreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+            while not req.Test():
+                time.sleep(0.02)
+            if flags.any():
+                break
         self.control.paused = False
         run.write_status(force=True, state="running")
+        if flags[1]:
+            self.control.stop_now = True      # agreed: every rank checkpoints and stops
+            return True
         return self._apply(engine, step, c.bcast(later))
+
+    def _resumed(self, run, step, later):
+        """Rank 0 while paused: answer waiting commands; True on ``resume`` or ``stop``
+        (other commands are kept in ``later`` to apply after the pause)."""
+        if not run.commands_waiting():
+            return False
+        resumed = False
+        for cmd in run.take_commands():
+            name = cmd[2][0]
+            if name == "resume":
+                self._respond(cmd[0], cmd[1], "applied", step, "resumed")
+                resumed = True
+            elif name == "pause":
+                self._respond(cmd[0], cmd[1], "rejected", step, "already paused")
+            else:
+                later.append(cmd)
+                resumed |= name == "stop"
+        return resumed
 
 
 class EarlyStopping:

@@ -61,6 +61,8 @@ class StepEngine:
 
     def grad_step(self, s):
         lo, hi, ptr = self._plan
+        if not 0 <= s < len(ptr) - 1:
+            raise IndexError(f"plan step {s} outside the {len(ptr) - 1} steps")
         a, b = ptr[s], ptr[s + 1]
         if b - a > 1:
             raise ValueError("StepEngine plans have one row range per step (group layout)")
@@ -110,6 +112,8 @@ class StepEngine:
         lo, hi, ptr = self._plan
         n = len(ptr) - 1
         stop = n if stop < 0 or stop > n else stop
+        if not 0 <= start <= n:
+            raise IndexError(f"plan step {start} outside the {n} steps")
         for s in range(start, stop):
             self.grad_step(s)
             self.apply()

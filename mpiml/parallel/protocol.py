@@ -123,6 +123,7 @@ class StepControl:
         self.next_poll = 0.0
         self.paused = False          # read by the watchdog thread
         self.user_stop = False       # `mpiml ctl DIR stop` / a callback: end the fit normally
+        self.stop_now = False        # a signal while paused, agreed by every rank
         self.timing = False          # sample the time spent in the step's collective
         self.io_seconds = 0.0        # checkpoint writing in the current epoch
         self.comm_sampled = 0.0
@@ -191,6 +192,7 @@ class StepControl:
         """After an update: commands, checkpoint and/or stop, identically on every rank."""
         if command and self.on_command is not None:
             due = self.on_command(engine, step) or due
+            stop = stop or self.stop_now
         if self.signal_hook is not None and self.signal_hook[1] == int(engine.t):
             sys.stderr.write(f"mpiml-test: rank {self.world_rank} sends itself "
                              f"{self.signal_hook[2].name} at {time.time():.3f}\n")
