@@ -447,3 +447,41 @@ def test_a_killed_writers_temporary_is_removed_at_the_next_start(base):
     run(base, TRAIN + ["--data", "d.h5", "--out", "o10.h5", "--checkpoint-dir", "ck10",
                        "--overwrite"], code=0, leaves=["o10.h5", "ck10"], setup=setup)
     assert not [p for p in os.listdir(ck) if ".tmp-" in p]
+
+
+def test_a_signal_while_paused_checkpoints_and_exits_75(base):
+    """A paused run does not ignore the time-limit signal: every rank checkpoints at the
+    paused step and exits 75; the checkpoint resumes."""
+    import signal
+    import subprocess
+
+    from launch import MPIEXEC
+    work = base / "work"
+    p = subprocess.Popen([MPIEXEC, "-n", "2", MPIML] +
+                         [str(a) for a in TRAIN] + ["--data", "d.h5", "--out", "o-pause.h5",
+                                                    "--run-dir", "run-pause", "--epochs",
+                                                    "100000"],
+                         cwd=work, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        status = work / "run-pause" / "status.json"
+        deadline = time.monotonic() + 60
+        while not (status.exists() and json.loads(status.read_text()).get("state") == "running"):
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.1)
+        out = subprocess.run([MPIML, "ctl", "run-pause", "pause"], cwd=work, env=clean_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "paused" in out.stdout, out.stdout + out.stderr
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGUSR1)            # mpiexec forwards it to the ranks
+        _, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = err.decode()
+    assert p.returncode == 75, err                # the ranks' own exit code, through mpiexec
+    assert err.count("stopped by a signal; checkpoint written") == 1, err
+    assert took < 10, took
+    assert not (work / "o-pause.h5").exists()
+    assert list((work / "run-pause" / "checkpoints").glob("ckpt-*.h5"))
