@@ -33,10 +33,10 @@ def build_parser():
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     sub.required = True
     _add_make_data(sub)
-    train = add_train(sub)
+    add_train(sub)
     add_tools(sub)
     add_bench(sub, positive_int)
-    add_tune(sub, train)
+    add_tune(sub)
     p = sub.add_parser("doctor", help="check MPI, h5py, the build and Slurm; suggest fixes")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("info", help="MPI, HDF5 and kernel build information")

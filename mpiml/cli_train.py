@@ -150,8 +150,16 @@ def cmd_train(args):
 
 # ---------------------------------------------------------------------- options
 def add_parser(sub):
-    """``mpiml train``'s parser (``mpiml tune`` takes it as its parent)."""
+    """``mpiml train``'s parser."""
     p = sub.add_parser("train", help="fit a model on an HDF5 dataset")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def add_train_options(p, resume=True):
+    """Every ``train`` option, on ``p`` (``mpiml tune`` takes them too, with its own
+    ``--resume``: ``resume=False``)."""
     data_args(p)
     p.add_argument("--model", required=True, choices=sorted(MODELS))
     _optimisation(p)
@@ -165,9 +173,7 @@ def add_parser(sub):
     _scaling_and_validation(p)
     _imbalance_and_mlp(p)
     _parallel(p)
-    _steering_and_safety(p)
-    p.set_defaults(func=cmd_train)
-    return p
+    _steering_and_safety(p, resume)
 
 
 def _optimisation(p):
@@ -249,7 +255,7 @@ def _parallel(p):
                    help="write per-epoch communication counters (JSON lines) here")
 
 
-def _steering_and_safety(p):
+def _steering_and_safety(p, resume=True):
     g = p.add_argument_group("watch and steer (mpiml ctl / mpiml plot)")
     g.add_argument("--run-dir", default=None, metavar="DIR",
                    help="control commands, status.json, metrics.jsonl and checkpoints live here")
@@ -263,8 +269,9 @@ def _steering_and_safety(p):
     g.add_argument("--checkpoint-seconds", type=float, default=None, metavar="SECONDS",
                    help="checkpoint when this much time has passed since the last one")
     g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="K")
-    g.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue from the newest checkpoint in DIR (any number of ranks)")
+    if resume:
+        g.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue from the newest checkpoint in DIR (any number of ranks)")
     g.add_argument("--overwrite", action="store_true",
                    help="a fresh run into a checkpoint directory holding another run's "
                         "checkpoints deletes them (without it, the run is refused)")

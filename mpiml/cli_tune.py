@@ -4,21 +4,24 @@ configuration, and ``--grid name=v1,v2 ...`` for the searched part."""
 import csv
 import json
 import math
+import os
 import time
 
 from .cli_common import param_name
-from .cli_train import _hidden, estimator_from_args
+from .cli_train import _hidden, add_train_options, estimator_from_args
 from .errors import ConfigError
 
 
-def add_parser(sub, train_parser):
+def add_parser(sub):
     p = sub.add_parser(
-        "tune", parents=[train_parser], add_help=False, conflict_handler="resolve",
+        "tune",
         help="cross-validated grid / random / halving search over groups of ranks",
         description="Every train option sets the fixed part; --grid the searched part, e.g. "
                     "--grid lr=0.01,0.1 alpha=1e-5,1e-4 batch_size=64,256. The best "
                     "configuration is retrained on all data with all ranks and saved to --out.")
-    p.add_argument("--grid", nargs="+", required=True, metavar="NAME=V1,V2",
+    add_train_options(p, resume=False)
+    # --grid given twice adds to the grid (it does not replace the first)
+    p.add_argument("--grid", nargs="+", action="extend", required=True, metavar="NAME=V1,V2",
                    help="values to search; NAME is a parameter of the estimator (alpha, "
                         "batch_size, momentum, l1_ratio, penalty, eta0 or learning_rate_init, "
                         "hidden_layer_sizes, ...) or its train option name: lr (the learning "
@@ -103,6 +106,13 @@ def cmd_tune(args):
 
     prefix = args.results or (args.out[:-3] if args.out.endswith(".h5") else args.out) + "-tune"
     journal = args.resume or prefix + ".journal"
+
+    def fresh():
+        # said before anything starts: a finished (or cut) search is resumed, not redone
+        if c.rank == 0 and not args.resume and os.path.isdir(journal) and os.listdir(journal):
+            raise ConfigError(f"{journal} holds an earlier search with this --out: continue it "
+                              f"with --resume {journal}, or remove it")
+    c.run(fresh)
     c.print0(f"mpiml tune: {len(configs)} configuration(s) x {args.cv} folds on {c.size} "
              f"rank(s) in groups of {args.group_size}" + (" with successive halving"
                                                           if args.halving else "")

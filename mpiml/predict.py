@@ -46,6 +46,10 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
             return ds.shape
 
     n, d = c.run(info)
+    classes = getattr(est, "classes_", None)
+    # class labels that are integers are written as integers (the label dtype)
+    integral_labels = classes is not None and np.issubdtype(np.asarray(classes).dtype, np.number) \
+        and bool(np.all(np.asarray(classes) == np.round(np.asarray(classes))))
     lo, hi = chunk(n, grid.D, grid.data_rank)
     n_blocks = c.allreduce(-(-(hi - lo) // block_rows), op=MPI.MAX)
 
@@ -64,6 +68,8 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
                     raise DataError(f"{data}: dataset '{X}' has a NaN or infinite value at "
                                     f"row {row}")
                 pred = np.asarray(est.predict(block))
+                if integral_labels:
+                    pred = pred.astype(np.int64)
                 pr = np.asarray(est.predict_proba(block)) if proba else None
                 if writer:
                     if dp is None:

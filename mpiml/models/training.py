@@ -343,6 +343,35 @@ class Trainer(BaseEstimator):
         return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed,
                        fingerprint(grid, Xl, offset, n_global, d, columns))
 
+    # ------------------------------------------------------------ pickling
+    def __getstate__(self):
+        """The estimator without its communicator: ``comm`` is stored as None (a model
+        unpickled in another process binds ``COMM_WORLD``, or set ``comm=`` after
+        loading), and objects bound to a communicator are rebuilt on unpickling. A model
+        split over ranks (``model_parallel > 1``) holds only its shard: gather it into a
+        model file with ``save`` instead."""
+        state = dict(self.__dict__, comm=None)
+        if "shard_" in state or getattr(state.get("_net"), "model", None) is not None and \
+                state["_net"].model.size > 1:
+            from ..errors import ConfigError
+            raise ConfigError(f"this {type(self).__name__} is split over ranks "
+                              "(model_parallel > 1): write it with save() instead of pickling")
+        net = state.pop("_net", None)
+        if net is not None:
+            state["_net_spec"] = (net.sizes, net.activation, net.output, net.dtype.str)
+        return state
+
+    def __setstate__(self, state):
+        spec = state.pop("_net_spec", None)
+        self.__dict__.update(state)
+        if spec is not None:
+            from mpi4py import MPI
+
+            from ..parallel.network import Network
+            sizes, activation, output, dtype = spec
+            self._net = Network(sizes, activation, output, get_comm(MPI.COMM_SELF), dtype)
+            self._net.bind(self._params, np.zeros_like(self._params))
+
     # ------------------------------------------------------------ fitted state
     def _write_model(self, path, arrays, params=None, attrs=None):
         """Write the model file (collective; rank 0 writes): the subclass's datasets,
