@@ -14,6 +14,7 @@ from mpi4py import MPI
 from ._kernels import stats as _k
 from .comm import get_comm
 from .errors import ConfigError, DataError, NotFittedError
+from .estimator import BaseEstimator
 
 _BLOCK_VALUES = 1 << 20        # values per block of rows in the local passes
 
@@ -138,7 +139,7 @@ def _constant(var, mean, n):
     return var <= n * eps * var + (n * eps * mean) ** 2
 
 
-class StandardScaler:
+class StandardScaler(BaseEstimator):
     """``(x - mean) / std`` with the global mean and (population) variance.
 
     ``fit`` is collective: every rank passes its own rows, and every rank ends with the
@@ -168,6 +169,7 @@ class StandardScaler:
     """
 
     kind = "standard"
+    _estimator_kind = "transformer"
 
     def __init__(self, *, with_mean=True, with_std=True, comm=None):
         self.with_mean = with_mean

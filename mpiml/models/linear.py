@@ -287,6 +287,7 @@ class SGDClassifier(_BaseSGD):
     >>> clf = SGDClassifier(random_state=0).fit(X, y)   # doctest: +SKIP
     >>> clf.score(X, y)                                 # doctest: +SKIP
     """
+    _estimator_kind = "classifier"
     _losses = ("log_loss", "hinge")
     _is_classifier = True
 
@@ -426,6 +427,7 @@ class SGDRegressor(_BaseSGD):
     >>> reg = SGDRegressor(batch_size="full", learning_rate="constant", eta0=0.1,
     ...                    penalty=None, tol=None, max_iter=200).fit(X, y)  # doctest: +SKIP
     """
+    _estimator_kind = "regressor"
     _losses = ("squared_error", "huber")
 
     def __init__(self, loss="squared_error", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,

@@ -251,6 +251,7 @@ class MLPClassifier(_BaseMLP):
     >>> clf = MLPClassifier((64, 64), max_iter=20, random_state=0).fit(X, y)  # doctest: +SKIP
     >>> clf.score(X, y)                                            # doctest: +SKIP
     """
+    _estimator_kind = "classifier"
     _is_classifier = True
 
     def _encode(self, y):
@@ -304,6 +305,7 @@ class MLPRegressor(_BaseMLP):
     >>> X, y = load_hdf5("reg.h5")                                 # doctest: +SKIP
     >>> reg = MLPRegressor((32,), max_iter=50, random_state=0).fit(X, y)  # doctest: +SKIP
     """
+    _estimator_kind = "regressor"
 
     def _encode(self, y):
         return 1, y, "identity"
