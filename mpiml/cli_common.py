@@ -10,6 +10,7 @@ writing a checkpoint (resume with ``--resume``); 70 ended by the collective watc
 import argparse
 import sys
 
+from .estimator import ALIASES, param_name  # noqa: F401 - the command-line names, defined once
 from .checkpoint import EXIT_CHECKPOINTED  # noqa: F401 - stopped by a signal after a checkpoint
 from .watchdog import EXIT_WATCHDOG  # noqa: F401 - a collective did not complete in time
 
@@ -30,21 +31,6 @@ MODELS = {
     "mlp": ("MLPClassifier", {}),
     "mlp-regression": ("MLPRegressor", {}),
 }
-
-# command-line names of estimator parameters (``mpiml tune --grid NAME=...`` takes both
-# forms); ``lr`` is the learning rate of either family
-# (the linear models' name, the MLPs' name)
-ALIASES = {"lr": ("eta0", "learning_rate_init"),
-           "lr_schedule": ("learning_rate", "learning_rate"),
-           "hidden": ("hidden_layer_sizes", "hidden_layer_sizes"),
-           "scale": ("scaler", "scaler"), "seed": ("random_state", "random_state")}
-
-
-def param_name(name, mlp):
-    """The estimator parameter a command-line name stands for (``name`` itself if none)."""
-    pair = ALIASES.get(name)
-    return pair[1 if mlp else 0] if pair else name
-
 
 class UsageError(Exception):
     pass

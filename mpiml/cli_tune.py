@@ -56,7 +56,7 @@ def _grid_value(name, value):
 def _factory(args, c, grid):
     """``make(config, comm, epochs)``: the estimator of the train options with a
     configuration's values, by the estimators' own parameter names (or their command-line
-    aliases, :data:`mpiml.cli_common.ALIASES`: ``lr``, ``epochs``, ``hidden``, ...)."""
+    aliases, :data:`mpiml.estimator.ALIASES`: ``lr``, ``epochs``, ``hidden``, ...)."""
     base = estimator_from_args(args, c)
     fixed = dict(base.get_params(), verbose=0, checkpoint_dir=None, run_dir=None, stats=None)
     mlp = hasattr(base, "learning_rate_init")

@@ -12,7 +12,21 @@ every job would pay at start-up.
 """
 import inspect
 
-__all__ = ["BaseEstimator"]
+__all__ = ["BaseEstimator", "ALIASES", "param_name"]
+
+# command-line / ``mpiml ctl`` names of estimator parameters, (the linear models' name,
+# the MLPs' name); ``lr`` is the learning rate of either family. ``mpiml tune --grid``
+# takes both forms, ``mpiml ctl set`` the short ones.
+ALIASES = {"lr": ("eta0", "learning_rate_init"),
+           "lr_schedule": ("learning_rate", "learning_rate"),
+           "hidden": ("hidden_layer_sizes", "hidden_layer_sizes"),
+           "scale": ("scaler", "scaler"), "seed": ("random_state", "random_state")}
+
+
+def param_name(name, mlp):
+    """The estimator parameter a command-line name stands for (``name`` itself if none)."""
+    pair = ALIASES.get(name)
+    return pair[1 if mlp else 0] if pair else name
 
 
 class BaseEstimator:

@@ -23,12 +23,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ..estimator import param_name
+
 __all__ = ["Steering", "EarlyStopping", "Progress", "summarise"]
-
-# the CLI / ctl name of a hyper-parameter -> the estimator parameter per model family
-_PARAM = {"lr": ("eta0", "learning_rate_init"), "momentum": ("momentum", "momentum"),
-          "alpha": ("alpha", "alpha"), "batch_size": ("batch_size", "batch_size")}
-
 
 class Steering:
     """Applies a run directory's commands to a fit session (see the module doc)."""
@@ -38,7 +35,7 @@ class Steering:
         self.mlp = mlp
 
     def _param(self, name):
-        return _PARAM[name][1 if self.mlp else 0]
+        return param_name(name, self.mlp)
 
     def on_command(self, engine, step):
         c, run = self.c, self.run

@@ -34,6 +34,7 @@ import numpy as np
 from .. import hooks
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, NotFittedError
+from ..estimator import param_name
 from ..io import first_nonfinite_row
 from ..parallel.sync import parse_compress, parse_sync
 from ..parallel.synchronizers import servers_of
@@ -261,8 +262,8 @@ class Trainer(BaseEstimator):
 
     def _live_names(self):
         """The hyper-parameters a running fit may change (``mpiml ctl set``, callbacks)."""
-        lr = "learning_rate_init" if hasattr(self, "learning_rate_init") else "eta0"
-        return (lr, "momentum", "alpha", "batch_size")
+        return (param_name("lr", hasattr(self, "learning_rate_init")), "momentum", "alpha",
+                "batch_size")
 
     def _agree_data(self, X, y, reset, classes, columns, copy_X):
         """Collective: check this rank's rows, agree on the global shape, classes, dtype and
