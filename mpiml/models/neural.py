@@ -346,10 +346,8 @@ def load_mlp(model_type, params, arrays, attrs, comm=None, model_parallel=1):
     get_comm(comm).run(est._validate_params)
     n = int(attrs["n_layers"])
     coefs = [np.asarray(arrays[f"coef_{i}"]) for i in range(n)]
+    # the shapes agree with hidden_layer_sizes: persist.check_contents checked them
     sizes = [coefs[0].shape[0]] + [W.shape[1] for W in coefs]
-    if list(sizes[1:-1]) != list(est._hidden()):
-        raise DataError(f"model file: layer shapes {sizes} do not match hidden_layer_sizes "
-                        f"{est._hidden()}")
     dtype = np.dtype(est.dtype) if est.dtype is not None else np.dtype(np.float64)
     net = Network(sizes, est.activation, str(attrs["output"]), grid.model, dtype)
     logical = np.concatenate([np.concatenate([np.ravel(coefs[i]),

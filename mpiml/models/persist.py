@@ -109,9 +109,7 @@ def load(path, comm=None, model_parallel=1, shard="auto"):
     if model_type in MLP_TYPES:
         return load_mlp(model_type, params, arrays, attrs, comm=comm,
                         model_parallel=model_parallel)
-    cls = MODEL_TYPES.get(model_type)
-    if cls is None:
-        raise DataError(f"{path} holds a model of type {model_type!r}, which this mpiml does not know")
+    cls = MODEL_TYPES[model_type]           # a known type: check_contents said so
     valid = set(cls._param_names())
     est = cls(**{k: v for k, v in params.items() if k in valid})
     est.comm = comm
