@@ -70,7 +70,7 @@ def check_local(f, path, name, allow_external=False):
 
 
 def local_items(f, path):
-    """The top-level datasets of ``f``, each checked with :func:`check_local`."""
+    """The datasets directly in ``f`` (a file or group), each checked with :func:`check_local`."""
     for name in f.keys():
         node = check_local(f, path, name)
         if isinstance(node, h5py.Dataset):
@@ -323,9 +323,9 @@ def _refuse_inputs(path, inputs):
                               "an input")
 
 
-def check_output_dir(path, comm=None, inputs=()):
-    """Collective: raise :class:`OutputError` on every rank unless directory ``path`` is
-    writable or can be created (checked on rank 0 before any work is done)."""
+def _check_on_writer(path, comm, inputs, check):
+    """Collective: on rank 0 (the rank that writes), refuse ``path`` if it is one of
+    ``inputs``, then ``check(absolute path)``; every rank raises the same error."""
     c = get_comm(comm)
 
     def local():
@@ -333,6 +333,15 @@ def check_output_dir(path, comm=None, inputs=()):
             return
         p = os.path.abspath(os.fspath(path))
         _refuse_inputs(p, inputs)
+        check(p)
+
+    c.run(local)
+
+
+def check_output_dir(path, comm=None, inputs=()):
+    """Collective: raise :class:`OutputError` on every rank unless directory ``path`` is
+    writable or can be created (checked on rank 0 before any work is done)."""
+    def writable(p):
         if os.path.exists(p) and not os.path.isdir(p):
             raise OutputError(f"{path} is a file, not a directory")
         # the run creates it anyway: create it now and write a probe (access() says yes
@@ -345,7 +354,7 @@ def check_output_dir(path, comm=None, inputs=()):
         except OSError as exc:
             raise OutputError(f"cannot write in {path}: {exc.strerror or exc}") from None
 
-    c.run(local)
+    _check_on_writer(path, comm, inputs, writable)
 
 
 def check_output_path(path, comm=None, inputs=()):
@@ -354,13 +363,7 @@ def check_output_path(path, comm=None, inputs=()):
 
     Checked on rank 0 (the rank that writes) before any work is done.
     """
-    c = get_comm(comm)
-
-    def local():
-        if c.rank != 0:
-            return
-        p = os.path.abspath(os.fspath(path))
-        _refuse_inputs(p, inputs)
+    def writable(p):
         parent = os.path.dirname(p)
         if os.path.isdir(p):
             raise OutputError(f"output path {path} is a directory")
@@ -371,7 +374,7 @@ def check_output_path(path, comm=None, inputs=()):
         if os.path.exists(p) and not os.access(p, os.W_OK):
             raise OutputError(f"cannot write {path}: the file exists and is read-only")
 
-    c.run(local)
+    _check_on_writer(path, comm, inputs, writable)
 
 
 def _tmp_name(path):
@@ -540,11 +543,8 @@ def load_model(path, comm=None, lazy=()):
             arrays = {k: (tuple(v.shape) if k in lazy else v[()]) for k, v in local_items(f, path)}
             # one level of groups (``scaler/offset``, ...): small, read whole
             for g in f.keys():
-                group = check_local(f, path, g)
-                if isinstance(group, h5py.Group):
-                    arrays.update({f"{g}/{k}": check_local(f, path, f"{g}/{k}")[()]
-                                   for k in group.keys()
-                                   if isinstance(check_local(f, path, f"{g}/{k}"), h5py.Dataset)})
+                if isinstance(check_local(f, path, g), h5py.Group):
+                    arrays.update({f"{g}/{k}": v[()] for k, v in local_items(f[g], path)})
             attrs = {k: v for k, v in f.attrs.items()}
             return model_type, params, arrays, attrs
 
