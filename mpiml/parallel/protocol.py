@@ -102,7 +102,6 @@ class StepControl:
     ``on_command(engine, step)`` when a command is waiting (it returns whether a
     checkpoint is now wanted). ``hooks`` are the test hooks (:mod:`mpiml.hooks`).
     """
-    WORDS = N_WORDS
     CHUNK = 64      # one-rank path: steps run in the kernel between two checks
     TIME_EVERY = 16  # rank 0 looks at its clock every this many steps
     POLL_SECONDS = 0.1  # and at the run directory at most this often

@@ -318,10 +318,9 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
         engine.after_sync()
         state["samples"] = 0.0
         state["since"] = 0
-        due = code & Decision.CHECKPOINT or (control.every_steps and
-                                             int(engine.t) % control.every_steps == 0)
-        if code or due:
-            control.boundary(engine, s + 1, code & Decision.STOP, due, code & Decision.COMMAND)
+        # the decisions, and the every-N-updates checkpoint boundary() adds itself
+        if code or (control.every_steps and int(engine.t) % control.every_steps == 0):
+            control.decide(engine, code, s + 1)
     seconds = time.perf_counter() - t0
     tot = np.array([engine.epoch_loss, engine.epoch_count])
     mpi.Allreduce(MPI.IN_PLACE, tot, op=MPI.SUM)
