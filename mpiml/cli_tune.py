@@ -4,7 +4,6 @@ configuration, and ``--grid name=v1,v2 ...`` for the searched part."""
 import csv
 import json
 import math
-import os
 import time
 
 from .cli_common import param_name
@@ -75,7 +74,7 @@ def _factory(args, c, grid):
 def cmd_tune(args):
     from .comm import get_comm
     from .io import load_hdf5
-    from .tune import configurations, parse_grid, search
+    from .tune import configurations, parse_grid, refuse_used_journal, search
 
     c = get_comm()
     try:
@@ -107,12 +106,9 @@ def cmd_tune(args):
     prefix = args.results or (args.out[:-3] if args.out.endswith(".h5") else args.out) + "-tune"
     journal = args.resume or prefix + ".journal"
 
-    def fresh():
+    if not args.resume:
         # said before anything starts: a finished (or cut) search is resumed, not redone
-        if c.rank == 0 and not args.resume and os.path.isdir(journal) and os.listdir(journal):
-            raise ConfigError(f"{journal} holds an earlier search with this --out: continue it "
-                              f"with --resume {journal}, or remove it")
-    c.run(fresh)
+        c.run(lambda: refuse_used_journal(journal) if c.rank == 0 else None)
     c.print0(f"mpiml tune: {len(configs)} configuration(s) x {args.cv} folds on {c.size} "
              f"rank(s) in groups of {args.group_size}" + (" with successive halving"
                                                           if args.halving else "")

@@ -108,6 +108,13 @@ class _Counter:
         self.win.Free()
 
 
+def refuse_used_journal(path):
+    """A fresh search never writes into the journal of an earlier one (it is resumed)."""
+    if os.path.isdir(path) and os.listdir(path):
+        raise ConfigError(f"{path} holds an earlier search: continue it with --resume "
+                          f"{path}, or remove it")
+
+
 class _Journal:
     """Finished (rung, configuration, fold) records on disk: ``search.json`` (what the
     search is) and ``records-<world rank>.jsonl``, appended by group leaders."""
@@ -138,9 +145,7 @@ class _Journal:
                             except ValueError:
                                 pass                    # a line cut short by a kill
                 return recs
-            if os.path.isdir(path) and os.listdir(path):
-                raise ConfigError(f"{path} holds an earlier search: continue it with --resume "
-                                  f"{path}, or remove it")
+            refuse_used_journal(path)
             os.makedirs(path, exist_ok=True)
             with open(head + ".tmp", "w") as fh:
                 json.dump(header, fh)
