@@ -16,7 +16,7 @@ import numpy as np
 from ..checkpoint import read_checkpoint
 from ..errors import ConfigError, DataError
 
-__all__ = ["signals", "read_resume", "checkpoint_settings", "claim_directory"]
+__all__ = ["signals", "read_resume", "checkpoint_settings", "claim_directory", "fingerprint"]
 
 
 @contextlib.contextmanager
@@ -84,6 +84,37 @@ def _alive(pid):
     except OSError:
         return True
     return True
+
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(z):
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def fingerprint(grid, X, offset, n_global, d, columns):
+    """Collective: a fingerprint of the training rows -- global shape, dtype and a hash of
+    up to 64 rows sampled by global index -- the same at any rank count, grid or feature
+    split (each sampled value is hashed with its global row and column), so a resumed
+    run can check that it trains on the data its checkpoint was made on."""
+    m = min(int(n_global), 64)
+    sample = (np.arange(m, dtype=np.int64) * int(n_global)) // m
+    mine = sample[(sample >= offset) & (sample < offset + X.shape[0])]
+    c0 = int(columns[0]) if columns is not None else 0
+    with np.errstate(over="ignore"):
+        values = np.ascontiguousarray(X[mine - offset], dtype=np.float64).view(np.uint64)
+        rows = mine.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
+        cols = np.arange(c0, c0 + X.shape[1], dtype=np.uint64)[None, :]
+        local = int(np.sum(_mix(values ^ _mix(rows + cols)), dtype=np.uint64))
+    # each value counted once: over the replicas (and over a feature split's ranks)
+    parts = grid.data.allgather(local)
+    if columns is not None:
+        parts = [p for group in grid.model.allgather(parts) for p in group]
+    return f"{int(n_global)}x{int(d)}:{X.dtype.name}:{sum(parts) & _MASK:016x}"
 
 
 def read_resume(est, c, resume, d, n_global, fingerprint=None):

@@ -46,7 +46,7 @@ from ..parallel.synchronizers import SYNCHRONIZERS, SyncSetup, mode_of
 from ..runctl import RunDir
 from ..threads import blas_threads
 from ..watchdog import watching
-from .checkpointing import claim_directory, read_resume, signals
+from .checkpointing import claim_directory, fingerprint, read_resume, signals
 from .scaling import fit_scaler, transform
 from .steering import Progress, Steering, summarise
 
@@ -184,14 +184,18 @@ class FitSession:
             if est._is_classifier:
                 est.classes_ = data.classes
             self.state = RunState(data.seed)
-            self.live = LiveParams({n: getattr(est, n) for n in names})
         else:
             self.state = RunState.of(est, data.seed)
-            # partial_fit: the constructor's values, as set_params left them
-            self.live = LiveParams({n: getattr(est, n) for n in names})
+        # the constructor's values (for partial_fit: as set_params left them)
+        self.live = LiveParams({n: getattr(est, n) for n in names})
+        # a checkpoint records (and a resume checks) which rows it was made on: taken
+        # now, while the rows are in the caller's order, and only when it can be needed
+        self.fingerprint = None
+        if resume is not None or est.checkpoint_dir or est.run_dir or signal_checkpoint_dir:
+            self.fingerprint = fingerprint(grid, data.X, data.offset, n_global, d, data.columns)
         start_step, saved = 0, None
         if resume is not None:
-            saved, arrays = read_resume(est, c, resume, d, n_global, data.fingerprint)
+            saved, arrays = read_resume(est, c, resume, d, n_global, self.fingerprint)
             self.state = RunState.of_checkpoint(saved, arrays)
             self.live = LiveParams({n: saved["params"].get(n, getattr(est, n)) for n in names},
                                    saved.get("param_changes", ()))
@@ -318,7 +322,7 @@ class FitSession:
                  "best": st.best, "stall": st.stall, "n_iter": st.n_iter,
                  "n_global": self.data.n_global, "batch": self.layout.batch,
                  "seed": st.seed, "n_features": self.data.d, "n_outputs": self.K,
-                 "fingerprint": self.data.fingerprint}
+                 "fingerprint": self.fingerprint}
         arrays = dict(eng.get_state())       # logical arrays, gathered if sharded
         arrays["loss_curve"] = np.asarray(st.loss_curve, dtype=np.float64)
         if est._is_classifier:
