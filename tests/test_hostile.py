@@ -71,6 +71,16 @@ def _copy(src, dst):
     return dst
 
 
+def _checkpoint_copy(base, name):
+    """A new checkpoint directory ``work/name`` holding a copy of the module's newest
+    checkpoint, to be damaged by a test: ``(directory, checkpoint file)``."""
+    work = base / "work"
+    ck = work / name
+    ck.mkdir()
+    src = sorted((work / "ck").glob("ckpt-*.h5"))[-1]
+    return ck, _copy(src, ck / src.name)
+
+
 def run(base, args, *, cls="DataError", code=1, leaves=(), setup=None, n=2, env=None):
     """Run one scenario and check everything the module doc lists. ``leaves``: paths
     (relative to work/) the scenario may create. Returns stderr."""
@@ -149,21 +159,13 @@ def test_unwritable_outputs_are_refused_before_the_data_is_read(base, option):
                                          ("t", float("nan")), ("batch", 0), ("n_iter", -1),
                                          ("seed", "x")])
 def test_checkpoint_fields_are_validated(base, field, value):
-    work = base / "work"
-    ck = work / f"ck-{field}-{value}"
-    ck.mkdir()
-    src = sorted((work / "ck").glob("ckpt-*.h5"))[-1]
-    bad = _copy(src, ck / src.name)
+    ck, bad = _checkpoint_copy(base, f"ck-{field}-{value}")
     _h5_edit(bad, lambda f: f.attrs.__setitem__(field, value))
     run(base, TRAIN + ["--data", "d.h5", "--out", "o.h5", "--epochs", 4, "--resume", ck.name])
 
 
 def test_a_checkpoint_learning_rate_of_inf_is_refused(base):
-    work = base / "work"
-    ck = work / "ck-lr"
-    ck.mkdir()
-    src = sorted((work / "ck").glob("ckpt-*.h5"))[-1]
-    bad = _copy(src, ck / src.name)
+    ck, bad = _checkpoint_copy(base, "ck-lr")
 
     def edit(f):
         params = json.loads(f.attrs["params"])
@@ -320,11 +322,7 @@ def test_a_checkpoint_directory_belongs_to_one_run(base):
 
 
 def test_a_checkpoint_without_a_fingerprint_resumes_with_a_warning(base):
-    work = base / "work"
-    ck = work / "ck-old"
-    ck.mkdir()
-    src = sorted((work / "ck").glob("ckpt-*.h5"))[-1]
-    old = _copy(src, ck / src.name)
+    ck, old = _checkpoint_copy(base, "ck-old")
     _h5_edit(old, lambda f: f.attrs.__delitem__("fingerprint"))
     err = run(base, TRAIN + ["--data", "d.h5", "--out", "o-old.h5", "--epochs", 3, "--resume",
                              ck.name], code=0, leaves=["o-old.h5", "ck-old"])
