@@ -32,6 +32,12 @@ extensions = [
         ],
     ),
     Extension(
+        "mpiml._kernels.glm",
+        ["csrc/glm.pyx"],
+        extra_compile_args=flags,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+    Extension(
         "mpiml._kernels.stats",
         ["csrc/stats.pyx"],
         extra_compile_args=flags,

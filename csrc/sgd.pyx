@@ -104,8 +104,9 @@ cdef class Loss:
 
     def loss_grad(self, margins, y):
         """Python entry for tests: ``(loss per row, dloss)`` for margins (n, K)."""
-        cdef double[:, ::1] m = np.ascontiguousarray(margins, dtype=np.float64).reshape(len(y), -1)
-        cdef double[::1] yy = np.ascontiguousarray(y, dtype=np.float64)
+        # const: the caller's arrays may be read-only
+        cdef const double[:, ::1] m = np.ascontiguousarray(margins, dtype=np.float64).reshape(len(y), -1)
+        cdef const double[::1] yy = np.ascontiguousarray(y, dtype=np.float64)
         g = np.zeros((m.shape[0], m.shape[1]))
         cdef double[:, ::1] gv = g
         out = np.empty(m.shape[0])

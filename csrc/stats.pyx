@@ -46,12 +46,18 @@ def deviation_sums(const floating[:, ::1] X, const double[::1] shift, const doub
 
 def scale_rows(floating[:, ::1] X, const double[::1] offset, const double[::1] factor):
     """In place: ``X[i, j] = (X[i, j] - offset[j]) / factor[j]``, computed in float64 and
-    rounded once to X's type."""
-    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, j
+    rounded once to X's type. Returns the first row with a NaN or infinite result (a
+    NaN or infinity in the input), or -1: the finiteness check costs no second pass."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, j, bad = -1
+    cdef double v
     with nogil:
         for i in range(n):
             for j in range(d):
-                X[i, j] = <floating>((<double>X[i, j] - offset[j]) / factor[j])
+                v = (<double>X[i, j] - offset[j]) / factor[j]
+                X[i, j] = <floating>v
+                if v - v != 0.0 and bad < 0:      # NaN or infinite
+                    bad = i
+    return bad
 
 
 def permute_rows(unsigned char[:, ::1] X, const Py_ssize_t[::1] perm):

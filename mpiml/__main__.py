@@ -42,6 +42,9 @@ def main():
         return _run_user_code("module", args[1], args[2:])
     if args and (args[0].endswith(".py") or (os.path.isfile(args[0]) and not args[0].startswith("-"))):
         return _run_user_code("path", args[0], args[1:])
+    if args[:1] in (["train"], ["tune"]):
+        from ._stopsignals import hold
+        hold()      # as the `mpiml` command does (see mpiml._stopsignals)
     from .cli import main as cli_main
     sys.exit(cli_main(args))
 

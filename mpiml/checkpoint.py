@@ -104,6 +104,8 @@ def write_checkpoint(policy, state, arrays, comm=None, hooks=NO_HOOKS):
                 for key in _SCALARS:
                     f.attrs[key] = state[key]
                 for name, a in arrays.items():
+                    if a.dtype.kind in "UO":        # string class labels: UTF-8 strings
+                        a = np.asarray([str(v) for v in a], dtype=h5py.string_dtype())
                     f.create_dataset(name, data=a)
                 if hooks.checkpoint_kill_due(state["t"]):
                     f.flush()
@@ -148,6 +150,13 @@ _RANGES = {"epoch": ("int", 0), "step": ("int", 0), "n_iter": ("int", 0), "stall
 _BIG = 2.0 ** 53        # counts stay exact integers in float64 below this
 
 
+def _read_array(dset):
+    """A dataset's values; UTF-8 strings as a numpy array of str."""
+    if h5py.check_string_dtype(dset.dtype) is not None:
+        return np.asarray(dset.asstr()[()], dtype=str)
+    return np.asarray(dset[()])
+
+
 def validate_checkpoint(state, arrays, where):
     """Raise DataError unless every field of a checkpoint has a type and range a fit can
     trust (read from a file: never used before this passes)."""
@@ -172,7 +181,9 @@ def validate_checkpoint(state, arrays, where):
     if not isinstance(state["params"], dict) or not isinstance(state["param_changes"], list):
         raise DataError(f"{where}: its parameters are damaged")
     for name, a in arrays.items():
-        if a.dtype.kind not in "fiu" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
+        if name == "classes" and a.dtype.kind == "U" and a.ndim == 1:
+            continue                                # string class labels
+        if a.dtype.kind not in "fiub" or (a.dtype.kind == "f" and not np.isfinite(a).all()):
             raise DataError(f"{where}: dataset '{name}' is not finite numbers")
     curve = arrays.get("loss_curve")
     if curve is None or curve.ndim != 1 or len(curve) != int(state["n_iter"]):
@@ -202,7 +213,7 @@ def read_checkpoint(path, comm=None):
                 state["param_changes"] = json.loads(str(f.attrs.get("param_changes", "[]")))
                 fp = f.attrs.get("fingerprint")
                 state["fingerprint"] = None if fp is None else str(fp)
-                arrays = {k: np.asarray(v[()]) for k, v in local_items(f, f_path)}
+                arrays = {k: _read_array(v) for k, v in local_items(f, f_path)}
             except (KeyError, ValueError, TypeError) as exc:
                 raise DataError(f"{f_path} is incomplete or damaged: {exc}") from None
             validate_checkpoint(state, arrays, f_path)

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from . import __version__, hooks
+from . import __version__, hooks, progress
 from .cli_bench import add_parser as add_bench
 from .cli_common import (EXIT_CHECKPOINTED, EXIT_ERROR, EXIT_USAGE, MODELS, Parser,  # noqa: F401
                          UsageError, positive_int, rank)
@@ -139,12 +139,15 @@ def cmd_info(args):
 # ---------------------------------------------------------------------- entry point
 def main(argv=None):
     """Console entry point: run one verb, map errors to exit codes (see module doc)."""
+    from . import _stopsignals
     from .comm import abort_on_exception
     from .errors import Interrupted, MpimlError
 
     try:
         args = build_parser().parse_args(argv)
-        with blas_threads():
+        # the long verbs' --progress / --progress-interval; the other verbs show none
+        with blas_threads(), progress.configured(getattr(args, "progress", None),
+                                                 getattr(args, "progress_interval", None)):
             return args.func(args) or 0
     except UsageError as exc:
         # argument parsing is identical on every rank, so every rank gets here
@@ -167,6 +170,8 @@ def main(argv=None):
         raise
     except BaseException:  # noqa: BLE001 - anything else must not hang the other ranks
         abort_on_exception(*sys.exc_info())
+    finally:
+        _stopsignals.finish()
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ import sys
 from .estimator import ALIASES, param_name  # noqa: F401 - the command-line names, defined once
 from .checkpoint import EXIT_CHECKPOINTED  # noqa: F401 - stopped by a signal after a checkpoint
 from .watchdog import EXIT_WATCHDOG  # noqa: F401 - a collective did not complete in time
+from .progress import DEFAULT_INTERVAL, MODES as PROGRESS_MODES
 
 __all__ = ["MODELS", "UsageError", "Parser", "rank", "positive_int", "batch_size",
-           "data_args", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CHECKPOINTED", "EXIT_WATCHDOG",
+           "data_args", "progress_args", "seconds", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CHECKPOINTED", "EXIT_WATCHDOG",
            "ALIASES", "param_name"]
 
 EXIT_ERROR = 1
@@ -69,6 +70,30 @@ def batch_size(text):
         return positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', not {text!r}")
+
+
+def seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def progress_args(p):
+    """``--progress`` and ``--progress-interval`` (the long verbs; see mpiml.progress)."""
+    g = p.add_argument_group("progress (rank 0, on stderr)")
+    g.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="bar: a live bar; lines: a line when the work starts, then every "
+                        "--progress-interval seconds, and at its end; none: nothing; auto "
+                        "(default): bar when the terminal of mpiexec (or of this process) is "
+                        "interactive, lines otherwise (batch logs)")
+    g.add_argument("--progress-interval", type=seconds, default=DEFAULT_INTERVAL,
+                   metavar="SECONDS",
+                   help=f"seconds between progress lines (default {DEFAULT_INTERVAL:g}; 0: at "
+                        "every update)")
 
 
 def data_args(p, y=True):

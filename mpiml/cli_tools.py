@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from .cli_common import EXIT_ERROR, UsageError, data_args, positive_int
+from .cli_common import EXIT_ERROR, UsageError, data_args, positive_int, progress_args
 from .comm import write_stderr
 
 
@@ -89,14 +89,9 @@ def cmd_export(args):
 
 
 def cmd_explain(args):
-    import numpy as np
-
     from .comm import get_comm
-    from .explain import (global_mean, kernel_shap, linear_shap, model_output,
-                          permutation_importance, plot_importance, summarise_importance)
-    from .io import check_output_path, load_hdf5, write_rows
+    from .io import check_output_path, load_hdf5
     from .models import load
-    from .models.scaling import raw_linear
 
     c = get_comm()
     est = load(args.model, comm=c)
@@ -106,59 +101,109 @@ def cmd_explain(args):
     need_y = args.method == "permutation"
     X, y = load_hdf5(args.data, X=args.X, y=args.y if need_y else None, comm=c,
                      require_y=need_y)
-    d = X.shape[1]
     t0 = time.perf_counter()
     if args.method == "permutation":
+        return _explain_permutation(args, c, est, X, y, t0)
+    return _explain_shap(args, c, est, X, t0)
+
+
+def _names(est):
+    """The model's feature names (from the DataFrame it was fitted on), or None."""
+    names = getattr(est, "feature_names_in_", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def _explain_permutation(args, c, est, X, y, t0):
+    from .explain import permutation_importance, plot_importance, summarise_importance
+    from .progress import Progress
+
+    # every rank goes through the features together: rank 0's count is everyone's
+    with Progress("explain", X.shape[1], "features", rank=c.rank) as shown:
         mean, std, base = permutation_importance(est, X, y, repeats=args.repeats,
-                                                 seed=args.seed, comm=c)
-        c.print0(f"permutation importance ({args.repeats} repeats; baseline score "
-                 f"{base:.6g}; mean drop of the score):")
-        for line in summarise_importance(mean, top=args.top):
-            c.print0(line)
-        if args.out and c.rank == 0:
-            with open(args.out, "w") as fh:
-                json.dump({"baseline_score": base, "mean": mean.tolist(), "std": std.tolist(),
-                           "repeats": args.repeats, "seed": args.seed}, fh)
-        if args.plot and c.rank == 0:
-            plot_importance(mean, args.plot, "mean drop of the score when permuted", std=std)
-        c.print0(f"done in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
-        return 0
-    if est._shap_method == "kernel":                       # MLPs: Kernel SHAP
-        bg = None
-        if c.rank == 0:
-            import h5py
-            with h5py.File(args.background or args.data, "r", locking=False) as f:
-                bg = np.asarray(f[args.X][:args.background_rows], dtype=np.float64)
-        bg = c.bcast(bg)
-        values, base = kernel_shap(model_output(est), X, bg, nsamples=args.nsamples,
-                                   seed=args.seed)
-        what = "Kernel SHAP of the " + ("predicted probabilities" if hasattr(est, "classes_")
-                                        else "predictions")
-    else:
-        if args.background:
-            Xb, _ = load_hdf5(args.background, X=args.X, y=None, comm=c)
-            mean = global_mean(Xb, c)
+                                                 seed=args.seed, comm=c, progress=shown.update)
+    c.print0(f"permutation importance ({args.repeats} repeats; baseline score "
+             f"{base:.6g}; mean drop of the score):")
+    names = _names(est)
+    for line in summarise_importance(mean, names=names, top=args.top):
+        c.print0(line)
+    if args.out and c.rank == 0:
+        with open(args.out, "w") as fh:
+            json.dump({"baseline_score": base, "mean": mean.tolist(), "std": std.tolist(),
+                       "repeats": args.repeats, "seed": args.seed,
+                       "feature_names": names or [f"x{j}" for j in range(len(mean))]}, fh)
+    if args.plot and c.rank == 0:
+        plot_importance(mean, args.plot, "mean drop of the score when permuted", std=std,
+                        names=names)
+    c.print0(f"done in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")
+    return 0
+
+
+def _rows_progress(args, c, X):
+    """Rank 0's progress through the explained rows: its own, scaled to the rows of the
+    file (every rank explains a share of the same size); no communication."""
+    from .progress import Progress
+
+    n = len(X)
+    if c.rank == 0:
+        from .io import dataset_info
+        try:
+            n = dataset_info(args.data, X=args.X, y=None)["n_rows"]
+        except Exception:  # noqa: BLE001 - only the total shown depends on it
+            n = len(X) * c.size
+    return Progress("explain", n, "rows", rank=c.rank, scale=n / max(len(X), 1))
+
+
+def _explain_shap(args, c, est, X, t0):
+    import numpy as np
+
+    from .explain import (global_mean, kernel_shap, linear_shap, model_output,
+                          plot_importance, summarise_importance)
+    from .io import load_hdf5, write_rows
+    from .models.scaling import raw_linear
+
+    d = X.shape[1]
+    with _rows_progress(args, c, X) as shown:
+        if est._shap_method == "kernel":                       # MLPs: Kernel SHAP
+            bg = None
+            if c.rank == 0:
+                import h5py
+                with h5py.File(args.background or args.data, "r", locking=False) as f:
+                    bg = np.asarray(f[args.X][:args.background_rows], dtype=np.float64)
+            bg = c.bcast(bg)
+            values, base = kernel_shap(model_output(est), X, bg, nsamples=args.nsamples,
+                                       seed=args.seed, progress=shown.update)
+            what = "Kernel SHAP of the " + ("predicted probabilities"
+                                            if hasattr(est, "classes_") else "predictions")
         else:
-            mean = global_mean(X, c)
-        # the model's scaler folded into the weights: SHAP values of the raw features
-        # (equal to those of the scaled features, the transform being per feature)
-        coef, intercept = raw_linear(est)
-        values, base = linear_shap(coef, intercept, X, mean)
-        what = "exact linear SHAP of the margins"
+            if args.background:
+                Xb, _ = load_hdf5(args.background, X=args.X, y=None, comm=c)
+                mean = global_mean(Xb, c)
+            else:
+                mean = global_mean(X, c)
+            # the model's scaler folded into the weights: SHAP values of the raw features
+            # (equal to those of the scaled features, the transform being per feature)
+            coef, intercept = raw_linear(est)
+            values, base = linear_shap(coef, intercept, X, mean)
+            shown.update(len(X))
+            what = "exact linear SHAP of the margins"
     if args.out:
+        shown.say(f"writing {args.out}")
+        extra = {"base_value": np.asarray(base)}
+        if _names(est) is not None:                 # the columns of 'shap', by name
+            from .io import STRING_DTYPE
+            extra["feature_names"] = np.array(_names(est), dtype=STRING_DTYPE)
         write_rows(args.out, {"shap": values}, comm=c,
-                   attrs={"model": os.path.abspath(args.model), "method": what},
-                   extra={"base_value": np.asarray(base)})
+                   attrs={"model": os.path.abspath(args.model), "method": what}, extra=extra)
     absum = np.abs(values).reshape(len(X), -1, d).sum(axis=(0, 1)) if len(X) else np.zeros(d)
     tot = c.allreduce(np.concatenate([absum, [float(len(X))]]))
     importance = tot[:-1] / max(tot[-1], 1.0)
     c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
              f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
     c.print0("global importance (mean |SHAP|):")
-    for line in summarise_importance(importance, top=args.top):
+    for line in summarise_importance(importance, names=_names(est), top=args.top):
         c.print0(line)
     if args.plot and c.rank == 0:
-        plot_importance(importance, args.plot, "mean |SHAP value|")
+        plot_importance(importance, args.plot, "mean |SHAP value|", names=_names(est))
     return 0
 
 
@@ -218,6 +263,7 @@ def add_parsers(sub):
                    help="hold the weights split over K consecutive ranks (any model file)")
     p.add_argument("--block-rows", type=positive_int, default=65536, metavar="N",
                    help="rows read and predicted at a time: bounds the memory (default 65536)")
+    progress_args(p)
     p.set_defaults(func=cmd_predict)
     _convert_and_export(sub)
     _explain(sub)
@@ -257,6 +303,7 @@ def _convert_and_export(sub):
     p.add_argument("--compression", choices=["gzip"], default=None)
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="keep NaN / infinite values (refused by default)")
+    progress_args(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="write a model as ONNX")
@@ -285,4 +332,5 @@ def _explain(sub):
     p.add_argument("--repeats", type=positive_int, default=5, help="permutation repeats")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=positive_int, default=10, help="features in the summary")
+    progress_args(p)
     p.set_defaults(func=cmd_explain)

@@ -2,7 +2,7 @@
 (``--dry-run``), and a call of :func:`mpiml.pipeline.train_from_file`."""
 import json
 
-from .cli_common import MODELS, batch_size, data_args, positive_int
+from .cli_common import MODELS, batch_size, data_args, positive_int, progress_args
 
 
 def _hidden(text):
@@ -166,7 +166,8 @@ def add_train_options(p, resume=True):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["auto", "float32", "float64"], default="auto")
     p.add_argument("--out", required=True, help="output model file (HDF5)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-epoch lines (--progress none: no progress either)")
     p.add_argument("--allow-external-links", action="store_true",
                    help="follow HDF5 external links to --X / --y (refused by default: mpiml "
                         "reads only the file it is given)")
@@ -174,6 +175,7 @@ def add_train_options(p, resume=True):
     _imbalance_and_mlp(p)
     _parallel(p)
     _steering_and_safety(p, resume)
+    progress_args(p)
 
 
 def _optimisation(p):

@@ -15,7 +15,7 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-from .errors import MpimlError
+from .errors import MpimlError, agreed_class
 
 __all__ = ["Comm", "Grid", "get_comm", "get_grid", "chunk", "chunks"]
 
@@ -106,18 +106,19 @@ class Comm:
         """Collective: raise on every rank if ``error`` is not None on any rank.
 
         Every rank must call this at the same point. The exception raised is of
-        the class of the error on the lowest failing rank (an
-        :class:`~mpiml.errors.MpimlError` subclass when it was one, otherwise
-        ``MpimlError``) with that rank's message, and ``.ranks`` lists all failing
-        ranks.
+        the class of the error on the lowest failing rank (see
+        :func:`~mpiml.errors.agreed_class`: its own class for an
+        :class:`~mpiml.errors.MpimlError`, an mpiml class that is also a
+        ``ValueError`` / ``TypeError`` / scikit-learn ``NotFittedError`` for those,
+        else ``MpimlError`` with the class name in the message) with that rank's
+        message, and ``.ranks`` lists all failing ranks.
         """
         failed = self.mpi.allreduce(0 if error is None else 1, op=MPI.SUM)
         if failed == 0:
             return
         info = None
         if error is not None:
-            info = (type(error).__name__, _describe(error),
-                    type(error) if isinstance(error, MpimlError) else None)
+            info = (type(error).__name__, _describe(error), agreed_class(error))
         everything = self.mpi.allgather(info)
         ranks = [r for r, i in enumerate(everything) if i is not None]
         name, message, cls = everything[ranks[0]]
@@ -127,9 +128,7 @@ class Comm:
         if len(ranks) < self.size:
             where = "rank " + ", ".join(map(str, ranks)) if len(ranks) <= 8 else f"{len(ranks)} ranks"
             message = f"{message} (on {where})"
-        if error is not None and isinstance(error, MpimlError) and type(error) is cls:
-            raise cls(message, ranks=ranks) from error
-        raise cls(message, ranks=ranks)
+        raise cls(message, ranks=ranks) from error
 
     def run(self, fn, *args, **kwargs):
         """Call ``fn`` locally, then :meth:`agree` on whether it raised; return its result."""

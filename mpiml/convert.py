@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 from mpi4py import MPI
 
+from . import progress as _progress
 from .comm import get_comm
 from .errors import ConfigError, DataError
 from .io import check_node_memory, check_output_path, write_rows
@@ -25,6 +26,9 @@ from .io import check_node_memory, check_output_path, write_rows
 __all__ = ["convert", "FORMATS"]
 
 FORMATS = ("csv", "npy", "libsvm")
+# a rank parses its share of a file in pieces of about this size, and shows its progress
+# after each (the numbers parsed are the same as in one piece)
+PIECE_BYTES = 8 << 20
 
 
 def _format_of(path, fmt):
@@ -114,13 +118,42 @@ def _is_float(v):
         return False
 
 
-def _parse_libsvm(chunk, first_line):
-    """(labels, [(row, col, value)]) of the lines; DataError naming a bad line."""
+def _pieces(chunk, size=PIECE_BYTES):
+    """``(start, end)`` byte ranges of whole lines of ``chunk``, about ``size`` each."""
+    start, n = 0, len(chunk)
+    while start < n:
+        end = chunk.find(b"\n", min(start + size, n) - 1)
+        end = n if end < 0 else end + 1
+        yield start, end
+        start = end
+
+
+def _parse_csv_pieces(chunk, ncols, first_line, delimiter, allow_nonfinite, tick):
+    """:func:`_parse_csv` of the chunk piece by piece, ``tick(fraction done)`` after each."""
+    if len(chunk) <= PIECE_BYTES:
+        block = _parse_csv(chunk, ncols, first_line, delimiter, allow_nonfinite)
+        tick(1.0)
+        return block
+    block = np.empty((_count_lines(chunk), ncols))
+    row = 0
+    for a, e in _pieces(chunk):
+        part = _parse_csv(chunk[a:e], ncols, first_line + row, delimiter, allow_nonfinite)
+        block[row:row + len(part)] = part
+        row += len(part)
+        tick(e / len(chunk))
+    return block
+
+
+def _parse_libsvm(chunk, first_line, tick=None):
+    """(labels, [(row, col, value)]) of the lines; DataError naming a bad line.
+    ``tick(fraction done)`` every few thousand lines."""
     labels, rows, cols, vals = [], [], [], []
     lines = chunk.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for i, ln in enumerate(lines):
+        if tick is not None and i % 4096 == 4095:
+            tick(i / len(lines))
         parts = ln.split(b"#", 1)[0].split()
         if not parts:
             raise DataError(f"line {first_line + i}: empty line")
@@ -145,7 +178,7 @@ def _parse_libsvm(chunk, first_line):
 
 def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
             n_features=None, dtype="float32", compression=None, comm=None,
-            allow_nonfinite=False):
+            allow_nonfinite=False, progress=None):
     """Convert ``src`` into ``out`` (collective); returns ``(rows, features)``.
 
     label_column : int or str, optional
@@ -157,6 +190,10 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
         libsvm: the feature count (default: the largest index in the file).
     allow_nonfinite : bool
         Keep NaN and infinite values instead of refusing the file.
+    progress : str, optional
+        Rank 0 shows the megabytes of ``src`` parsed (its share, scaled to the file), a
+        mode of :mod:`mpiml.progress` (None: the settings in force, quiet outside the
+        command line).
     """
     c = get_comm(comm)
     fmt = _format_of(src, fmt)
@@ -172,12 +209,15 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
     c.run(check)
     check_output_path(out, comm=c, inputs=(src,))
     y, names = None, None
-    if fmt == "npy":
-        block = _read_npy(c, src)
-    elif fmt == "csv":
-        block, names = _read_csv(c, src, header, delimiter, allow_nonfinite)
-    else:
-        block, y = _read_libsvm(c, src, n_features)
+    mb = os.path.getsize(src) / 1e6
+    with _progress.Progress("convert", mb, "MB", rank=c.rank, mode=progress, scale=mb,
+                            decimals=1 if mb >= 10 else 2) as shown:
+        if fmt == "npy":
+            block = _read_npy(c, src, shown.update)
+        elif fmt == "csv":
+            block, names = _read_csv(c, src, header, delimiter, allow_nonfinite, shown.update)
+        else:
+            block, y = _read_libsvm(c, src, n_features, shown.update)
     if label_column is not None and fmt != "libsvm":
         block, y = _split_label(c, block, names, label_column, dtype)
     _check_values(c, block, y, dtype, allow_nonfinite)
@@ -186,6 +226,7 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
     if y is not None:
         integral = c.allreduce(int(not np.all(y == np.round(y)))) == 0   # agreed: one dtype
         arrays["y"] = y.astype(np.int64) if integral else y
+    shown.say(f"writing {rows_total} x {block.shape[1]} to {out}")
     write_rows(out, arrays, comm=c, attrs={"source": os.path.abspath(src), "format": fmt},
                compression=compression)
     return rows_total, block.shape[1]
@@ -213,17 +254,23 @@ def _check_values(c, block, y, dtype, allow_nonfinite):
     c.run(check)
 
 
-def _read_npy(c, src):
+def _read_npy(c, src, tick):
     def read():
         a = np.load(src, mmap_mode="r")
         if a.ndim != 2:
             raise DataError(f"{src}: the array must be 2-D, it has shape {a.shape}")
         lo, hi = c.chunk(a.shape[0])
-        return np.asarray(a[lo:hi], dtype=np.float64)
+        block = np.empty((hi - lo, a.shape[1]))
+        step = max(1, PIECE_BYTES // max(a.shape[1] * a.itemsize, 1))
+        for r in range(lo, hi, step):
+            e = min(hi, r + step)
+            block[r - lo:e - lo] = a[r:e]
+            tick((e - lo) / (hi - lo))
+        return block
     return c.run(read)
 
 
-def _read_csv(c, src, header, delimiter, allow_nonfinite=False):
+def _read_csv(c, src, header, delimiter, allow_nonfinite=False, tick=lambda done: None):
     """This rank's lines of a CSV file as a float64 block, and the column names."""
     def head():
         with open(src, "rb") as fh:
@@ -241,18 +288,19 @@ def _read_csv(c, src, header, delimiter, allow_nonfinite=False):
         chunk = chunk[nl + 1:] if nl >= 0 else b""
     n_lines = _count_lines(chunk)
     first = c.exscan(n_lines) + 1 + (1 if has_header else 0)
-    block = c.run(_parse_csv, chunk, len(fields), first, delimiter, allow_nonfinite)
+    block = c.run(_parse_csv_pieces, chunk, len(fields), first, delimiter, allow_nonfinite,
+                  tick)
     return block, (fields if has_header else None)
 
 
-def _read_libsvm(c, src, n_features):
+def _read_libsvm(c, src, n_features, tick=None):
     """This rank's lines of a libsvm file as a dense float64 block, and the labels.
     Indices are one-based unless one of them is 0 anywhere in the file (then
     zero-based), as scikit-learn's ``load_svmlight_file(zero_based="auto")`` reads."""
     chunk, _ = c.run(_my_lines, src, c.rank, c.size)
     n_lines = _count_lines(chunk)
     first = c.exscan(n_lines) + 1
-    labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first)
+    labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first, tick)
     base = 0 if c.allreduce(int(cols.min()) if cols.size else 1, op=MPI.MIN) == 0 else 1
     cols = cols - base
     d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)

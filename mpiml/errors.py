@@ -2,8 +2,13 @@
 
 Every error that can depend on the data of one rank is *agreed* across ranks
 (:meth:`mpiml.comm.Comm.agree`) before it is raised, so all ranks raise the same
-exception together and no rank is left waiting in a collective.
+exception together and no rank is left waiting in a collective. Every one is an
+:class:`MpimlError` (the command line prints its message, without a traceback) and
+also of the built-in class scikit-learn's conventions expect: ``ValueError`` for bad
+data or parameters, ``TypeError`` for input of an unusable type, scikit-learn's
+``NotFittedError`` for a model used before ``fit``.
 """
+from sklearn.exceptions import NotFittedError as _SkNotFittedError
 
 
 class MpimlError(Exception):
@@ -33,8 +38,14 @@ class TrainingError(MpimlError, RuntimeError):
     """Training failed numerically (the loss became NaN or infinite)."""
 
 
-class NotFittedError(MpimlError, AttributeError):
-    """A model was used before ``fit``."""
+class InputTypeError(MpimlError, TypeError):
+    """The input has a type mpiml cannot use (e.g. a sparse matrix where a dense array
+    is needed, ``y=None`` for a supervised model)."""
+
+
+class NotFittedError(MpimlError, _SkNotFittedError):
+    """A model was used before ``fit`` (scikit-learn's ``NotFittedError``: a
+    ``ValueError`` and an ``AttributeError``)."""
 
 
 class OutputError(MpimlError, OSError):
@@ -57,3 +68,17 @@ class Interrupted(MpimlError):
 
 class WatchdogTimeout(MpimlError, TimeoutError):
     """A collective did not complete within the communication timeout."""
+
+
+def agreed_class(error):
+    """The class every rank raises for ``error`` (the first failing rank's): its own when
+    it is an :class:`MpimlError`; for a built-in ``ValueError`` / ``TypeError`` or
+    scikit-learn's ``NotFittedError`` (e.g. from scikit-learn's validation helpers) the
+    mpiml class that is also one; None for anything else (an unexpected error)."""
+    if isinstance(error, MpimlError):
+        return type(error)
+    for base, ours in ((_SkNotFittedError, NotFittedError), (TypeError, InputTypeError),
+                       (ValueError, DataError)):
+        if isinstance(error, base):
+            return ours
+    return None

@@ -1,18 +1,22 @@
 """The estimator contract every mpiml model and transformer follows: scikit-learn's.
 
-The constructor only stores parameters; fitted state ends in ``_``; ``get_params`` /
-``set_params`` read the constructor's signature; ``__sklearn_tags__`` tells
-scikit-learn what kind of estimator this is, so ``clone``, ``Pipeline``,
-``cross_val_score`` and the searches take mpiml's estimators.
+mpiml's estimators are scikit-learn estimators: :class:`BaseEstimator` is
+scikit-learn's (``get_params`` / ``set_params`` / ``clone`` / ``__repr__`` from the
+constructor's signature), and the models add scikit-learn's ``ClassifierMixin`` /
+``RegressorMixin`` / ``TransformerMixin`` for the tags that ``Pipeline``, the scorers
+and the searches read. What stays mpiml's: a fit is collective, its input is agreed
+across ranks (:mod:`mpiml.models.training`), and ``comm`` is a parameter that is
+cloned as given, never copied (a communicator is a handle, not a value).
 
-scikit-learn is imported only when scikit-learn asks for the tags (it is then loaded
-already): importing it costs about 1 s per process here (measured: 1.29 s for
-``import sklearn.base`` against 0.24 s for numpy + scipy.sparse), which every rank of
-every job would pay at start-up.
+Importing scikit-learn costs about 1 s per process here (``benchmarks/bench_import.py``
+measures it); it is the API mpiml implements, so every rank pays it once at start-up.
 """
-import inspect
+import numpy as np
+from sklearn.base import BaseEstimator as _SkBaseEstimator
 
-__all__ = ["BaseEstimator", "ALIASES", "param_name"]
+from .errors import DataError
+
+__all__ = ["BaseEstimator", "ALIASES", "param_name", "check_finite_outputs"]
 
 # command-line / ``mpiml ctl`` names of estimator parameters, (the linear models' name,
 # the MLPs' name); ``lr`` is the learning rate of either family. ``mpiml tune --grid``
@@ -29,53 +33,54 @@ def param_name(name, mlp):
     return pair[1 if mlp else 0] if pair else name
 
 
-class BaseEstimator:
-    _estimator_kind = None      # "classifier" | "regressor" | "transformer"
+class BaseEstimator(_SkBaseEstimator):
+    """scikit-learn's ``BaseEstimator`` (mpiml's models and transformers derive from it)."""
 
     @classmethod
     def _param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values()
-                      if p.name != "self" and p.kind != p.VAR_KEYWORD)
+        """The constructor's parameter names (what a model file may store)."""
+        return cls._get_param_names()
 
-    @classmethod
-    def _get_param_names(cls):      # scikit-learn's name
-        return cls._param_names()
+    def __sklearn_clone__(self):
+        refuse_joblib_workers(self)
+        return super().__sklearn_clone__()
 
-    def get_params(self, deep=True):
-        """Parameters of this estimator (a dict)."""
-        return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params):
-        """Set parameters; returns ``self``."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; "
-                                 f"valid: {', '.join(valid)}")
-            setattr(self, key, value)
-        return self
+def refuse_joblib_workers(est):
+    """Inside an MPI job, refuse a clone made to run in joblib workers (scikit-learn's
+    ``n_jobs > 1``): they are outside the communicator (a worker process cannot join
+    the job's MPI, and threads would interleave its collectives). scikit-learn clones
+    the estimator for each task in the dispatching thread, inside ``Parallel.__call__``,
+    so the refusal is raised there, on every rank, before any worker starts."""
+    import sys
 
-    @property
-    def _estimator_type(self):      # scikit-learn < 1.6 reads this attribute
-        return self._estimator_kind
+    from mpi4py import MPI
+    comm = getattr(est, "comm", None)
+    size = MPI.COMM_WORLD.Get_size() if comm is None else getattr(comm, "size", None)
+    if size is None:
+        size = comm.Get_size()
+    if size <= 1 or "joblib" not in sys.modules:
+        return
+    from joblib import Parallel
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Parallel) and owner._effective_n_jobs() != 1:
+            from .errors import ConfigError
+            raise ConfigError(
+                f"n_jobs={owner.n_jobs}: joblib workers are outside the MPI job's "
+                f"communicator, so inside an MPI job mpiml estimators run with n_jobs=1 "
+                f"(every rank already works on its own rows). To search hyper-parameters "
+                f"over groups of ranks in parallel use `mpiml tune` or "
+                f"mpiml.tune.GridSearchCV (docs/tuning.md)")
+        frame = frame.f_back
 
-    def __sklearn_tags__(self):
-        from sklearn.base import BaseEstimator as SkBase
-        from sklearn.utils import ClassifierTags, RegressorTags, TransformerTags
-        tags = SkBase().__sklearn_tags__()          # scikit-learn's defaults
-        kind = self._estimator_kind
-        if kind == "classifier":
-            tags.estimator_type, tags.classifier_tags = "classifier", ClassifierTags()
-        elif kind == "regressor":
-            tags.estimator_type, tags.regressor_tags = "regressor", RegressorTags()
-        elif kind == "transformer":
-            tags.transformer_tags = TransformerTags()
-            tags.target_tags.required = False
-        if kind in ("classifier", "regressor"):
-            tags.target_tags.required = True
-        return tags
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if k != "comm")
-        return f"{type(self).__name__}({args})"
+def check_finite_outputs(out, name="X"):
+    """Raise the error for a NaN or infinity in the input rows when the outputs computed
+    from them are not finite (they propagate through every product and sum)."""
+    if out.size and not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out.reshape(len(out), -1)))[0][0]
+        raise DataError(f"Input {name} contains NaN or infinity (or its outputs overflow): "
+                        f"local row {bad}")
+    return out

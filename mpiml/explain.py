@@ -79,9 +79,12 @@ def _coalitions(d, nsamples, seed):
     return Z, np.ones(2 * half)
 
 
-def kernel_shap(f, X, background, nsamples=None, seed=0, block_rows=None, max_evals=200_000):
+def kernel_shap(f, X, background, nsamples=None, seed=0, block_rows=None, max_evals=200_000,
+                progress=None):
     """Kernel SHAP values of this rank's rows ``X`` for a vectorised model ``f``
     (rows -> (rows, K) outputs). Local: no communication (the background is given).
+    ``progress(rows done)`` is called after each block of rows (e.g.
+    :meth:`mpiml.progress.Progress.update`).
 
     Returns ``(values, base)``: (n, d) for one output or (n, K, d), and base (K,)."""
     # the hybrid rows in the data's precision (float32 data: half the memory traffic, and
@@ -116,6 +119,8 @@ def kernel_shap(f, X, background, nsamples=None, seed=0, block_rows=None, max_ev
         phi = np.einsum("jm,rmk->rkj", P, t)            # (r, K, d-1)
         out[r0:r0 + r, :, :-1] = phi
         out[r0:r0 + r, :, -1] = fx - phi.sum(axis=2)
+        if progress is not None:
+            progress(r0 + r)
     return (out[:, 0, :] if K == 1 else out), base
 
 
@@ -129,11 +134,13 @@ def model_output(est):
         return f
     if hasattr(est, "_net"):
         return lambda A: est.predict(A)[:, None]
-    return lambda A: np.asarray(est.decision_function(A)).reshape(len(A), -1)
+    margins = est.decision_function if hasattr(est, "decision_function") else est.predict
+    return lambda A: np.asarray(margins(A)).reshape(len(A), -1)
 
 
-def permutation_importance(est, X, y, repeats=5, seed=0, comm=None):
-    """Global score drop per feature: ``(mean (d,), std (d,), baseline)`` (collective)."""
+def permutation_importance(est, X, y, repeats=5, seed=0, comm=None, progress=None):
+    """Global score drop per feature: ``(mean (d,), std (d,), baseline)`` (collective).
+    ``progress(features done)`` is called after each feature."""
     c = get_comm(comm)
     X = np.asarray(X)
     n_local = X.shape[0]
@@ -152,6 +159,8 @@ def permutation_importance(est, X, y, repeats=5, seed=0, comm=None):
             Xp[:, j] = col[perm[offset:offset + n_local]]
             drops[r, j] = base - est.score(Xp, y)
         Xp[:, j] = X[:, j]
+        if progress is not None:
+            progress(j + 1)
     return drops.mean(axis=0), drops.std(axis=0), base
 
 

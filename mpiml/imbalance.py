@@ -43,13 +43,13 @@ def class_weights(spec, classes, counts):
         return np.where(counts > 0, w, 0.0)
     w = np.ones(len(classes))
     for label, value in dict(spec).items():
-        k = np.searchsorted(classes, float(label))
-        if k >= len(classes) or classes[k] != float(label):
+        hit = np.flatnonzero(np.asarray(classes) == label) if np.isscalar(label) else []
+        if len(hit) != 1:
             raise ConfigError(f"class_weight names label {label!r}, which is not among the classes "
                               f"{classes.tolist()[:10]}")
         if not np.isfinite(float(value)) or float(value) < 0:
             raise ConfigError(f"class_weight for {label!r} must be a number >= 0, not {value!r}")
-        w[k] = float(value)
+        w[hit[0]] = float(value)
     return w
 
 
@@ -59,7 +59,7 @@ def warn_missing_classes(local_classes_by_rank, classes, rank):
         return []
     missing = []
     for r, have in enumerate(local_classes_by_rank):
-        lack = np.setdiff1d(classes, np.asarray(have, dtype=np.float64))
+        lack = np.setdiff1d(classes, np.asarray(have if have else [], dtype=classes.dtype))
         if lack.size:
             missing.append((r, lack.tolist()))
     for r, lack in missing[:8]:
@@ -114,30 +114,37 @@ def resample(X, y, strategy="over", ratio=1.0, seed=0, comm=None):
 
 def row_weights(est, c, grid, yl, sample_weight, meta):
     """Per-row weights from ``class_weight`` (global class counts) and
-    ``sample_weight``, or None (collective when either is given)."""
+    ``sample_weight``, or None (collective when either is given). ``yl``: the fit's
+    agreed targets (class indices for a classifier)."""
     cw_spec = getattr(est, "class_weight", None)
     if cw_spec is None and sample_weight is None:
         return None
 
     def check():
-        if grid.K > 1 or not est._supports_ps:
-            raise ConfigError("class_weight and sample_weight are supported by the "
-                              "data-parallel linear models (SGDClassifier, SGDRegressor)")
+        if grid.K > 1:
+            raise ConfigError("class_weight and sample_weight are supported for data-parallel "
+                              "training (model_parallel=1)")
         if sample_weight is None:
             return None
-        w = np.asarray(sample_weight, dtype=np.float64).ravel()
-        if w.shape[0] != yl.shape[0]:
-            raise DataError(f"sample_weight has {w.shape[0]} values for {yl.shape[0]} rows")
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.ndim != 1 or w.shape[0] != yl.shape[0]:
+            raise DataError(f"sample_weight.shape == {w.shape}, expected ({yl.shape[0]},): one "
+                            "weight per row")
         if not np.isfinite(w).all() or (w < 0).any():
             raise DataError("sample_weight must be finite and >= 0")
         return w
 
     w = c.run(check)
+    if w is not None and c.allreduce(float(w.sum())) <= 0:
+        raise DataError("Sample weights must contain at least one non-zero number: they sum "
+                        "to zero over all ranks", ranks=range(c.size))
     sw = np.ones(yl.shape[0]) if w is None else w
     if cw_spec is not None and est._is_classifier:
-        counts = global_class_counts(yl, est.classes_, grid.data)
+        K = len(est.classes_)
+        idx = yl.astype(np.intp)
+        counts = global_class_counts(yl, np.arange(K, dtype=np.float64), grid.data)
         cw = c.run(class_weights, cw_spec, est.classes_, counts)
-        sw = sw * cw[np.searchsorted(est.classes_, yl)]
+        sw = sw * cw[idx]
         est.class_weight_ = cw
         warn_missing_classes([m[3] for m in meta], est.classes_, c.rank)
     return sw

@@ -9,7 +9,10 @@
   (rank order, passing a token), and rank 0 renames it into place only if every
   rank succeeded, so a failed run leaves no partial output file.
 * :func:`save_model` / :func:`load_model`: the model file (see
-  :data:`MODEL_FORMAT`); plain datasets and attributes, never pickles.
+  :data:`MODEL_FORMAT`); plain datasets and attributes, never pickles. Class labels
+  keep their type (int64, float64, bool, or variable-length UTF-8 strings) and feature
+  names are UTF-8 strings; :func:`check_labels` / :func:`check_feature_names` are the
+  rules both writing and reading apply (docs/model-format.md).
 """
 import json
 import os
@@ -24,13 +27,19 @@ from .errors import ConfigError, DataError, OutputError
 
 __all__ = ["check_local", "local_items", "load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
            "read_model_slice", "load_vector",
-           "check_output_path", "check_output_dir", "check_node_memory", "same_file", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
+           "check_output_path", "check_output_dir", "check_node_memory", "same_file", "MODEL_FORMAT", "MODEL_FORMAT_VERSION",
+           "check_labels", "check_feature_names", "STRING_DTYPE"]
 
 MODEL_FORMAT = "mpiml-model"
-MODEL_FORMAT_VERSION = 2          # the newest version this mpiml reads and writes
-# version 2 = version 1 + the optional ``scaler/`` group; a file without a scaler is
-# still written as version 1, so older readers keep reading it
+MODEL_FORMAT_VERSION = 3          # the newest version this mpiml reads and writes
+# Each file is written with the lowest version that describes it, so older readers keep
+# reading it: version 2 = version 1 + the optional ``scaler/`` group; version 3 = class
+# labels a version-2 reader cannot read exactly (strings, booleans, integers beyond
+# float64's exact range). Integer labels a float64 reader reads exactly, and the
+# optional ``feature_names`` dataset (which older readers ignore), change nothing.
 _VERSION_OF_GROUP = {"scaler": 2}
+STRING_DTYPE = h5py.string_dtype("utf-8")    # variable-length UTF-8 strings
+_EXACT_INT = 2 ** 53                          # integers a float64 holds exactly
 _FINITE_BLOCK = 1 << 16   # NaN/Inf scan: 16 x this many values per block (bounds the temporary)
 _TOKEN = 7301             # tag of the write token (on mpiml's own communicator)
 
@@ -488,25 +497,114 @@ def _write_in_turn(c, tmp, arrays, offsets):
     return c.bcast(error, root=c.size - 1)
 
 
+def _text(values, where, what):
+    """``values`` as a list of str that an HDF5 UTF-8 string holds exactly (DataError
+    naming ``where`` and ``what`` otherwise)."""
+    out = []
+    for v in np.asarray(values, dtype=object).reshape(-1):
+        if not isinstance(v, str):
+            raise DataError(f"{where}: every {what} must be a string, one is {v!r}")
+        if "\0" in v:
+            raise DataError(f"{where}: the {what} {v!r} holds a NUL character, which a "
+                            "model file cannot store")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: the {what} {v!r} is not valid Unicode (it has no "
+                            "UTF-8 form)") from None
+        out.append(str(v))
+    return out
+
+
+def check_labels(classes, where):
+    """The class labels ``classes`` as a fitted classifier keeps them -- int64, float64,
+    bool or str (numpy unicode) -- after checking that they are 1-D, finite, sorted and
+    distinct (DataError naming ``where`` otherwise)."""
+    a = np.asarray(classes)
+    if a.ndim != 1 or a.size == 0:
+        raise DataError(f"{where}: the classes must be a 1-D list of labels, not an array of "
+                        f"shape {a.shape}")
+    values = a.tolist()
+    if a.dtype.kind == "O" and not all(isinstance(v, str) for v in values):
+        try:                            # object labels that are all numbers or booleans
+            a = np.array(values)
+        except (TypeError, ValueError):
+            a = np.zeros(0, dtype=object)
+        if a.dtype.kind not in "iufb":
+            raise DataError(f"{where}: the classes mix types or are not numbers, booleans "
+                            f"or strings: {values[:10]}")
+    kind = a.dtype.kind
+    if kind in "USO":
+        a = np.array(_text(a, where, "class label"), dtype=str)
+    elif kind in "iu":
+        if kind == "u" and int(a.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"{where}: integer class labels must fit in int64")
+        a = a.astype(np.int64)
+    elif kind == "f" and np.isfinite(a).all():
+        a = a.astype(np.float64)
+    elif kind != "b":
+        raise DataError(f"{where}: the classes must be finite numbers, booleans or strings, "
+                        f"not {a.dtype} values")
+    if not np.all(a[:-1] < a[1:]):
+        raise DataError(f"{where}: the classes must be sorted and distinct, they are "
+                        f"{a.tolist()[:10]}")
+    return a
+
+
+def check_feature_names(names, n_features, where):
+    """The feature names ``names`` as ``feature_names_in_`` holds them (a 1-D object array
+    of str), after checking that there is one per feature (when ``n_features`` is given)
+    and that they are distinct (DataError naming ``where`` otherwise)."""
+    a = np.asarray(names, dtype=object)
+    if a.ndim != 1 or (n_features is not None and len(a) != n_features):
+        raise DataError(f"{where}: {a.size} feature names for {n_features} features")
+    text = _text(a, where, "feature name")
+    if len(set(text)) != len(text):
+        raise DataError(f"{where}: the feature names are not distinct")
+    out = np.empty(len(text), dtype=object)
+    out[:] = text
+    return out
+
+
+def _stored(name, a, where, n_features):
+    """``(array as written, format version it needs)`` for dataset ``name`` of a model file:
+    class labels and feature names keep their type (strings as variable-length UTF-8)."""
+    if name == "feature_names":
+        names = check_feature_names(a, n_features, where)
+        return np.array(names.tolist(), dtype=STRING_DTYPE), 1
+    if name != "classes":
+        return a, _VERSION_OF_GROUP.get(name.split("/")[0], 1)
+    a = check_labels(a, where)
+    if a.dtype.kind == "U":
+        return np.array(a.tolist(), dtype=STRING_DTYPE), 3
+    inexact = a.dtype.kind == "i" and bool(np.any((a > _EXACT_INT) | (a < -_EXACT_INT)))
+    return a, 3 if a.dtype.kind == "b" or inexact else 1
+
+
 def save_model(path, model_type, params, arrays, comm=None, extra_attrs=None):
-    """Collective: write a model file (rank 0 writes; temporary file + rename)."""
+    """Collective: write a model file (rank 0 writes; temporary file + rename).
+
+    ``arrays["classes"]`` (int, float, bool or str labels) and ``arrays["feature_names"]``
+    (str) keep their type; the file's ``format_version`` is the lowest that describes it.
+    """
     c = get_comm(comm)
     check_output_path(path, comm=c)
 
     def write():
         if c.rank != 0:
             return
+        d = (extra_attrs or {}).get("n_features_in")
+        stored = {name: _stored(name, a, f"model file {path}", d) for name, a in arrays.items()}
         tmp = _tmp_name(path)
         try:
             with h5py.File(tmp, "w-", locking=False) as f:
                 f.attrs["format"] = MODEL_FORMAT
-                f.attrs["format_version"] = max(
-                    [1] + [_VERSION_OF_GROUP.get(name.split("/")[0], 1) for name in arrays])
+                f.attrs["format_version"] = max([1] + [v for _, v in stored.values()])
                 f.attrs["model_type"] = model_type
                 f.attrs["params"] = json.dumps(params, sort_keys=True)
                 for key, value in (extra_attrs or {}).items():
                     f.attrs[key] = value
-                for name, a in arrays.items():
+                for name, (a, _) in stored.items():
                     f.create_dataset(name, data=a)
             _commit(tmp, path)
         except OSError as exc:
@@ -527,11 +625,33 @@ def check_format(f, path, name, newest, what):
                         f"{newest}: upgrade mpiml")
 
 
+def _read_whole(ds, path, name):
+    """All of dataset ``ds``; HDF5 strings (variable or fixed length) come back decoded
+    from UTF-8, as an object array of str."""
+    try:
+        string = h5py.check_string_dtype(ds.dtype)
+        a = ds[()]
+    except (TypeError, ValueError, OSError) as exc:      # types numpy cannot represent
+        raise DataError(f"{path}: dataset '{name}' cannot be read ({exc})") from None
+    if string is None:
+        return a
+    flat = np.asarray(a, dtype=object).reshape(-1)
+    try:
+        text = [bytes(v).decode("utf-8") for v in flat]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: dataset '{name}' holds a string that is not valid UTF-8") from None
+    out = np.empty(len(text), dtype=object)
+    out[:] = text
+    return out.reshape(np.shape(a))
+
+
 def load_model(path, comm=None, lazy=()):
     """Collective: read a model file on every rank.
 
     Returns ``(model_type, params, arrays, attrs)``. Datasets named in ``lazy`` are
-    not read: ``arrays[name]`` is their shape, for :func:`read_model_slice`.
+    not read: ``arrays[name]`` is their shape, for :func:`read_model_slice`. String
+    datasets (``classes`` with string labels, ``feature_names``) are object arrays of
+    str; :func:`check_labels` / :func:`check_feature_names` check and convert them.
     """
     c = get_comm(comm)
 
@@ -540,11 +660,13 @@ def load_model(path, comm=None, lazy=()):
             check_format(f, path, MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")
             model_type = str(f.attrs["model_type"])
             params = json.loads(str(f.attrs["params"]))
-            arrays = {k: (tuple(v.shape) if k in lazy else v[()]) for k, v in local_items(f, path)}
+            arrays = {k: (tuple(v.shape) if k in lazy else _read_whole(v, path, k))
+                      for k, v in local_items(f, path)}
             # one level of groups (``scaler/offset``, ...): small, read whole
             for g in f.keys():
                 if isinstance(check_local(f, path, g), h5py.Group):
-                    arrays.update({f"{g}/{k}": v[()] for k, v in local_items(f[g], path)})
+                    arrays.update({f"{g}/{k}": _read_whole(v, path, f"{g}/{k}")
+                                   for k, v in local_items(f[g], path)})
             attrs = {k: v for k, v in f.attrs.items()}
             return model_type, params, arrays, attrs
 

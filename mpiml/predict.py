@@ -15,9 +15,10 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
+from . import progress as _progress
 from .comm import chunk, get_comm, get_grid
 from .errors import DataError
-from .io import _dataset, _open_read, check_output_path
+from .io import STRING_DTYPE, _dataset, _open_read, check_output_path
 
 __all__ = ["stream_predict"]
 
@@ -27,9 +28,13 @@ def _part_name(out, token, rank):
 
 
 def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=None,
-                   model_parallel=1, attrs=None, inputs=()):
+                   model_parallel=1, attrs=None, inputs=(), progress=None):
     """Predict the rows of ``data[X]`` into ``out`` (datasets ``pred`` and, with
-    ``proba``, ``proba``), in input row order (collective). Returns the row count."""
+    ``proba``, ``proba``), in input row order (collective). Returns the row count.
+
+    ``progress``: rank 0 shows the rows predicted (its own blocks, scaled to all rows:
+    every rank predicts a share of the same size), a mode of :mod:`mpiml.progress`
+    (None: the settings in force, quiet outside the command line)."""
     c = get_comm(comm)
     check_output_path(out, comm=c, inputs=(data, *inputs))
     grid = get_grid(c, model_parallel)
@@ -52,6 +57,8 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
         and bool(np.all(np.asarray(classes) == np.round(np.asarray(classes))))
     lo, hi = chunk(n, grid.D, grid.data_rank)
     n_blocks = c.allreduce(-(-(hi - lo) // block_rows), op=MPI.MAX)
+    shown = _progress.Progress("predict", n, "rows", rank=c.rank, mode=progress,
+                               scale=n / max(hi - lo, 1))
 
     def predict_all():
         # the same number of blocks on every rank: a split model's predict is collective
@@ -70,20 +77,26 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
                 pred = np.asarray(est.predict(block))
                 if integral_labels:
                     pred = pred.astype(np.int64)
+                elif pred.dtype.kind in "UO":           # string labels: UTF-8 strings
+                    pred = pred.astype(object)
                 pr = np.asarray(est.predict_proba(block)) if proba else None
                 if writer:
                     if dp is None:
                         dp = p.create_dataset("pred", shape=(hi - lo,) + pred.shape[1:],
-                                              dtype=pred.dtype)
+                                              dtype=STRING_DTYPE if pred.dtype == object
+                                              else pred.dtype)
                         if proba:
                             dpr = p.create_dataset("proba", shape=(hi - lo,) + pr.shape[1:],
                                                    dtype=pr.dtype)
                     dp[a - lo:e - lo] = pred
                     if proba:
                         dpr[a - lo:e - lo] = pr
+                shown.update(e - lo)
 
     try:
-        c.run(predict_all)
+        with shown:
+            c.run(predict_all)
+        shown.say(f"writing {out} in input row order")
         c.run(_assemble, c, grid, out, token, n, block_rows, attrs or {})
     finally:
         if os.path.exists(part):

@@ -10,11 +10,13 @@ squares would, and is the same on every rank.
 """
 import numpy as np
 from mpi4py import MPI
+from sklearn.base import OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils.validation import validate_data
 
 from ._kernels import stats as _k
 from .comm import get_comm
 from .errors import ConfigError, DataError, NotFittedError
-from .estimator import BaseEstimator
+from .estimator import BaseEstimator, check_finite_outputs
 
 _BLOCK_VALUES = 1 << 20        # values per block of rows in the local passes
 
@@ -109,7 +111,9 @@ def scale_rows(X, offset, scale, inplace=False):
     if not inplace:
         X = np.array(X, dtype=X.dtype if X.dtype in (np.float32, np.float64) else np.float64,
                      order="C")
-    _k.scale_rows(X, off, fac)
+    bad = _k.scale_rows(X, off, fac)
+    if bad >= 0:
+        raise DataError(f"Input X contains NaN or infinity (local row {bad})")
     return X
 
 
@@ -128,8 +132,13 @@ def global_summary(X, comm=None):
         buf = out
     n = int(buf[0])
     if n == 0:
-        raise DataError("no rows on any rank: nothing to scale", ranks=range(c.size))
+        raise DataError("Found array with 0 sample(s) on every rank while a minimum of 1 is "
+                        "required: no rows to scale", ranks=range(c.size))
     shift, res, m2, lo, hi = _parts(buf, shapes[0])
+    # a NaN or infinity in any row reaches the merged statistics: the check is free
+    if not (np.isfinite(m2).all() and np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise DataError("Input X contains NaN or infinity (on some rank): the scaler needs "
+                        "finite values", ranks=range(c.size))
     return n, shift + res, m2 / n, lo.copy(), hi.copy()
 
 
@@ -139,7 +148,7 @@ def _constant(var, mean, n):
     return var <= n * eps * var + (n * eps * mean) ** 2
 
 
-class StandardScaler(BaseEstimator):
+class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """``(x - mean) / std`` with the global mean and (population) variance.
 
     ``fit`` is collective: every rank passes its own rows, and every rank ends with the
@@ -169,7 +178,6 @@ class StandardScaler(BaseEstimator):
     """
 
     kind = "standard"
-    _estimator_kind = "transformer"
 
     def __init__(self, *, with_mean=True, with_std=True, comm=None):
         self.with_mean = with_mean
@@ -177,7 +185,8 @@ class StandardScaler(BaseEstimator):
         self.comm = comm
 
     def fit(self, X, y=None):
-        n, mean, var, _, _ = global_summary(X, self.comm)
+        """Global statistics of every rank's rows (collective)."""
+        n, mean, var, _, _ = global_summary(self._checked_fit_X(X), self.comm)
         self.n_samples_seen_, self.n_features_in_ = n, len(mean)
         self.mean_ = mean if self.with_mean else None
         self.var_ = var if self.with_std else None
@@ -189,14 +198,20 @@ class StandardScaler(BaseEstimator):
             self.scale_ = None
         return self
 
+    def _checked_fit_X(self, X):
+        """This rank's rows, checked (and agreed) as scikit-learn's ``validate_data``
+        does; ``n_features_in_`` / ``feature_names_in_`` recorded."""
+        c = get_comm(self.comm)
+        return c.run(validate_data, self, X, reset=True, accept_sparse=False,
+                     dtype=(np.float64, np.float32, np.float16), ensure_all_finite=False,
+                     ensure_min_samples=0)
+
     def _check(self, X):
-        if not hasattr(self, "n_features_in_"):
-            raise NotFittedError("this StandardScaler is not fitted yet: call fit first")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise DataError(f"X has shape {X.shape}; the scaler was fitted on "
-                            f"{self.n_features_in_} features")
-        return X
+        if not hasattr(self, "n_samples_seen_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
+        return validate_data(self, X, reset=False, accept_sparse=False,
+                             dtype=(np.float64, np.float32, np.float16), ensure_all_finite=False,
+                             ensure_min_samples=0)
 
     def offset_and_scale(self):
         """(offset, scale) with ``transform(X) = (X - offset) / scale``."""
@@ -213,7 +228,7 @@ class StandardScaler(BaseEstimator):
     def inverse_transform(self, X):
         X = self._check(X)
         off, scale = self.offset_and_scale()
-        return X * scale + off
+        return check_finite_outputs(X * scale + off)
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
@@ -253,7 +268,7 @@ class MinMaxScaler(StandardScaler):
         if not lo_t < hi_t:
             raise ConfigError(f"feature_range must be (min, max) with min < max, got "
                               f"{self.feature_range}")
-        n, _, _, lo, hi = global_summary(X, self.comm)
+        n, _, _, lo, hi = global_summary(self._checked_fit_X(X), self.comm)
         self.n_samples_seen_, self.n_features_in_ = n, len(lo)
         self.data_min_, self.data_max_ = lo, hi
         self.data_range_ = hi - lo
@@ -269,8 +284,8 @@ class MinMaxScaler(StandardScaler):
     def transform(self, X):
         X = self._check(X)
         dtype = X.dtype if X.dtype.kind == "f" else np.float64
-        return (X * self.scale_ + self.min_).astype(dtype, copy=False)
+        return check_finite_outputs((X * self.scale_ + self.min_).astype(dtype, copy=False))
 
     def inverse_transform(self, X):
         X = self._check(X)
-        return (X - self.min_) / self.scale_
+        return check_finite_outputs((X - self.min_) / self.scale_)

@@ -34,6 +34,7 @@ from mpi4py import MPI
 from ._kernels.stats import permute_rows
 from .comm import Comm, get_comm, get_grid
 from . import hooks
+from . import progress as _progress
 from .errors import ConfigError, Interrupted, MpimlError
 from .model_selection import can_reorder, fold_of, split_order, split_rows
 
@@ -88,21 +89,36 @@ def split_groups(world, group_size):
 
 
 class _Counter:
-    """A shared task counter on world rank 0 (passive-target one-sided atomics)."""
+    """Shared counters on world rank 0 (passive-target one-sided atomics): the next task
+    number (slot 0) and the tasks finished (slot 1, what rank 0's progress shows)."""
 
     def __init__(self, world):
-        self.win = MPI.Win.Allocate(8 if world.rank == 0 else 0, 8, comm=world.mpi)
+        self.win = MPI.Win.Allocate(16 if world.rank == 0 else 0, 8, comm=world.mpi)
+        self.mem = None
         if world.rank == 0:
-            np.frombuffer(self.win.tomemory(), dtype=np.int64)[0] = 0
+            self.mem = np.frombuffer(self.win.tomemory(), dtype=np.int64)
+            self.mem[:] = 0
         world.mpi.Barrier()
         self.one = np.ones(1, dtype=np.int64)
         self.out = np.zeros(1, dtype=np.int64)
 
-    def next(self):
+    def _add(self, slot):
         self.win.Lock(0, MPI.LOCK_SHARED)
-        self.win.Fetch_and_op(self.one, self.out, 0, 0, MPI.SUM)
+        self.win.Fetch_and_op(self.one, self.out, 0, slot, MPI.SUM)
         self.win.Unlock(0)
         return int(self.out[0])
+
+    def next(self):
+        return self._add(0)
+
+    def finished(self):
+        """A group leader has finished a task (one atomic per fit, no collective)."""
+        self._add(1)
+
+    def finished_count(self):
+        """World rank 0: tasks finished so far, read from its own memory without an MPI
+        call (a progress thread may read it; at worst a little behind)."""
+        return int(self.mem[1]) if self.mem is not None else 0
 
     def free(self):
         self.win.Free()
@@ -254,12 +270,14 @@ def _pairs_loop(world, group, counter, base, pairs, rows, factory, epochs, rung,
             records.append(rec)
             if journal is not None:
                 journal.write(rec)
+            counter.finished()
         finished += 1
         _test_signal(world, finished)
 
 
 def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
-           halving=False, eta=3, journal=None, resume=False, model_parallel=1, comm=None):
+           halving=False, eta=3, journal=None, resume=False, model_parallel=1, comm=None,
+           progress=None):
     """Cross-validated search; collective over ``comm``. Returns the summary rows (the
     same on every rank), best first.
 
@@ -271,7 +289,9 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     continues the search recorded there. ``model_parallel=K``: the estimators split
     their weights over ``K`` ranks of a group (which must be a multiple of ``K``), and
     ``load`` gives the ``K`` ranks of each model-parallel group the same rows
-    (``load_hdf5(..., model_parallel=K)``)."""
+    (``load_hdf5(..., model_parallel=K)``). ``progress``: rank 0 shows the fits done
+    of all (:mod:`mpiml.progress`; a mode, None: the settings in force, quiet outside
+    the command line); the fits themselves show none."""
     from .models.checkpointing import signals
     world = get_comm(comm)
     if int(cv) < 2:
@@ -281,14 +301,8 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
                           f"{model_parallel}: each fit's weights are split inside its group",
                           ranks=range(world.size))
     group, gi, n_groups = split_groups(world, group_size)
-    X, y = load(group)
-    # rows are counted over the group's data-parallel ranks (a model-parallel group's
-    # ranks hold the same rows)
-    rows = get_grid(group, int(model_parallel)).data
-    n_global = rows.allreduce(X.shape[0])
-    data = (X, y, rows.exscan(X.shape[0]), n_global)
-    if int(cv) > n_global:
-        raise ConfigError(f"--cv {cv} is more than the {n_global} rows", ranks=range(world.size))
+    data = _group_rows(world, group, load, cv, model_parallel)
+    n_global = data[3]
     rungs = _rungs(len(configs), max_epochs, halving, eta)
     book = None
     if journal is not None:
@@ -301,7 +315,9 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     everything, base, ran, interrupted = [], 0, 0, False
     stop = _Stop()
     t0 = time.perf_counter()
-    with signals(stop):
+    shown, replan = _fits_progress(world, counter, rungs, len(configs), int(cv), eta,
+                                   len(done), progress)
+    with signals(stop), shown, _progress.configured("none"):
         for r, epochs in enumerate(rungs):
             pairs = [(ci, k, configs[ci]) for k in range(int(cv)) for ci in alive
                      if (r, ci, k) not in done]
@@ -320,6 +336,7 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
             ok = [s for s in summary if s["status"] == "ok"]
             keep = max(1, math.ceil(len(alive) / eta))
             alive = [s["config_index"] for s in ok[:keep]] if r + 1 < len(rungs) else alive
+            shown.update(shown.poll(), total=replan(r, len(alive)))
             if not alive:
                 break
     counter.free()
@@ -332,6 +349,41 @@ def search(factory, configs, load, *, cv=5, group_size=1, seed=0, max_epochs=5,
     return {"summary": _final(configs, everything), "records": everything, "rungs": rungs, "groups": n_groups,
             "group_size": int(group_size), "seconds": time.perf_counter() - t0,
             "fits_run": ran, "fits_resumed": len(everything) - ran}
+
+
+def _group_rows(world, group, load, cv, model_parallel):
+    """``(X, y, offset, n_global)``: the group's share of the rows, counted over its
+    data-parallel ranks (a model-parallel group's ranks hold the same rows)."""
+    X, y = load(group)
+    rows = get_grid(group, int(model_parallel)).data
+    n_global = rows.allreduce(X.shape[0])
+    if int(cv) > n_global:
+        raise ConfigError(f"--cv {cv} is more than the {n_global} rows", ranks=range(world.size))
+    return X, y, rows.exscan(X.shape[0]), n_global
+
+
+def _fits_progress(world, counter, rungs, n_configs, cv, eta, resumed, mode):
+    """World rank 0's progress through every fit of the search: fits finished (taken
+    from the journal, or counted on rank 0 by every group leader's one atomic per fit)
+    of the fits planned. Returns it and ``replan(r, alive)``: the fits planned after rung
+    ``r`` (halving keeps fewer when configurations failed)."""
+    def plan(first, alive):
+        fits = 0
+        for _ in rungs[first:]:
+            fits += alive * cv
+            alive = max(1, math.ceil(alive / eta))
+        return fits
+
+    shown = _progress.Progress("tune", plan(0, n_configs), "fits", rank=world.rank, mode=mode,
+                               start=resumed,
+                               poll=lambda: resumed + counter.finished_count())
+    sizes = [n_configs]
+
+    def replan(r, alive):
+        # the fits of the rungs run so far, then those of the rungs to come
+        sizes.append(alive)
+        return sum(n * cv for n in sizes[:r + 1]) + plan(r + 1, alive)
+    return shown, replan
 
 
 def _rungs(n_configs, max_epochs, halving, eta):

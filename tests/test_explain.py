@@ -61,7 +61,8 @@ def test_linear_shap_equals_shap_linear_explainer(comm, kind):
         np.testing.assert_allclose(got, ref, atol=1e-6)
         np.testing.assert_allclose(base[k], ex.expected_value, atol=1e-6)
     # additivity: SHAP values + base value = the model's margin
-    margins = np.asarray(est.decision_function(Xl)).reshape(len(Xl), -1)
+    margins = np.asarray(est.decision_function(Xl) if hasattr(est, "decision_function")
+                         else est.predict(Xl)).reshape(len(Xl), -1)
     total = values.reshape(len(Xl), -1, X.shape[1]).sum(axis=2) + base
     np.testing.assert_allclose(total, margins, atol=1e-6)
 

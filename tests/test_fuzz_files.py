@@ -133,3 +133,105 @@ def test_a_truncated_or_garbage_model_file_is_refused(tmp_path_factory, cut, gar
     path.write_bytes(data[:cut] + garbage if cut < len(data) else garbage)
     with pytest.raises(MpimlError):
         load(str(path), comm=MPI.COMM_SELF)
+
+
+# ------------------------------------------------------------------ format version 3
+# hostile contents for the datasets of text: variable-length strings (any Unicode but
+# surrogates and NUL, which HDF5 strings cannot hold), fixed-length bytes (NUL, invalid
+# UTF-8), and numbers where text belongs
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                max_size=6)
+_texts = st.lists(_text, min_size=0, max_size=6)
+text_values = st.one_of(
+    _texts.map(lambda v: np.array(v, dtype=h5py.string_dtype("utf-8"))),
+    # sorted and distinct, as valid labels (3 here) and names (4) are
+    st.sampled_from([3, 4]).flatmap(lambda n: st.sets(_text, min_size=n, max_size=n)).map(
+        lambda v: np.array(sorted(v), dtype=h5py.string_dtype("utf-8"))),
+    st.lists(st.binary(max_size=4), min_size=0, max_size=6).map(lambda v: np.array(v, dtype="S4")),
+    st.lists(st.binary(max_size=4), min_size=1, max_size=6).map(
+        lambda v: np.array(v, dtype=object)),
+    arrays)
+
+
+@pytest.fixture(scope="module")
+def v3_file(tmp_path_factory):
+    """A version-3 model file: string classes (with non-ASCII ones) and feature names."""
+    from mpiml import SGDClassifier
+    X = np.random.default_rng(5).normal(size=(120, 4))
+    labels = np.array(["α", "b", "cc"])
+    path = str(tmp_path_factory.mktemp("v3") / "m.h5")
+    SGDClassifier(max_iter=2, tol=None, random_state=0, comm=MPI.COMM_SELF).fit(
+        X, labels[np.argmax(X[:, :3], axis=1)]).save(path)
+    with h5py.File(path, "r+") as f:
+        f.create_dataset("feature_names", data=np.array(["f0", "f1", "é", "日本"], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        assert int(f.attrs["format_version"]) == 3
+    return path, X
+
+
+def _replace_text(path, name, value):
+    with h5py.File(path, "r+") as f:
+        if name in f:
+            del f[name]
+        try:
+            f.create_dataset(name, data=value, dtype=h5py.string_dtype("utf-8")
+                             if value.dtype == object else None)
+        except (TypeError, ValueError):     # not storable as such: store its text
+            if name in f:
+                del f[name]
+            f.create_dataset(name, data=np.array([str(v) for v in value.ravel()],
+                                                 dtype=h5py.string_dtype("utf-8")))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["classes", "feature_names"])
+def test_mutated_labels_or_names_load_or_are_refused(tmp_path, v3_file, name):
+    """Whatever ``classes`` or ``feature_names`` hold, the file loads to a model whose
+    predictions are among its classes, or is refused with one of mpiml's errors."""
+    src, X = v3_file
+    seen = set()
+
+    @SETTINGS
+    @given(value=text_values)
+    def check(value):
+        path = str(tmp_path / "m.h5")
+        shutil.copyfile(src, path)
+        _replace_text(path, name, value)
+        try:
+            est = load(path, comm=MPI.COMM_SELF)
+        except MpimlError:
+            seen.add("refused")
+            return
+        seen.add("loaded")
+        assert est.classes_.ndim == 1 and est.classes_.dtype.kind in "iufbU"
+        assert set(est.predict(X).tolist()) <= set(est.classes_.tolist())
+        names = getattr(est, "feature_names_in_", None)
+        assert names is None or (len(names) == X.shape[1] and
+                                 all(type(n) is str for n in names))
+
+    check()
+    assert seen == {"loaded", "refused"}, seen      # the examples reach both sides
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["softmax", "mlp"])
+def test_v1_classes_replaced_by_text_load_or_are_refused(tmp_path, expected, name):
+    src = os.path.join(V1, f"{name}.h5")
+    seen = set()
+
+    @SETTINGS
+    @given(value=text_values)
+    def check(value):
+        path = str(tmp_path / "m.h5")
+        shutil.copyfile(src, path)
+        _replace_text(path, "classes", value)
+        try:
+            est = load(path, comm=MPI.COMM_SELF)
+        except MpimlError:
+            seen.add("refused")
+            return
+        seen.add("loaded")
+        assert set(est.predict(expected["X"]).tolist()) <= set(est.classes_.tolist())
+
+    check()
+    assert seen == {"loaded", "refused"}, seen

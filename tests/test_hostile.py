@@ -109,14 +109,24 @@ def run(base, args, *, cls="DataError", code=1, leaves=(), setup=None, n=2, env=
 
 
 # ------------------------------------------------------------------ rule 1: one message
+STR = h5py.string_dtype("utf-8")
+
+
 def _h5_edit(path, fn):
     with h5py.File(path, "r+") as f:
         fn(f)
 
 
+def _replace(f, name, data, dtype=None):
+    del f[name]
+    f.create_dataset(name, data=np.array(data, dtype=object if dtype else None), dtype=dtype)
+
+
 @pytest.mark.parametrize("case", ["no coef", "scaler of the wrong length", "unknown model type",
                                   "mlp layer count", "NaN weight", "coef of the wrong width",
-                                  "classes missing", "negative n_features"])
+                                  "classes missing", "negative n_features",
+                                  "classes not UTF-8", "classes unsorted", "compound classes",
+                                  "feature names of the wrong length", "feature names repeated"])
 def test_model_file_checks_are_one_message(base, case):
     work = base / "work"
     src = work / ("mlp.h5" if case == "mlp layer count" else "m.h5")
@@ -132,6 +142,13 @@ def test_model_file_checks_are_one_message(base, case):
         "coef of the wrong width": lambda f: f.attrs.__setitem__("n_features_in", 5),
         "classes missing": lambda f: f.__delitem__("classes"),
         "negative n_features": lambda f: f.attrs.__setitem__("n_features_in", -3),
+        "classes not UTF-8": lambda f: _replace(f, "classes", [b"a", b"\xff"], STR),
+        "classes unsorted": lambda f: _replace(f, "classes", ["b", "a"], STR),
+        "compound classes": lambda f: _replace(f, "classes", np.zeros(2, dtype="i4,f8")),
+        "feature names of the wrong length": lambda f: f.create_dataset(
+            "feature_names", data=["a", "b"], dtype=STR),
+        "feature names repeated": lambda f: f.create_dataset(
+            "feature_names", data=["a", "b", "a"], dtype=STR),
     }
     _h5_edit(bad, edits[case])
     run(base, ["score", "--model", bad.name, "--data", "d.h5"])

@@ -5,13 +5,21 @@ a rank to itself at a given update, a skipped collective, a kill in the middle o
 a checkpoint write); everything else is the real job. Launched from a plain pytest
 process.
 """
+import contextlib
 import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
 
 import h5py
 import numpy as np
 import pytest
 
-from launch import clean_env, make_binary, mpirun, rank_exits
+from launch import MPIEXEC, MPIML, WRAP, clean_env, make_binary, mpirun, rank_exits
 
 pytestmark = pytest.mark.launcher
 
@@ -119,6 +127,116 @@ def test_resume_on_a_different_rank_count(data, tmp_path, reference, before, aft
     ref_coef, ref_b = reference(before)
     np.testing.assert_allclose(coef, ref_coef, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(b, ref_b, rtol=1e-10, atol=1e-12)
+
+
+def _ranks_of(marker, timeout=60):
+    """The pids of the processes whose environment holds ``marker`` and that run Python."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if marker in env and b"python" in cmd:
+                pids.append(int(pid))
+        if pids:
+            return pids
+        time.sleep(0.005)
+    raise AssertionError("the ranks never started")
+
+
+def _catches_usr1(pid):
+    with open(f"/proc/{pid}/status") as f:
+        mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", f.read(), re.M).group(1), 16)
+    return bool(mask & (1 << (signal.SIGUSR1 - 1)))
+
+
+def test_stop_signal_during_start_up_is_not_lost(data, tmp_path, reference):
+    """Slurm's signal can reach the ranks while they are still importing (9 s after the
+    launch, on a loaded node): `mpiml train` holds SIGUSR1 from its first import, so the
+    fit stops after its first step (the first place the session looks) with a checkpoint and exit 75, and the resumed job gives the
+    uninterrupted model. Without the hold, the rank died of the signal (no checkpoint)."""
+    ck = tmp_path / "ck"
+    marker = f"MPIML_TEST_MARK={uuid.uuid4().hex}"
+    env = clean_env(**dict([marker.split("=")]))
+    argv = [MPIEXEC, "-n", "2", "sh", "-c", WRAP, "sh", MPIML, "train", "--data",
+            str(data / "train.h5"), "--out", str(tmp_path / "m.h5"), "--checkpoint-dir",
+            str(ck)] + [str(a) for a in TRAIN]
+    p = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        pending = set()
+        end = time.monotonic() + 60
+        while len(pending) < 2 and time.monotonic() < end:
+            for pid in _ranks_of(marker.encode()):
+                with contextlib.suppress(OSError):
+                    # the first moment the rank catches SIGUSR1: during its imports
+                    if pid not in pending and _catches_usr1(pid):
+                        os.kill(pid, signal.SIGUSR1)
+                        pending.add(pid)
+            time.sleep(0.002)
+        out, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    err = err.decode()
+    assert len(pending) == 2, err
+    assert rank_exits(err) == [CLI_EXIT_CHECKPOINTED] * 2, err
+    assert sorted(os.listdir(ck)) == ["ckpt-000000000001.h5"], err
+    code, _, err, _ = _train(2, data, tmp_path / "m.h5", "--resume", ck)
+    assert code == 0, err
+    assert all(np.array_equal(a, b) for a, b in zip(_model(tmp_path / "m.h5"), reference(2)))
+
+
+def test_without_a_checkpoint_location_a_stop_signal_keeps_its_default_action(tmp_path):
+    """The hold is only for fits that can save their work: a fit without any checkpoint
+    location gives the signals their default actions back, and a signal received while
+    held then ends the process as it would have on arrival (not swallowed)."""
+    script = textwrap.dedent("""
+        import os, signal
+        import numpy as np
+        from mpiml import SGDClassifier, _stopsignals
+        _stopsignals.hold()                     # what `mpiml train` does at its first import
+        os.kill(os.getpid(), signal.SIGUSR1)    # arrives during the imports / data load
+        assert _stopsignals.held()
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(64, 3)); y = (X[:, 0] > 0).astype(int)
+        SGDClassifier(max_iter=2, tol=None).fit(X, y)
+        print("survived")
+        """)
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGUSR1, p.stderr
+    assert "survived" not in p.stdout
+
+
+def test_a_finished_command_ignores_a_late_stop_signal(data, tmp_path):
+    """Once `mpiml train` has written its model, a stop signal has nothing to stop: it is
+    ignored (SIG_IGN, which the interpreter's shutdown keeps, where it resets Python
+    handlers to the default action while MPI_Finalize may still wait for another rank).
+    A late Slurm signal once killed a rank whose model was saved: the job FAILED."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from mpiml import _stopsignals
+        _stopsignals.hold()                     # what `mpiml train` does at its first import
+        from mpiml.cli import main
+        rc = main({["train", "--data", str(data / "train.h5"), "--out", str(tmp_path / "m.h5")]
+                   + [str(a) for a in TRAIN]!r})
+        assert rc == 0, rc
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in _stopsignals.STOP_SIGNALS)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("model kept")
+        """)
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=clean_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "model kept" in p.stdout, p.stderr
+    assert _model(tmp_path / "m.h5")
 
 
 def test_periodic_checkpoints_keep_the_newest(data, tmp_path, reference):

@@ -119,9 +119,12 @@ def test_only_the_session_writes_the_running_state():
             path = os.path.join(root, f)
             rel = os.path.relpath(path, PKG)
             for i, line in enumerate(open(path), 1):
-                if self_pattern.search(line) or (pattern.search(line) and rel not in (
+                # models/glm.py: the exact solvers (issue 20) run outside the fit session
+                # and store their own result (their iteration count), not its state
+                exact = rel == os.path.join("models", "glm.py") and "res.n_iter" in line
+                if not exact and (self_pattern.search(line) or (pattern.search(line) and rel not in (
                         os.path.join("models", "session.py"), os.path.join("models", "persist.py"),
-                        os.path.join("models", "neural.py"))):
+                        os.path.join("models", "neural.py")))):
                     offenders.append(f"{rel}:{i}: {line.strip()}")
     assert not offenders, offenders
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.launcher
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SBATCH = os.path.join(REPO, "slurm", "train.sbatch")
 SIGNAL = "B:USR1@22"        # with --time=1: arrives 8-38 s after the start
+EARLY_SHARE = 3             # the early-signalled job's fit: a third of the others'
 TRAIN_SECONDS = 20          # of single-job 2-rank training; three such jobs share 2 cores
 
 
@@ -185,11 +186,23 @@ def signalled(slurm, data, tmp_path_factory):
                PROBE_SCRIPT=d / "probe.py", PROBE_MPIEXEC=MPIEXEC)
     submit("reference", TRAIN_SBATCH, 10, SIGNAL, MPIML_LAUNCHER="mpiexec",
            MPIML_OUT=d / "reference.h5", MPIML_CKPT=d / "ck-reference", **common)
+    # signalled by hand (below) as soon as its srun step exists: the ranks are starting
+    # (shorter: a fourth full-length fit would slow the others past the fixture's wait;
+    # long enough to outlast the script's first repeat of the signal, 10 s after it)
+    submit("early", TRAIN_SBATCH, 10, SIGNAL, MPIML_LAUNCHER="srun",
+           MPIML_OUT=d / "early.h5", MPIML_CKPT=d / "ck-early",
+           **dict(common, MPIML_EPOCHS=epochs // EARLY_SHARE))
 
     t0 = time.monotonic()
     ids = ",".join(jobs.values())
     held = {}
+    early_signalled = False
     while time.monotonic() - t0 < 210:
+        if not early_signalled and f"{jobs['early']}.0" in _q(
+                slurm, "squeue", "-h", "-s", "-o", "%i").split():
+            # the job's first srun step has started: the ranks are importing
+            _q(slurm, "scancel", "--batch", "--signal=USR1", jobs["early"])
+            early_signalled = True
         queue = _q(slurm, "squeue", "-h", "-j", ids, "-o", "%i %T %r")
         if not queue:
             break
@@ -210,7 +223,8 @@ def signalled(slurm, data, tmp_path_factory):
     logs = {name: _read(d / f"{name}.out") for name in jobs}
     assert not left, f"jobs still queued after {took:.0f} s: {left}\n" + "\n".join(
         f"--- {k}\n{v}" for k, v in logs.items())
-    return dict(dir=d, jobs=jobs, info=info, logs=logs, epochs=epochs, seconds=took)
+    return dict(dir=d, jobs=jobs, info=info, logs=logs, epochs=epochs, seconds=took,
+                data=data / "train.h5")
 
 
 def _state(info):
@@ -242,6 +256,29 @@ def test_time_limit_signal_requeue_resume(signalled, launcher):
     ref_state = _state(signalled["info"]["reference"])
     assert ref_state == ("COMPLETED", "0:0", 0), signalled["logs"]["reference"]
     with h5py.File(d / f"{launcher}.h5", "r") as a, h5py.File(d / "reference.h5", "r") as b:
+        for key in b:
+            if isinstance(b[key], h5py.Dataset):
+                assert np.array_equal(a[key][()], b[key][()]), key
+
+
+def test_stop_signal_while_the_ranks_start(signalled):
+    """A stop signal forwarded while the srun step is still starting (a CI run lost one
+    that came 9 s after the launch: the ranks ran on into the time limit): the ranks
+    hold it from their first import, the script sends it again every 10 s while the
+    launcher runs, and the job still stops, requeues and resumes to the model of an
+    uninterrupted run."""
+    log = signalled["logs"]["early"]
+    assert _state(signalled["info"]["early"]) == ("COMPLETED", "0:0", 1), log
+    assert log.count("stopped by a signal; checkpoint written") == 1, log
+    assert log.count("mpiml-job: resuming from") == 1, log
+    d = signalled["dir"]
+    # the same fit, uninterrupted (train.sbatch's model, learning rate and batch)
+    code, _, err, _ = mpirun(2, ["train", "--data", signalled["data"], "--model", "logistic",
+                                 "--epochs", signalled["epochs"] // EARLY_SHARE, "--batch-size", 16, "--lr", 0.1,
+                                 "--dtype", "float64", "--quiet", "--out", d / "early-ref.h5"],
+                             d)
+    assert code == 0, err
+    with h5py.File(d / "early.h5", "r") as a, h5py.File(d / "early-ref.h5", "r") as b:
         for key in b:
             if isinstance(b[key], h5py.Dataset):
                 assert np.array_equal(a[key][()], b[key][()]), key

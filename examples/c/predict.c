@@ -3,9 +3,12 @@
  *   h5cc -o predict examples/c/predict.c -lm
  *   ./predict model.h5 data.h5 [X]      # prints one prediction per row of data.h5:X
  *
- * Reads the datasets documented in docs/model-format.md: coef (K x d), intercept (K),
- * classes (C) for classifiers, and the optional scaler/offset and scaler/scale (d)
- * that scale each row before the scores; checks the format attributes first.
+ * Reads the datasets documented in docs/model-format.md (format versions 1 to 3):
+ * coef (K x d), intercept (K), classes (C) for classifiers, and the optional
+ * scaler/offset and scaler/scale (d) that scale each row before the scores; checks the
+ * format attributes first. A classifier prints its labels as mpiml's predict gives them:
+ * integers as integers, floats with 17 significant digits, booleans as True / False,
+ * strings as stored (UTF-8).
  */
 #include <hdf5.h>
 #include <math.h>
@@ -64,6 +67,130 @@ static double *read_doubles(hid_t file, const char *name, hsize_t dims[2], int *
     return data;
 }
 
+/* The labels of a 1-D dataset as text, one malloc'd string each (see the header). */
+static char *copy_text(const char *s, size_t max) {     /* strndup, in plain C99 */
+    size_t n = 0;
+    while (n < max && s[n]) n++;
+    char *out = malloc(n + 1);
+    if (out) {
+        memcpy(out, s, n);
+        out[n] = '\0';
+    }
+    return out;
+}
+
+static char *int_text(long long v) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", v);
+    return copy_text(buf, sizeof buf);
+}
+
+static char *float_text(double v) {
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return copy_text(buf, sizeof buf);
+}
+
+static int numeric_labels(hid_t ds, hid_t ftype, char **out, size_t n) {
+    int integer = H5Tget_class(ftype) == H5T_INTEGER;
+    size_t size = integer ? sizeof(long long) : sizeof(double);
+    void *buf = malloc(n * size);
+    int ok = buf && H5Dread(ds, integer ? H5T_NATIVE_LLONG : H5T_NATIVE_DOUBLE, H5S_ALL,
+                            H5S_ALL, H5P_DEFAULT, buf) >= 0 ? 0 : -1;
+    for (size_t i = 0; ok == 0 && i < n; i++)
+        out[i] = integer ? int_text(((long long *)buf)[i]) : float_text(((double *)buf)[i]);
+    free(buf);
+    return ok;
+}
+
+/* Booleans are stored as h5py stores them: an enum with members FALSE = 0, TRUE = 1. */
+static int enum_labels(hid_t ds, hid_t ftype, char **out, size_t n) {
+    hid_t mem = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
+    size_t size = H5Tget_size(mem);
+    unsigned char *buf = malloc(n * size);
+    int ok = buf && H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0 ? 0 : -1;
+    for (size_t i = 0; ok == 0 && i < n; i++) {
+        char name[256];
+        if (H5Tenum_nameof(mem, buf + i * size, name, sizeof name) < 0) ok = -1;
+        else out[i] = copy_text(strcmp(name, "TRUE") == 0 ? "True"
+                                : strcmp(name, "FALSE") == 0 ? "False" : name, sizeof name);
+    }
+    free(buf);
+    H5Tclose(mem);
+    return ok;
+}
+
+/* Strings: variable-length (as mpiml writes them) or fixed-length, UTF-8 or ASCII. */
+static int string_labels(hid_t ds, hid_t ftype, char **out, size_t n) {
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(mem, H5Tget_cset(ftype));
+    int ok = -1;
+    if (H5Tis_variable_str(ftype) > 0) {
+        char **buf = calloc(n, sizeof *buf);
+        H5Tset_size(mem, H5T_VARIABLE);
+        if (buf && H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0) {
+            for (size_t i = 0; i < n; i++) out[i] = copy_text(buf[i] ? buf[i] : "", (size_t)-1);
+            hid_t space = H5Dget_space(ds);
+#if H5_VERSION_GE(1, 12, 0)
+            H5Treclaim(mem, space, H5P_DEFAULT, buf);
+#else
+            H5Dvlen_reclaim(mem, space, H5P_DEFAULT, buf);
+#endif
+            H5Sclose(space);
+            ok = 0;
+        }
+        free(buf);
+    } else {
+        size_t size = H5Tget_size(ftype) + 1;     /* room for the terminating NUL */
+        char *buf = malloc(n * size);
+        H5Tset_size(mem, size);
+        H5Tset_strpad(mem, H5T_STR_NULLTERM);
+        if (buf && H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0) {
+            for (size_t i = 0; i < n; i++) out[i] = copy_text(buf + i * size, size - 1);
+            ok = 0;
+        }
+        free(buf);
+    }
+    H5Tclose(mem);
+    return ok;
+}
+
+static void free_labels(char **labels, size_t n) {
+    for (size_t i = 0; labels && i < n; i++) free(labels[i]);
+    free(labels);
+}
+
+/* Read the 1-D dataset `name` of class labels as text; *count is set; NULL on failure. */
+static char **read_labels(hid_t file, const char *name, size_t *count) {
+    hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    if (ds < 0) return NULL;
+    hid_t ftype = H5Dget_type(ds), space = H5Dget_space(ds);
+    hssize_t n = H5Sget_simple_extent_npoints(space);
+    char **labels = NULL;
+    if (H5Sget_simple_extent_ndims(space) == 1 && n > 0) {
+        labels = calloc((size_t)n, sizeof *labels);
+        int ok = -1;
+        if (labels) switch (H5Tget_class(ftype)) {
+        case H5T_INTEGER:
+        case H5T_FLOAT: ok = numeric_labels(ds, ftype, labels, (size_t)n); break;
+        case H5T_ENUM: ok = enum_labels(ds, ftype, labels, (size_t)n); break;
+        case H5T_STRING: ok = string_labels(ds, ftype, labels, (size_t)n); break;
+        default: break;
+        }
+        for (hssize_t i = 0; ok == 0 && i < n; i++)
+            if (!labels[i]) ok = -1;                /* out of memory */
+        if (ok < 0) {
+            free_labels(labels, (size_t)n);
+            labels = NULL;
+        }
+    }
+    *count = labels ? (size_t)n : 0;
+    H5Sclose(space);
+    H5Tclose(ftype);
+    H5Dclose(ds);
+    return labels;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s model.h5 data.h5 [X]\n", argv[0]);
@@ -85,8 +212,8 @@ int main(int argc, char **argv) {
         H5Aread(vattr, H5T_NATIVE_INT, &version);
         H5Aclose(vattr);
     }
-    if (version < 1 || version > 2) {
-        fprintf(stderr, "%s has model format version %d; this example reads 1 and 2\n",
+    if (version < 1 || version > 3) {
+        fprintf(stderr, "%s has model format version %d; this example reads 1 to 3\n",
                 argv[1], version);
         return 1;
     }
@@ -94,13 +221,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "this example reads linear models, not %s\n", type);
         return 1;
     }
-    hsize_t cd[2], bd[2], kd[2], xd[2];
-    int cn, bn, kn = 0, xn;
+    hsize_t cd[2] = {0, 0}, bd[2] = {0, 0}, xd[2] = {0, 0};
+    int cn = 0, bn = 0, xn = 0;
     double *coef = read_doubles(model, "coef", cd, &cn);
     double *icpt = read_doubles(model, "intercept", bd, &bn);
-    double *classes = NULL;
+    char **classes = NULL;
+    size_t n_classes = 0;
     int classifier = strcmp(type, "SGDClassifier") == 0;
-    if (classifier) classes = read_doubles(model, "classes", kd, &kn);
+    if (classifier) classes = read_labels(model, "classes", &n_classes);
     double *offset = NULL, *scale = NULL;
     hsize_t od[2], sd[2];
     int on = 0, sn = 0, scaled = H5Lexists(model, "scaler", H5P_DEFAULT) > 0;
@@ -115,9 +243,10 @@ int main(int argc, char **argv) {
     if (data < 0) { fprintf(stderr, "cannot open %s\n", argv[2]); return 1; }
     double *X = read_doubles(data, xname, xd, &xn);
     H5Fclose(data);
-    if (!coef || !icpt || !X || (classifier && !classes) || xn != 2 || xd[1] != d) {
+    if (!coef || !icpt || !X || (classifier && !classes) || xn != 2 || xd[1] != d ||
+        bn != 1 || bd[0] != K || (classifier && n_classes != (K == 1 ? 2 : K))) {
         fprintf(stderr, "unexpected datasets (need coef, intercept%s and a %zu-column %s)\n",
-                classifier ? ", classes" : "", d, xname);
+                classifier ? ", classes (1 label per output, 2 for one output)" : "", d, xname);
         return 1;
     }
     if (scaled && (!offset || !scale || on != 1 || sn != 1 || od[0] != d || sd[0] != d)) {
@@ -137,9 +266,8 @@ int main(int argc, char **argv) {
             if (s > best_s) { best_s = s; best = k; }
         }
         if (!classifier) printf("%.17g\n", s0);
-        else if (K == 1) printf("%.17g\n", classes[s0 > 0 ? 1 : 0]);
-        else printf("%.17g\n", classes[best]);
+        else puts(classes[K == 1 ? (s0 > 0 ? 1 : 0) : best]);
     }
-    free(coef); free(icpt); free(classes); free(X); free(offset); free(scale);
+    free(coef); free(icpt); free_labels(classes, n_classes); free(X); free(offset); free(scale);
     return 0;
 }

@@ -1,21 +1,86 @@
 """Helpers shared by mpiml's models; the estimator contract itself is
-:class:`mpiml.estimator.BaseEstimator` (scikit-learn's conventions)."""
+:class:`mpiml.estimator.BaseEstimator` (scikit-learn's conventions).
+
+Input checks use scikit-learn's validation helpers, so errors have scikit-learn's types
+and messages (``Expected 2D array``, ``Complex data not supported``, ``Sparse data was
+passed``, ``X has 3 features, but ... is expecting 4``, a ``DataConversionWarning``
+for a column-vector ``y``...). They never scan the values (``ensure_all_finite=False``):
+finiteness is mpiml's own check, once per fit (:func:`mpiml.io.first_nonfinite_row`),
+and at prediction on the outputs, which a NaN or infinity in a row always reaches.
+A rank may hold zero rows: emptiness is checked on the global count.
+"""
 import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, validate_data
 
 from ..errors import DataError
-from ..estimator import BaseEstimator  # noqa: F401  (the contract; re-exported)
+from ..estimator import BaseEstimator, check_finite_outputs  # noqa: F401  (re-exported)
 
-__all__ = ["BaseEstimator", "check_local_X"]
+__all__ = ["BaseEstimator", "check_local_X", "check_fit_input", "check_predict_X",
+           "check_finite_outputs", "label_index", "label_kind"]
+
+_FLOATS = (np.float64, np.float32)
 
 
 def check_local_X(X, name="X"):
-    """This rank's feature rows as a 2-D array of real numbers (no copy if possible)."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise DataError(f"{name} must be 2-D (rows x features), it has shape {X.shape}")
-    if X.dtype.kind not in "fiub":
-        raise DataError(f"{name} has type {X.dtype}; mpiml needs real numbers")
-    return X
+    """This rank's feature rows as a 2-D array of floats (no copy if they are float32 or
+    float64), checked as scikit-learn's ``check_array`` does; zero rows are allowed."""
+    return check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite=False,
+                       ensure_min_samples=0, input_name=name)
+
+
+def check_fit_input(est, X, y, reset):
+    """This rank's ``(X, y)`` for ``fit``: scikit-learn's ``validate_data`` (which
+    also records ``n_features_in_`` and ``feature_names_in_`` when ``reset``), then for a
+    classifier scikit-learn's target-type check (``Unknown label type: continuous``)."""
+    X, y = validate_data(est, X, y, reset=reset, accept_sparse=False, dtype=_FLOATS,
+                         ensure_all_finite=False, ensure_min_samples=0,
+                         y_numeric=not est._is_classifier)
+    if est._is_classifier:
+        if y.size:
+            check_classification_targets(y)
+    elif y.dtype.kind not in "fiub":
+        raise DataError(f"y has type {y.dtype}; a regressor needs numeric targets")
+    return X, y
+
+
+def check_predict_X(est, X, shard_width=None):
+    """This rank's rows for prediction: scikit-learn's checks against the fitted model
+    (number of features and their names); ``shard_width``: a feature-sharded model also
+    takes its own columns only."""
+    if shard_width is not None and getattr(X, "ndim", 0) == 2 and X.shape[1] == shard_width \
+            and shard_width != est.n_features_in_:
+        return check_local_X(X)
+    return validate_data(est, X, reset=False, accept_sparse=False, dtype=_FLOATS,
+                         ensure_all_finite=False, ensure_min_samples=0)
+
+
+def label_index(classes, y):
+    """Indices of labels ``y`` in the sorted ``classes`` (a DataError for any other)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    try:
+        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        ok = not y.size or bool(np.all(classes[idx] == y))
+    except TypeError:       # labels that cannot be compared with the classes
+        ok = False
+    if not ok:
+        seen = np.unique(y.astype(str) if classes.dtype.kind in "US" else y)
+        unseen = [v for v in seen.tolist() if v not in set(classes.tolist())]
+        raise DataError(f"labels {unseen[:5]} are not among the model's classes "
+                        f"{classes.tolist()[:10]}")
+    return idx
+
+
+def label_kind(y):
+    """'number' or 'string' labels (mixing them is an error, as in scikit-learn)."""
+    kind = np.asarray(y).dtype.kind
+    if kind in "biuf":
+        return "number"
+    if kind in "US" or (kind == "O" and all(isinstance(v, str) for v in np.asarray(y).ravel()[:1000])):
+        return "string"
+    raise DataError(f"class labels of type {np.asarray(y).dtype} are neither numbers nor strings")
 
 
 def classification_report(est, X, y):

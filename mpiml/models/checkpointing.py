@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from .. import _stopsignals
 from ..checkpoint import read_checkpoint
 from ..errors import ConfigError, DataError
 
@@ -23,10 +24,19 @@ __all__ = ["signals", "read_resume", "checkpoint_settings", "claim_directory", "
 def signals(control, enabled=True):
     """SIGTERM / SIGUSR1 (what Slurm sends before the time limit) set
     ``control.stop_requested`` (a stop at the next step boundary), when ``enabled`` (a fit:
-    checkpoints are on) and we are in the main thread."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    checkpoints are on) and we are in the main thread. A stop signal that reached
+    ``mpiml train`` / ``tune`` before this point (held by :mod:`mpiml._stopsignals`) is
+    a stop request from the start; without checkpoints, the signals get their default
+    actions back (a held one then ends the process, as it would have on arrival)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if not enabled:
+        _stopsignals.release()
+        yield
+        return
+    if _stopsignals.take() is not None:
+        control.stop_requested = True
 
     def handler(signum, frame):
         control.stop_requested = True

@@ -5,13 +5,14 @@ Every rank passes its own rows to ``fit``; every rank ends with the same model.
 import math
 
 import numpy as np
+from sklearn.base import ClassifierMixin, RegressorMixin
 
 from .._kernels import sgd as _k
 from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
 from ..parallel.protocol import N_WORDS
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
-from .base import check_local_X
+from .base import check_finite_outputs, check_predict_X, label_index
 from .scaling import transform
 from .training import Trainer
 
@@ -156,18 +157,18 @@ class _BaseSGD(Trainer):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
 
     def _check_X(self, X):
+        """This rank's rows checked against the fitted model, and scaled."""
         self._check_fitted()
-        X = check_local_X(X)
-        if X.shape[1] != self.n_features_in_ and not (
-                hasattr(self, "shard_") and self.shard_.split == "features"
-                and X.shape[1] == self.shard_.hi - self.shard_.lo):
-            raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features_in_}")
-        return transform(self, X)
+        width = None
+        if hasattr(self, "shard_") and self.shard_.split == "features":
+            width = self.shard_.hi - self.shard_.lo
+        return transform(self, check_predict_X(self, X, width))
 
-    def decision_function(self, X):
+    def _decision(self, X):
         """Margins of this rank's rows (local; collective over the model-parallel group
-        for a sharded model)."""
-        return self._margins(self._check_X(X))
+        for a sharded model). A NaN or infinity in a row reaches its margins: that is
+        the finiteness check, and it costs no pass over ``X``."""
+        return check_finite_outputs(self._margins(self._check_X(X)))
 
     def _margins(self, X):
         """Margins of rows already checked and scaled by :meth:`_check_X`."""
@@ -190,7 +191,8 @@ class _BaseSGD(Trainer):
     def _global_loss(self, c, X, y):
         """Mean training loss over all ranks' rows and the global count (collective)."""
         def local():
-            yy = np.asarray(y, dtype=np.float64).ravel()
+            yy = np.asarray(y) if self._is_classifier else np.asarray(y, dtype=np.float64)
+            yy = yy.ravel()
             Xc = self._check_X(X)
             if yy.shape[0] != Xc.shape[0]:
                 raise DataError(f"X has {Xc.shape[0]} rows but y has {yy.shape[0]}")
@@ -220,7 +222,7 @@ class _BaseSGD(Trainer):
         self._write_model(path, arrays)
 
 
-class SGDClassifier(_BaseSGD):
+class SGDClassifier(ClassifierMixin, _BaseSGD):
     """Linear classifier (logistic regression or linear SVM) by data-parallel SGD.
 
     Binary labels give one weight vector; more classes give a multinomial
@@ -238,8 +240,11 @@ class SGDClassifier(_BaseSGD):
         ``constant``: eta0; ``invscaling``: eta0 / t**power_t;
         ``optimal``: 1 / (alpha (t0 + t)), t counting updates (steps).
     eta0, power_t, momentum : float
-    batch_size : int or "full"
-        The global batch (over all ranks); ``"full"`` is full-batch gradient descent.
+    batch_size : int, "auto" or "full"
+        The global batch (over all ranks); ``"full"`` is full-batch gradient descent;
+        ``"auto"`` (the default) is one row in a thousand, between 1 and 256: per-row
+        updates as scikit-learn's SGD on small data (below 2,000 rows), 256-row batches
+        (one Allreduce each) from 256,000 rows on.
     max_iter : int
         Maximum number of epochs.
     tol, n_iter_no_change :
@@ -287,13 +292,12 @@ class SGDClassifier(_BaseSGD):
     >>> clf = SGDClassifier(random_state=0).fit(X, y)   # doctest: +SKIP
     >>> clf.score(X, y)                                 # doctest: +SKIP
     """
-    _estimator_kind = "classifier"
     _losses = ("log_loss", "hinge")
     _is_classifier = True
 
     def __init__(self, loss="log_loss", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, max_iter=1000, tol=1e-3, learning_rate="optimal",
-                 eta0=0.01, power_t=0.5, momentum=0.0, batch_size=256, n_iter_no_change=5,
+                 eta0=0.01, power_t=0.5, momentum=0.0, batch_size="auto", n_iter_no_change=5,
                  multi_class="auto", class_weight=None, random_state=None, verbose=0, dtype=None,
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
@@ -348,12 +352,11 @@ class SGDClassifier(_BaseSGD):
 
     def _encode(self, y):
         """(K, encoded targets, kernel loss) for labels ``y``."""
-        idx = np.searchsorted(self.classes_, y)
-        idx = np.clip(idx, 0, len(self.classes_) - 1)
-        if y.size and not np.all(self.classes_[idx] == y):
-            unseen = np.setdiff1d(np.unique(y), self.classes_)
-            raise DataError(f"labels {unseen.tolist()[:5]} are not among the model's classes "
-                            f"{self.classes_.tolist()[:10]}")
+        return self._encode_agreed(label_index(self.classes_, y))
+
+    def _encode_agreed(self, idx):
+        """(K, encoded targets, kernel loss) for class indices ``idx``."""
+        idx = np.asarray(idx)
         if self._multinomial():
             return len(self.classes_), idx.astype(np.float64), _k.Multinomial()
         loss = LOSSES[self.loss](self)
@@ -361,12 +364,17 @@ class SGDClassifier(_BaseSGD):
             return 1, np.where(idx == 1, 1.0, -1.0), loss
         return len(self.classes_), idx.astype(np.float64), loss
 
+    def decision_function(self, X):
+        """Margins of this rank's rows: ``(n,)`` for two classes, else ``(n, K)``
+        (local; collective over the model-parallel group for a sharded model)."""
+        return self._decision(X)
+
     def predict(self, X):
         """Class labels of this rank's rows (local; collective over the model-parallel
         group for a sharded model)."""
         if hasattr(self, "shard_"):
             return self.classes_[self.shard_.predict_index(self._check_X(X))]
-        scores = self.decision_function(X)
+        scores = self._decision(X)
         if scores.ndim == 1:
             return self.classes_[(scores > 0).astype(np.intp)]
         return self.classes_[np.argmax(scores, axis=1)]
@@ -377,8 +385,8 @@ class SGDClassifier(_BaseSGD):
         if self.loss != "log_loss":
             raise AttributeError(f"probabilities are not available for loss={self.loss!r}")
         if hasattr(self, "shard_") and self.shard_.split == "classes":
-            return self.shard_.predict_proba(self._check_X(X))
-        scores = np.asarray(self.decision_function(X), dtype=np.float64)
+            return check_finite_outputs(self.shard_.predict_proba(self._check_X(X)))
+        scores = np.asarray(self._decision(X), dtype=np.float64)
         if scores.ndim == 1:
             p = 0.5 * (1.0 + np.tanh(0.5 * scores))   # overflow-free sigmoid
             return np.column_stack([1.0 - p, p])
@@ -406,7 +414,7 @@ class SGDClassifier(_BaseSGD):
         return self.metrics(X, y)["accuracy"]
 
 
-class SGDRegressor(_BaseSGD):
+class SGDRegressor(RegressorMixin, _BaseSGD):
     """Linear regression by data-parallel SGD (squared error or Huber loss).
 
     Parameters are those of :class:`SGDClassifier` (``loss`` is
@@ -427,13 +435,12 @@ class SGDRegressor(_BaseSGD):
     >>> reg = SGDRegressor(batch_size="full", learning_rate="constant", eta0=0.1,
     ...                    penalty=None, tol=None, max_iter=200).fit(X, y)  # doctest: +SKIP
     """
-    _estimator_kind = "regressor"
     _losses = ("squared_error", "huber")
 
     def __init__(self, loss="squared_error", *, penalty="l2", alpha=1e-4, l1_ratio=0.15,
                  fit_intercept=True, max_iter=1000, tol=1e-3, epsilon=0.1,
                  learning_rate="invscaling", eta0=0.01, power_t=0.25, momentum=0.0,
-                 batch_size=256, n_iter_no_change=5, random_state=None, verbose=0,
+                 batch_size="auto", n_iter_no_change=5, random_state=None, verbose=0,
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
@@ -479,7 +486,7 @@ class SGDRegressor(_BaseSGD):
     def predict(self, X):
         """Predicted values of this rank's rows (local; collective over the
         model-parallel group for a sharded model)."""
-        return self.decision_function(X)
+        return self._decision(X)
 
     def metrics(self, X, y):
         """Global R², mean loss, mean squared error and row count (collective)."""

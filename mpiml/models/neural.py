@@ -3,13 +3,15 @@
 import math
 
 import numpy as np
+from sklearn.base import ClassifierMixin, RegressorMixin
 
 from ..comm import get_comm, get_grid
 from ..errors import DataError, NotFittedError
 from ..parallel.network import (ACTIVATIONS, OUTPUT_LOSSES, MLPEngine, Network, output_loss,
                                 output_targets)
 from ..parallel.protocol import N_WORDS
-from .base import check_local_X
+from ..io import first_nonfinite_row
+from .base import check_predict_X, label_index
 from .scaling import restore_scaler, transform
 from .training import Trainer
 
@@ -173,9 +175,12 @@ class _BaseMLP(Trainer):
         """Output-layer values of this rank's rows (collective over the model-parallel
         group when the model is split; its ranks pass the same rows)."""
         self._check_fitted()
-        X = check_local_X(X)
-        if X.shape[1] != self.n_features_in_:
-            raise DataError(f"X has {X.shape[1]} features, the model expects {self.n_features_in_}")
+        X = check_predict_X(self, X)
+        # an activation may turn a NaN into a number (relu): scan the rows, which costs
+        # little beside a forward pass
+        row = first_nonfinite_row(X) if X.size else None
+        if row is not None:
+            raise DataError(f"Input X contains NaN or infinity (local row {row})")
         X = np.ascontiguousarray(transform(self, X), dtype=self._net.dtype)
         out = np.empty((X.shape[0], self._net.sizes[-1]))
         for s in range(0, max(X.shape[0], 1), 4096):
@@ -188,7 +193,8 @@ class _BaseMLP(Trainer):
     def _global(self, c, X, y):
         """(global mean loss, rows, local outputs, local y) -- collective."""
         def local():
-            yy = np.asarray(y, dtype=np.float64).ravel()
+            yy = np.asarray(y) if self._is_classifier else np.asarray(y, dtype=np.float64)
+            yy = yy.ravel()
             if yy.shape[0] != np.asarray(X).shape[0]:
                 raise DataError(f"X has {np.asarray(X).shape[0]} rows but y has {yy.shape[0]}")
             return yy, self._encode(yy)
@@ -217,7 +223,7 @@ def _loss_sum(out, y_enc, output):
     return output_loss(OUTPUT_LOSSES[output](), out, output_targets(output, y_enc))[0]
 
 
-class MLPClassifier(_BaseMLP):
+class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by minibatch SGD or Adam across ranks.
 
     scikit-learn's ``MLPClassifier`` parameters and meanings (``hidden_layer_sizes``,
@@ -251,15 +257,13 @@ class MLPClassifier(_BaseMLP):
     >>> clf = MLPClassifier((64, 64), max_iter=20, random_state=0).fit(X, y)  # doctest: +SKIP
     >>> clf.score(X, y)                                            # doctest: +SKIP
     """
-    _estimator_kind = "classifier"
     _is_classifier = True
 
     def _encode(self, y):
-        idx = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
-        if y.size and not np.all(self.classes_[idx] == y):
-            unseen = np.setdiff1d(np.unique(y), self.classes_)
-            raise DataError(f"labels {unseen.tolist()[:5]} are not among the model's classes "
-                            f"{self.classes_.tolist()[:10]}")
+        return self._encode_agreed(label_index(self.classes_, y))
+
+    def _encode_agreed(self, idx):
+        idx = np.asarray(idx)
         if len(self.classes_) == 2:
             return 1, idx.astype(np.float64), "logistic"
         return len(self.classes_), idx.astype(np.float64), "softmax"
@@ -295,7 +299,7 @@ class MLPClassifier(_BaseMLP):
         return self.metrics(X, y)["accuracy"]
 
 
-class MLPRegressor(_BaseMLP):
+class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor (squared error); parameters as
     :class:`MLPClassifier`.
 
@@ -305,7 +309,6 @@ class MLPRegressor(_BaseMLP):
     >>> X, y = load_hdf5("reg.h5")                                 # doctest: +SKIP
     >>> reg = MLPRegressor((32,), max_iter=50, random_state=0).fit(X, y)  # doctest: +SKIP
     """
-    _estimator_kind = "regressor"
 
     def _encode(self, y):
         return 1, y, "identity"

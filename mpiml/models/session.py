@@ -64,6 +64,17 @@ def set_engine_hyper(engine, name, value):
         h[name] = value
 
 
+def resolve_batch(batch, n_global):
+    """The global batch size a ``batch_size`` parameter means for ``n_global`` rows:
+    ``"full"`` all of them; ``"auto"`` about one row in a thousand, from 1 (scikit-learn's
+    per-row SGD, for small data) up to 256 (from 256,000 rows on)."""
+    if batch == "full":
+        return n_global
+    if batch == "auto":
+        return int(min(256, max(1, n_global // 1000)))
+    return int(batch)
+
+
 class RunState:
     """How far a fit has come: what ``partial_fit`` and ``resume`` continue from."""
 
@@ -200,15 +211,14 @@ class FitSession:
             self.live = LiveParams({n: saved["params"].get(n, getattr(est, n)) for n in names},
                                    saved.get("param_changes", ()))
             start_step = int(saved["step"])
-        batch = self.live.values["batch_size"]
-        batch = n_global if batch == "full" else int(batch)
+        batch = resolve_batch(self.live.values["batch_size"], n_global)
         if saved is not None:
             batch = int(saved["batch"])
         if reset:
             # after a restore: a resumed run scales as its checkpoint says (the same
             # statistics, recomputed from the same rows)
             fit_scaler(est, grid, data.X, data.columns)
-        self.K, y_enc, self.loss = est._encode(data.y)
+        self.K, y_enc, self.loss = est._encode_agreed(data.y)
         sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
         self.layout = Layout(data.X, y_enc, sw, n_global, data.offset, batch, data.own)
         if hasattr(est, "scale_offset_"):
@@ -378,7 +388,8 @@ class FitSession:
     # ------------------------------------------------------------ the loop
     def run(self):
         c, est, control, st = self.c, self.est, self.control, self.state
-        progress = Progress(c.rank, 0, bool(est.verbose))
+        progress = Progress(c.rank, st.n_iter, self.target, est.verbose, control,
+                            math.ceil(self.layout.n_global / max(self.layout.batch, 1)))
         start = self.start_step
         with signals(control, control.save is not None), \
                 watching(c, est.comm_timeout, control), blas_threads():
@@ -423,7 +434,8 @@ class FitSession:
             except StopTraining as exc:
                 st.stopped_by = f"mpiml ctl stop at step {exc.args[0]}"
                 control.user_stop = False
-            progress.close()
+            finally:
+                progress.close()
             if control.save is not None and not self.signal_only:
                 control.save(0)         # the final state
         if self.run_dir is not None:

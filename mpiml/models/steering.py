@@ -17,12 +17,12 @@ hyper-parameters are live changes of the fit session (:meth:`FitSession.set_live
 them, and the fitted estimator records them (``live_params_``, ``param_changes_``) while
 its constructor parameters stay as given.
 """
-import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
+from .. import progress as _progress
 from ..estimator import param_name
 
 __all__ = ["Steering", "EarlyStopping", "Progress", "summarise"]
@@ -151,46 +151,53 @@ class EarlyStopping:
 
 
 class Progress:
-    """Rank 0's progress: a tqdm bar on a terminal, plain lines otherwise (Slurm logs)."""
+    """A fit's progress on rank 0 (:mod:`mpiml.progress`): epochs done of the fit's
+    epochs, and within an epoch the share of its updates made, read from the update
+    counter (``StepControl.progress``, as the watchdog reads it) by a daemon thread, so
+    the step loop does nothing for it. At most one line every ``--progress-interval``
+    seconds (a batch log of a job running 100 epochs a second gets one line per
+    interval, not 100 per second); an epoch longer than the interval gets lines within it.
 
-    LINE_SECONDS = 30.0
+    Shown per the ``mpiml`` command line's ``--progress`` when it gave one; otherwise (the
+    Python API) in ``auto`` mode when ``verbose``. ``write`` prints ``verbose``'s epoch
+    lines on stdout without breaking the bar."""
 
-    def __init__(self, rank, total_steps, enabled):
-        self.bar = None
-        self.enabled = enabled and rank == 0
-        self.tty = self.enabled and sys.stdout.isatty()
-        self.next_line = time.monotonic() + self.LINE_SECONDS
-        if self.tty:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
+    def __init__(self, rank, epochs, target, verbose, control=None, steps_hint=None):
+        mode = _progress.current().mode or ("auto" if verbose else "none")
+        self.say = bool(verbose) and rank == 0
+        self.control = control
+        # (epochs done, update count at the last epoch end): one attribute, so the thread
+        # never sees one new and the other old
+        self.mark = (int(epochs), int(control.progress) if control is not None else 0)
+        self.per_epoch = float(steps_hint or 0)
+        poll = self._poll if control is not None else None
+        self.bar = _progress.Progress("train", int(target), "epochs", rank=rank, mode=mode,
+                                      decimals=1, start=int(epochs), poll=poll)
+
+    def _poll(self):
+        epochs, epoch_t = self.mark
+        if self.per_epoch <= 0:
+            return epochs
+        part = (int(self.control.progress) - epoch_t) / self.per_epoch
+        return epochs + min(max(part, 0.0), 0.99)
 
     def update(self, step, loss=None, samples_per_s=None):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.n = int(step)
-            post = {}
-            if loss is not None:
-                post["loss"] = f"{loss:.4g}"
-            if samples_per_s:
-                post["samples/s"] = f"{samples_per_s:.3g}"
-            self.bar.set_postfix(post, refresh=True)
-        elif time.monotonic() >= self.next_line:
-            self.next_line = time.monotonic() + self.LINE_SECONDS
-            print(f"step {int(step)}" + (f"  loss {loss:.6g}" if loss is not None else ""),
-                  flush=True)
+        """An epoch ended at update ``step``."""
+        step = int(step)
+        epochs, epoch_t = self.mark
+        if step > epoch_t:
+            self.per_epoch = step - epoch_t
+        self.mark = (epochs + 1, step)
+        # (the throughput is in the epoch lines; the rate shown is epochs per second)
+        self.bar.update(epochs + 1, note=f"loss {loss:.4g}" if loss is not None else None,
+                        force=False)
 
     def write(self, text):
-        if not self.enabled:
-            return
-        if self.bar is not None:
+        if self.say:
             self.bar.write(text)
-        else:
-            print(text, flush=True)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def summarise(values):

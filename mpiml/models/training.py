@@ -38,7 +38,7 @@ from ..estimator import param_name
 from ..io import first_nonfinite_row
 from ..parallel.sync import parse_compress, parse_sync
 from ..parallel.synchronizers import servers_of
-from .base import BaseEstimator, check_local_X
+from .base import BaseEstimator, check_fit_input, label_kind
 from .scaling import check_scaler, scaler_arrays
 from .session import FitSession
 
@@ -69,8 +69,9 @@ class Trainer(BaseEstimator):
 
         self._validate_model_params(bad)
         check_scaler(self.scaler, bad)
-        if self.batch_size != "full" and not _positive_int(self.batch_size):
-            bad(f"batch_size must be a positive integer or 'full', not {self.batch_size!r}")
+        if self.batch_size not in ("full", "auto") and not _positive_int(self.batch_size):
+            bad(f"batch_size must be a positive integer, 'auto' or 'full', not "
+                f"{self.batch_size!r}")
         if not _positive_int(self.max_iter):
             bad(f"max_iter must be a positive integer, not {self.max_iter!r}")
         if self.tol is not None and (not isinstance(self.tol, (int, float)) or self.tol != self.tol):
@@ -120,32 +121,20 @@ class Trainer(BaseEstimator):
     def _validate_model_params(self, bad):
         pass
 
-    def _prepare_local(self, X, y):
-        """Local checks (run on every rank, agreed by the caller)."""
+    def _prepare_local(self, X, y, reset):
+        """Local checks (run on every rank, agreed by the caller): this rank's ``(X, y,
+        local classes, y signature)``; the signature (label kind, a sum over the rows)
+        lets a model-parallel group check that its ranks hold the same rows."""
         self._validate_params()
-        X = check_local_X(X)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise DataError(f"y must be 1-D, it has shape {y.shape}")
-        if y.shape[0] != X.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
-        if y.dtype.kind not in "fiub":
-            raise DataError(f"y has type {y.dtype}; mpiml needs numeric targets or class labels")
+        X, y = check_fit_input(self, X, y, reset)
         row = first_nonfinite_row(X) if X.size else None
         if row is not None:
-            raise DataError(f"X has a NaN or infinite value (local row {row})")
-        y = y.astype(np.float64)
-        if y.size and not np.isfinite(y).all():
-            raise DataError("y has a NaN or infinite value")
-        local_classes = None
-        if self._is_classifier:
-            if y.size and not np.all(y == np.round(y)):
-                raise DataError("class labels must be integers; for real-valued targets use a "
-                                "regressor (SGDRegressor, --model linear)")
-            local_classes = np.unique(y)
-        return X, y, local_classes
+            raise DataError(f"Input X contains NaN or infinity (local row {row})")
+        if not self._is_classifier:
+            y = np.asarray(y, dtype=np.float64)
+            return X, y, None, (None, float(np.sum(y)))
+        local_classes, inverse = np.unique(y, return_inverse=True)
+        return X, y, local_classes, (label_kind(y) if y.size else None, float(inverse.sum()))
 
     # ------------------------------------------------------------ training
     def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None,
@@ -213,7 +202,7 @@ class Trainer(BaseEstimator):
     def partial_fit(self, X, y, classes=None):
         """One epoch over the rows every rank passes, continuing from the current state
         (collective)."""
-        return self._fit(X, y, 1, reset=not hasattr(self, "n_features_in_"), classes=classes)
+        return self._fit(X, y, 1, reset=not hasattr(self, "n_iter_"), classes=classes)
 
     def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
              callbacks=None, sample_weight=None, copy_X=True, overwrite=False,
@@ -228,6 +217,11 @@ class Trainer(BaseEstimator):
         session.store()
         return self
 
+    def _encode_agreed(self, y):
+        """``(outputs, encoded targets, loss)`` of a fit's agreed targets (a classifier's
+        are class indices: it overrides this)."""
+        return self._encode(y)
+
     def _live_names(self):
         """The hyper-parameters a running fit may change (``mpiml ctl set``, callbacks)."""
         return (param_name("lr", hasattr(self, "learning_rate_init")), "momentum", "alpha",
@@ -235,9 +229,10 @@ class Trainer(BaseEstimator):
 
     def _agree_data(self, X, y, reset, classes, columns, copy_X):
         """Collective: check this rank's rows, agree on the global shape, classes, dtype and
-        seed; every rank raises the same error on bad data (a :class:`FitData`)."""
+        seed; every rank raises the same error on bad data (a :class:`FitData`). A
+        classifier's targets become class indices (float64) into the agreed classes."""
         c = get_comm(self.comm)
-        Xl, yl, local_classes = c.run(self._prepare_local, X, y)
+        Xl, yl, local_classes, ysig = c.run(self._prepare_local, X, y, reset)
         grid = get_grid(c, self.model_parallel)
         seed = None
         if c.rank == 0:
@@ -246,58 +241,12 @@ class Trainer(BaseEstimator):
         seed = c.bcast(seed)
         # rows are counted once per replica: over the data-parallel communicator
         meta = grid.data.allgather((Xl.shape[0], Xl.shape[1], Xl.dtype.str,
-                                    None if local_classes is None else local_classes.tolist()))
-        n_global = sum(m[0] for m in meta)
-        offset = sum(m[0] for m in meta[:grid.data.rank])
-        group = grid.model.allgather((Xl.shape[0], float(np.sum(yl)), Xl.shape[1]))
-        servers = servers_of(self.sync, c.size)
-
-        def check_global():
-            if c.rank in servers and Xl.shape[0] > 0:
-                raise DataError(f"with sync={self.sync!r} ranks {servers} are parameter servers "
-                                "and hold no rows: load the data with load_hdf5(..., "
-                                f"sync={self.sync!r})")
-            if len({g[:2] for g in group}) > 1:
-                raise DataError("the ranks of a model-parallel group passed different rows "
-                                f"(rows, sum of y per rank: {[g[:2] for g in group]}); each "
-                                "group of model_parallel consecutive ranks must pass the same rows")
-            widths = {m[1] for m in meta if m[0] > 0} or {meta[0][1]}
-            if columns is not None:
-                d = int(columns[2])
-                if Xl.shape[1] != int(columns[1]) - int(columns[0]):
-                    raise DataError(f"X has {Xl.shape[1]} columns but columns={tuple(columns)}")
-            else:
-                if len(widths) > 1:
-                    raise DataError(f"ranks passed different numbers of features: {sorted(widths)}")
-                d = widths.pop()
-            if n_global == 0:
-                raise DataError("no rows to fit on any rank")
-            if d == 0:
-                raise DataError("X has zero features")
-            if not reset and d != self.n_features_in_:
-                raise DataError(f"X has {d} features, the model was fitted with "
-                                f"{self.n_features_in_}")
-            cls = None
-            if self._is_classifier:
-                cls = np.unique(np.concatenate([np.asarray(m[3], dtype=np.float64) for m in meta]))
-                if not reset:
-                    unseen = np.setdiff1d(cls, self.classes_)
-                    if unseen.size:
-                        raise DataError(f"labels {unseen.tolist()[:5]} were not seen in the first "
-                                        f"fit; pass classes= to the first partial_fit")
-                    cls = self.classes_
-                elif classes is not None:
-                    given = np.unique(np.asarray(classes, dtype=np.float64))
-                    unseen = np.setdiff1d(cls, given)
-                    if unseen.size:
-                        raise DataError(f"labels {unseen.tolist()[:5]} are not in classes=")
-                    cls = given
-                if cls.size < 2:
-                    raise DataError(f"a classifier needs at least 2 classes; the labels have only "
-                                    f"{cls.size} ({cls.tolist()})")
-            return d, cls
-
-        d, cls = c.run(check_global)
+                                    None if local_classes is None else local_classes.tolist(),
+                                    ysig[0], self._feature_names()))
+        group = grid.model.allgather((Xl.shape[0], ysig[1], Xl.shape[1]))
+        d, cls = c.run(self._check_global, c, meta, group, Xl, reset, classes, columns)
+        if cls is not None:
+            yl = np.searchsorted(cls, yl).astype(np.float64) if yl.size else np.zeros(0)
         dtypes = {m[2] for m in meta if m[0] > 0}
         if self.dtype is not None:
             dtype = np.dtype(self.dtype)
@@ -309,7 +258,69 @@ class Trainer(BaseEstimator):
         own = Xl.flags.writeable and (not copy_X or not np.may_share_memory(Xl, X))
         if Xl.shape[0] == 0:
             Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
+        n_global = sum(m[0] for m in meta)
+        offset = sum(m[0] for m in meta[:grid.data.rank])
         return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed)
+
+    def _feature_names(self):
+        names = getattr(self, "feature_names_in_", None)
+        return None if names is None else tuple(names)
+
+    def _check_global(self, c, meta, group, Xl, reset, classes, columns):
+        """The checks of the agreed input (run on every rank with the same gathered
+        values): ``(n_features, classes or None)``."""
+        servers = servers_of(self.sync, c.size)
+        if c.rank in servers and Xl.shape[0] > 0:
+            raise DataError(f"with sync={self.sync!r} ranks {servers} are parameter servers "
+                            "and hold no rows: load the data with load_hdf5(..., "
+                            f"sync={self.sync!r})")
+        if len({g[:2] for g in group}) > 1:
+            raise DataError("the ranks of a model-parallel group passed different rows "
+                            f"(rows, sum of y per rank: {[g[:2] for g in group]}); each "
+                            "group of model_parallel consecutive ranks must pass the same rows")
+        widths = {m[1] for m in meta if m[0] > 0} or {meta[0][1]}
+        if columns is not None:
+            d = int(columns[2])
+            if Xl.shape[1] != int(columns[1]) - int(columns[0]):
+                raise DataError(f"X has {Xl.shape[1]} columns but columns={tuple(columns)}")
+        else:
+            if len(widths) > 1:
+                raise DataError(f"ranks passed different numbers of features: {sorted(widths)}")
+            d = widths.pop()
+        if len({m[5] for m in meta}) > 1:
+            raise DataError("ranks passed DataFrames with different column names")
+        if sum(m[0] for m in meta) == 0:
+            raise DataError("Found array with 0 sample(s) on every rank while a minimum of 1 "
+                            "is required: no rows to fit on any rank")
+        if not reset and d != self.n_features_in_:
+            raise DataError(f"X has {d} features, but {type(self).__name__} is expecting "
+                            f"{self.n_features_in_} features as input")
+        return d, (self._agreed_classes(meta, reset, classes) if self._is_classifier else None)
+
+    def _agreed_classes(self, meta, reset, classes):
+        """The sorted union of every rank's labels (checked against ``classes=`` and, for
+        a ``partial_fit`` that continues, against the fitted classes)."""
+        kinds = {m[4] for m in meta if m[4] is not None}
+        if len(kinds) > 1:
+            raise DataError("ranks passed class labels of different types (numbers and "
+                            "strings); use one type of label")
+        cls = np.unique(np.concatenate([np.asarray(m[3]) for m in meta if m[3]] or [[]]))
+        if not reset:
+            unseen = np.setdiff1d(cls, self.classes_)
+            if unseen.size:
+                raise DataError(f"labels {unseen.tolist()[:5]} were not seen in the first "
+                                f"fit; pass classes= to the first partial_fit")
+            return self.classes_
+        if classes is not None:
+            given = np.unique(np.asarray(classes))
+            unseen = np.setdiff1d(cls, given)
+            if unseen.size:
+                raise DataError(f"labels {unseen.tolist()[:5]} are not in classes=")
+            cls = given
+        if cls.size < 2:
+            raise DataError(f"a classifier needs samples of at least 2 classes in the data; "
+                            f"got 1 class ({cls.tolist()})")
+        return cls
 
     # ------------------------------------------------------------ pickling
     def __getstate__(self):
@@ -347,6 +358,8 @@ class Trainer(BaseEstimator):
         ``n_features_in``, ``n_iter`` and the scaler)."""
         from ..io import save_model
         more, more_attrs = scaler_arrays(self)
+        if hasattr(self, "feature_names_in_"):
+            more["feature_names"] = self.feature_names_in_
         params = {**{k: v for k, v in self.get_params().items() if k != "comm"},
                   **(params or {})}
         attrs = {"n_features_in": self.n_features_in_, "n_iter": self.n_iter_,

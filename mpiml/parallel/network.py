@@ -221,11 +221,17 @@ class MLPEngine(StepEngine):
         self.yi = self.y.astype(np.intp) if output == "softmax" else None
         self.loss, self.targets = OUTPUT_LOSSES[output](), output_targets(output, self.y)
         self.params = np.zeros(self.P, dtype=dtype)
+        self.sw = None
         self.net.bind(self.params, self.buf_arr[:self.P])
         self.net.init(hyper["seed"])
         self.h = dict(hyper)
         self.slots = [np.zeros(self.P, dtype=dtype)
                       for _ in range(2 if self.h["solver"] == "adam" else 1)]
+
+    def set_sample_weight(self, sw):
+        """Per-row weights (in the rows' order) multiplying each row's loss and gradient;
+        None removes them."""
+        self.sw = None if sw is None else np.ascontiguousarray(sw, dtype=np.float64)
 
     def set_poll(self, fn):
         """Call ``fn`` between layers of the next passes (None: stop)."""
@@ -234,7 +240,14 @@ class MLPEngine(StepEngine):
     # ------------------------------------------------------------ loss
     def _output_grad(self, out, lo, hi):
         """Summed loss of the rows and d loss / d output (the kernel's loss object)."""
-        loss, g = output_loss(self.loss, out, self.targets[lo:hi])
+        if self.sw is None:
+            loss, g = output_loss(self.loss, out, self.targets[lo:hi])
+        else:
+            w = self.sw[lo:hi]
+            rows, g = self.loss.loss_grad(np.asarray(out, dtype=np.float64),
+                                          self.targets[lo:hi])
+            loss = float(rows @ w)
+            g *= w[:, None]
         return loss, g.astype(self.X.dtype, copy=False)
 
     def _grad(self, lo, hi):
