@@ -10,6 +10,7 @@ after writing a checkpoint (resume with ``--resume``), 70 ended by the collectiv
 watchdog. An unexpected exception on any rank aborts the whole job (MPI_Abort)
 after printing its traceback with the rank.
 """
+import contextlib
 import json
 import sys
 import time
@@ -137,6 +138,30 @@ def cmd_info(args):
 
 
 # ---------------------------------------------------------------------- entry point
+@contextlib.contextmanager
+def _solver_warnings():
+    """An exact solve that stops before converging warns (ConvergenceWarning) on every
+    rank alike, with the same text: the command line says it once, from rank 0, as one
+    line (not a Python warning with a source line per rank). Other warnings are shown as
+    Python shows them."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, ConvergenceWarning):
+            return shown(message, category, filename, lineno, file, line)
+        if rank() == 0:
+            write_stderr(f"mpiml: warning: {message}\n")
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv=None):
     """Console entry point: run one verb, map errors to exit codes (see module doc)."""
     from . import _stopsignals
@@ -147,7 +172,8 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         # the long verbs' --progress / --progress-interval; the other verbs show none
         with blas_threads(), progress.configured(getattr(args, "progress", None),
-                                                 getattr(args, "progress_interval", None)):
+                                                 getattr(args, "progress_interval", None)), \
+                _solver_warnings():
             return args.func(args) or 0
     except UsageError as exc:
         # argument parsing is identical on every rank, so every rank gets here

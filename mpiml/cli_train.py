@@ -54,9 +54,10 @@ def estimator_from_args(args, c):
                                   f"'{{\"0\": 1, \"1\": 20}}', not {cw!r}",
                                   ranks=range(c.size)) from None
         kwargs["class_weight"] = cw
+    solver = _solver_of(args, cls_name, c)
     if cls_name.startswith("MLP"):
         kwargs.update(hidden_layer_sizes=_hidden(args.hidden), activation=args.activation,
-                      solver=args.solver,
+                      solver=solver,
                       learning_rate_init=0.001 if args.lr is None else args.lr,
                       momentum=0.9 if args.momentum is None else args.momentum)
         return cls(**kwargs)
@@ -67,7 +68,34 @@ def estimator_from_args(args, c):
                   shard=_split_of(args))
     if cls_name == "SGDRegressor":
         kwargs["epsilon"] = args.epsilon
+    if solver != "sgd":
+        kwargs.update(solver=solver, max_iter=args.max_iter or EXACT_MAX_ITER)
     return cls(**kwargs)
+
+
+# the linear models' --solver values, the MLPs' (the first is the default), and the
+# iterations an exact solver makes without --max-iter
+LINEAR_SOLVERS = ("sgd", "lbfgs", "owlqn", "newton-cg", "hybrid")
+MLP_SOLVERS = ("adam", "sgd")
+EXACT_MAX_ITER = 100
+
+
+def _solver_of(args, cls_name, c):
+    """``--solver`` checked against the model (shared, as in scikit-learn: the linear
+    models take SGD or an exact solver, the MLPs adam or sgd); ``--max-iter`` is the
+    exact solvers' iteration cap."""
+    from .errors import ConfigError
+    mlp = cls_name.startswith("MLP")
+    choices = MLP_SOLVERS if mlp else LINEAR_SOLVERS
+    solver = args.solver or choices[0]
+    if solver not in choices:
+        raise ConfigError(f"--solver {solver} is not a solver of --model {args.model}: choose "
+                          f"{'|'.join(choices)}", ranks=range(c.size))
+    if args.max_iter is not None and solver in ("sgd", "adam"):
+        raise ConfigError(f"--max-iter counts the iterations of an exact solver (--solver "
+                          f"{'|'.join(LINEAR_SOLVERS[1:])}); --solver {solver} runs --epochs",
+                          ranks=range(c.size))
+    return solver
 
 
 def _split_of(args):
@@ -140,6 +168,12 @@ def cmd_train(args):
     if est.scaler is not None:
         from .models.scaling import describe
         c.print0(describe(est))
+    if getattr(est, "solver", "sgd") not in ("sgd", "adam"):
+        run = len(est.epoch_times_)
+        c.print0(f"solved by {est._exact_solver()} in {est.n_iter_} iteration(s) ({run} in this "
+                 f"run; {est.n_evals_} objective evaluations) in {info['fit_seconds']:.2f} s: "
+                 f"{est.solver_status_}, objective {est.objective_:.10g}; saved {args.out}")
+        return 0
     run = len(est.epoch_times_)          # epochs run by this call (not before a resume)
     if est.stopped_by_ and est.stopped_by_.startswith("early stopping"):
         c.print0(f"stopped after epoch {est.n_iter_}: {est.stopped_by_}")
@@ -195,7 +229,8 @@ def _optimisation(p):
                    help="momentum (default 0 for the linear models, 0.9 for MLPs with --solver sgd)")
     p.add_argument("--epsilon", type=float, default=0.1, help="huber threshold")
     p.add_argument("--tol", type=float, default=None,
-                   help="stop when the epoch loss improves by less than this (default: run all epochs)")
+                   help="SGD: stop when the epoch loss improves by less than this (default: run all "
+                        "epochs); exact solvers: stop at max |gradient| <= this (default 1e-4)")
     p.add_argument("--n-iter-no-change", type=positive_int, default=5)
 
 
@@ -228,7 +263,17 @@ def _imbalance_and_mlp(p):
     g.add_argument("--hidden", default="100", metavar="H1,H2,...",
                    help="hidden layer sizes (default 100)")
     g.add_argument("--activation", choices=["relu", "tanh"], default="relu")
-    g.add_argument("--solver", choices=["adam", "sgd"], default="adam")
+    g = p.add_argument_group("solvers")
+    g.add_argument("--solver", default=None, metavar="NAME",
+                   choices=sorted(set(LINEAR_SOLVERS) | set(MLP_SOLVERS)),
+                   help="linear models: sgd (default: minibatch SGD, --epochs) | lbfgs | owlqn "
+                        "(L1 / elastic net) | newton-cg | hybrid (one SGD epoch, then L-BFGS): "
+                        "exact solvers that reach the optimum of the same objective "
+                        "(docs/exact-solvers.md); MLPs: adam (default) | sgd")
+    g.add_argument("--max-iter", type=positive_int, default=None, metavar="N",
+                   help=f"exact solvers: at most N iterations (default {EXACT_MAX_ITER}); "
+                        "they stop earlier when max |gradient| <= --tol (default 1e-4) or the "
+                        "objective stops changing")
 
 
 def _parallel(p):
@@ -267,7 +312,7 @@ def _steering_and_safety(p, resume=True):
     g.add_argument("--checkpoint-dir", default=None,
                    help="write checkpoints here (at the end, on SIGTERM/SIGUSR1, and as below)")
     g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
-                   help="checkpoint every this many updates")
+                   help="checkpoint every this many updates (iterations of an exact solver)")
     g.add_argument("--checkpoint-seconds", type=float, default=None, metavar="SECONDS",
                    help="checkpoint when this much time has passed since the last one")
     g.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="K")

@@ -7,7 +7,7 @@ import math
 import time
 
 from .cli_common import param_name
-from .cli_train import _hidden, add_train_options, estimator_from_args
+from .cli_train import EXACT_MAX_ITER, _hidden, add_train_options, estimator_from_args
 from .errors import ConfigError
 
 
@@ -67,6 +67,9 @@ def _factory(args, c, grid):
     def make(config, comm, epochs):
         params = dict(fixed, comm=comm, max_iter=epochs)
         params.update({param_name(k, mlp): _grid_value(k, v) for k, v in config.items()})
+        if not mlp and params.get("solver", "sgd") != "sgd":
+            # an exact solver runs to its optimum: --max-iter iterations, not the epochs
+            params["max_iter"] = args.max_iter or EXACT_MAX_ITER
         return type(base)(**params)
     return make
 

@@ -140,14 +140,45 @@ def wolfe_search(fun, x, f0, g0, p, step=1.0, c1=1e-4, c2=0.9, evals=40):
     return None
 
 
-def lbfgs(fun, x0, tol, max_iter, memory=10):
-    """Minimise ``fun`` (``x -> (f, g)``) from ``x0`` by L-BFGS with a strong-Wolfe line
-    search; see the module doc for the stopping rule. Returns a :class:`Result`."""
-    fun = _Counted(fun)
-    x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
+def _pairs(start, memory):
+    """The (s, y, rho) memory of a saved state (``rho`` recomputed: the same bits)."""
     pairs = deque(maxlen=memory)
-    for it in range(max_iter):
+    if start is not None:
+        for s, y in start["pairs"]:
+            pairs.append((np.array(s, dtype=np.float64), np.array(y, dtype=np.float64),
+                          1.0 / (s @ y)))
+    return pairs
+
+
+def _state(x, f, g, pairs, it, evals, gmax, **extra):
+    """What :func:`lbfgs` / :func:`owlqn` / :func:`newton_cg` pass to ``on_iter`` after an
+    iteration that did not end the solve: everything a later call needs (as ``start``) to
+    continue exactly as this one would have."""
+    return dict(x=x, f=f, g=g, pairs=[(s, y) for s, y, _ in pairs], it=it, evals=evals,
+                gmax=gmax, **extra)
+
+
+def _begin(fun, x0, start):
+    """``(x, f, g, first iteration)``: evaluated at ``x0``, or taken from ``start``."""
+    if start is None:
+        x = np.array(x0, dtype=np.float64)
+        f, g = fun(x)
+        return x, f, g, 0
+    fun.calls = int(start["evals"])
+    return (np.array(start["x"], dtype=np.float64), float(start["f"]),
+            np.array(start["g"], dtype=np.float64), int(start["it"]))
+
+
+def lbfgs(fun, x0, tol, max_iter, memory=10, start=None, on_iter=None):
+    """Minimise ``fun`` (``x -> (f, g)``) from ``x0`` by L-BFGS with a strong-Wolfe line
+    search; see the module doc for the stopping rule. Returns a :class:`Result`.
+
+    ``on_iter(state)`` is called after every iteration that does not end the solve (it
+    may raise to stop it); ``start``, such a state, continues a solve where it was."""
+    fun = _Counted(fun)
+    x, f, g, first = _begin(fun, x0, start)
+    pairs = _pairs(start, memory)
+    for it in range(first, max_iter):
         if np.max(np.abs(g), initial=0.0) <= tol:
             return Result(x, f, it, "converged", fun.calls)
         p = -_two_loop(g, pairs)
@@ -163,6 +194,9 @@ def lbfgs(fun, x0, tol, max_iter, memory=10):
         x, f_old, f, g = x + a * p, f, f_new, g_new
         if _no_progress(f_old, f):
             return Result(x, f, it + 1, "converged", fun.calls)
+        if on_iter is not None and it + 1 < max_iter:
+            on_iter(_state(x, f, g, pairs, it + 1, fun.calls, np.max(np.abs(g), initial=0.0),
+                           F=f))
     done = np.max(np.abs(g), initial=0.0) <= tol
     return Result(x, f, max_iter, "converged" if done else "max_iter", fun.calls)
 
@@ -193,19 +227,18 @@ def _owl_step(fun, x, F, pg, p, l1, step, c1=1e-4, evals=60):
     return None
 
 
-def owlqn(fun, x0, l1, tol, max_iter, memory=10):
+def owlqn(fun, x0, l1, tol, max_iter, memory=10, start=None, on_iter=None):
     """Minimise ``f(x) + sum(l1 * |x|)`` (``fun`` gives the smooth part and its gradient,
     ``l1`` the per-coordinate L1 weights, 0 where not penalised) by OWL-QN (Andrew & Gao
     2007): L-BFGS on the pseudo-gradient, directions and steps kept in one orthant, so
     coefficients the penalty zeroes are exactly 0. Returns a :class:`Result` whose ``f``
-    includes the L1 term."""
+    includes the L1 term. ``start`` / ``on_iter``: as :func:`lbfgs`'s."""
     fun = _Counted(fun)
     l1 = np.asarray(l1, dtype=np.float64)
-    x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
+    x, f, g, first = _begin(fun, x0, start)
     F = f + l1 @ np.abs(x)
-    pairs = deque(maxlen=memory)
-    for it in range(max_iter):
+    pairs = _pairs(start, memory)
+    for it in range(first, max_iter):
         pg = pseudo_gradient(x, g, l1)
         if np.max(np.abs(pg), initial=0.0) <= tol:
             return Result(x, F, it, "converged", fun.calls)
@@ -223,6 +256,9 @@ def owlqn(fun, x0, l1, tol, max_iter, memory=10):
         x, F_old, F, f, g = xn, F, Fn, fn, gn
         if _no_progress(F_old, F):
             return Result(x, F, it + 1, "converged", fun.calls)
+        if on_iter is not None and it + 1 < max_iter:
+            gmax = np.max(np.abs(pseudo_gradient(x, g, l1)), initial=0.0)
+            on_iter(_state(x, f, g, pairs, it + 1, fun.calls, gmax, F=F))
     done = np.max(np.abs(pseudo_gradient(x, g, l1)), initial=0.0) <= tol
     return Result(x, F, max_iter, "converged" if done else "max_iter", fun.calls)
 
@@ -254,16 +290,16 @@ def _truncated_cg(hessp, g, max_cg):
     return p, used
 
 
-def newton_cg(fun, hessp, x0, tol, max_iter, max_cg=200):
+def newton_cg(fun, hessp, x0, tol, max_iter, max_cg=200, start=None, on_iter=None):
     """Minimise ``fun`` (``x -> (f, g)``) by truncated Newton: each iteration solves the
     Newton system with conjugate gradients on Hessian-vector products ``hessp(x, v)``,
     then takes a strong-Wolfe step (usually the full step). Returns a :class:`Result`;
-    ``n_evals`` counts gradient evaluations and Hessian-vector products."""
+    ``n_evals`` counts gradient evaluations and Hessian-vector products. ``start`` /
+    ``on_iter``: as :func:`lbfgs`'s (a state's ``evals`` counts both kinds)."""
     fun = _Counted(fun)
-    x = np.array(x0, dtype=np.float64)
-    f, g = fun(x)
+    x, f, g, first = _begin(fun, x0, start)
     products = 0
-    for it in range(max_iter):
+    for it in range(first, max_iter):
         if np.max(np.abs(g), initial=0.0) <= tol:
             return Result(x, f, it, "converged", fun.calls + products)
         p, used = _truncated_cg(_AtPoint(hessp, x), g, max_cg)
@@ -277,5 +313,10 @@ def newton_cg(fun, hessp, x0, tol, max_iter, max_cg=200):
         x, f_old, f, g = x + a * p, f, f_new, g_new
         if _no_progress(f_old, f):
             return Result(x, f, it + 1, "converged", fun.calls + products)
+        if on_iter is not None and it + 1 < max_iter:
+            # products are folded into the evaluation count a continued solve starts from
+            fun.calls, products = fun.calls + products, 0
+            on_iter(_state(x, f, g, (), it + 1, fun.calls, np.max(np.abs(g), initial=0.0),
+                           F=f))
     done = np.max(np.abs(g), initial=0.0) <= tol
     return Result(x, f, max_iter, "converged" if done else "max_iter", fun.calls + products)

@@ -189,8 +189,9 @@ def checkpoint_settings(est, resume, comm=None):
     state, _ = read_checkpoint(resume, comm=get_comm(comm))
     if state["model_type"] != type(est).__name__:
         return {}           # the fit refuses it, saying so
-    # the live ones the fit takes itself; the loss (the command's --model) must match
-    keep = set(est._live_names()) | {"loss", "multi_class"}
+    # the live ones the fit takes itself; the loss (the command's --model) and the solver
+    # (--solver) must match: the fit refuses a checkpoint made with others
+    keep = set(est._live_names()) | {"loss", "multi_class", "solver"}
     out = {k: state["params"][k] for k in est._resumed_params
            if k in state["params"] and k not in keep}
     if isinstance(out.get("hidden_layer_sizes"), list):

@@ -23,22 +23,40 @@ from .._kernels import glm as _g
 from ..comm import get_comm
 from ..errors import DataError, NotFittedError, TrainingError
 from ..imbalance import row_weights
+from ..parallel.protocol import N_WORDS, Decision, Word, decision, seq_word
 from .base import BaseEstimator, check_finite_outputs, check_predict_X
 from .training import Trainer
 
-__all__ = ["SOLVERS", "LogisticRegression", "Objective"]
+__all__ = ["SOLVERS", "LogisticRegression", "Objective", "check_solution", "run_solver",
+           "warn_unconverged"]
 
 SOLVERS = ("lbfgs", "owlqn", "newton-cg")
 
 
+class _Counter:
+    """What :class:`~mpiml.parallel.protocol.StepControl` reads as its ``engine``: ``t``,
+    the number of reductions made (the control words' sequence number)."""
+
+    def __init__(self):
+        self.t = 0
+
+
 class Objective:
     """``f(x) = (1/W) sum_i s_i loss_i(x) + l2/2 |x_pen|^2`` over the rows of every rank
-    (``W``: the global sum of the row weights ``s``; ``x_pen``: the weights, not the
-    intercepts). ``x`` holds the (K, d) weights row by row, then the K intercepts when
-    ``fit_intercept``. Calling it is collective: one read of this rank's rows, one
-    Allreduce of ``1 + K*d + K`` doubles; :meth:`hessp` likewise."""
+    (``W``: ``weight_sum``; ``x_pen``: the weights, not the intercepts). ``x`` holds the
+    (K, d) weights row by row, then the K intercepts when ``fit_intercept``. Calling it
+    is collective: one read of this rank's rows, one Allreduce of ``1 + K*d + K``
+    doubles; :meth:`hessp` likewise.
 
-    def __init__(self, comm, X, y, sw, kind, K, fit_intercept, epsilon, weight_sum, l2):
+    With a ``control`` (a :class:`~mpiml.parallel.protocol.StepControl`, when a fit
+    session hosts the solve), the same Allreduce also carries the control words: each
+    rank's stop / checkpoint / command requests and the reduction's sequence number.
+    The decisions they give (identical on every rank) are collected in ``pending`` for
+    the session to act on at the end of the solver's iteration; a rank out of step is
+    reported at once."""
+
+    def __init__(self, comm, X, y, sw, kind, K, fit_intercept, epsilon, weight_sum, l2,
+                 control=None):
         self.comm, self.X, self.K = comm, X, K
         self.y = np.ascontiguousarray(y, dtype=np.float64)
         self.sw = np.zeros(0) if sw is None else np.ascontiguousarray(sw, dtype=np.float64)
@@ -49,7 +67,11 @@ class Objective:
         self.scale, self.l2 = 1.0 / weight_sum, float(l2)
         self.penalised = np.zeros(self.size)
         self.penalised[:K * d] = 1.0
-        self._buf = np.zeros(self.P + 1)
+        self.control, self.pending = control, 0
+        self.counter = _Counter()
+        n_words = N_WORDS if control is not None else 0
+        self._buf = np.zeros(1 + self.P + n_words)
+        self._hbuf = np.zeros(self.P + n_words)
         self._w = np.zeros(self.P)
         self._v = np.zeros(self.P)
 
@@ -57,21 +79,77 @@ class Objective:
         out[:self.size] = x
         return out
 
+    def _reduce(self, buf, n_values):
+        """Allreduce ``buf`` (its first ``n_values`` entries, then the control words)."""
+        ctl = self.control
+        if ctl is None:
+            self.comm.Allreduce(buf)
+            return
+        words = buf[n_values:]
+        words[:] = 0.0
+        words[Word.SEQ] = seq_word(self.counter.t)
+        ctl.request(words, True)
+        self.comm.Allreduce(buf)
+        code = decision(words, self.comm.size, self.counter.t)
+        if code & Decision.OUT_OF_STEP:
+            ctl.out_of_step(self.counter)
+        self.counter.t += 1
+        self.pending |= code
+
+    def take_pending(self):
+        """The decisions collected since the last call (the same on every rank)."""
+        code, self.pending = self.pending, 0
+        return code
+
     def __call__(self, x):
         buf = self._buf
-        buf[0] = _g.loss_grad(self.X, self.y, self.sw, self._full(x, self._w), buf[1:],
+        grad = buf[1:1 + self.P]
+        buf[0] = _g.loss_grad(self.X, self.y, self.sw, self._full(x, self._w), grad,
                               self.kind, self.K, self.epsilon)
-        self.comm.Allreduce(buf)
+        self._reduce(buf, 1 + self.P)
         pen = self.penalised * x
         f = buf[0] * self.scale + 0.5 * self.l2 * (pen @ pen)
-        return f, buf[1:1 + self.size] * self.scale + self.l2 * pen
+        return f, grad[:self.size] * self.scale + self.l2 * pen
 
     def hessp(self, x, v):
-        out = self._buf[1:]
+        out = self._hbuf[:self.P]
         _g.hessp(self.X, self.y, self.sw, self._full(x, self._w), self._full(v, self._v), out,
                  self.kind, self.K, self.epsilon)
-        self.comm.Allreduce(out)
+        self._reduce(self._hbuf, self.P)
         return out[:self.size] * self.scale + self.l2 * self.penalised * v
+
+
+def run_solver(solver, obj, l1, tol, max_iter, x0, start=None, on_iter=None):
+    """Minimise ``obj`` (+ ``l1 |w|_1`` for ``owlqn``) by ``solver`` (collective): a
+    :class:`mpiml.solvers.Result`. ``start`` / ``on_iter``: see :func:`mpiml.solvers.lbfgs`."""
+    if solver == "owlqn":
+        return solvers.owlqn(obj, x0, l1 * obj.penalised, tol, max_iter, start=start,
+                             on_iter=on_iter)
+    if solver == "newton-cg":
+        return solvers.newton_cg(obj, obj.hessp, x0, tol, max_iter, start=start,
+                                 on_iter=on_iter)
+    return solvers.lbfgs(obj, x0, tol, max_iter, start=start, on_iter=on_iter)
+
+
+def check_solution(name, solver, res):
+    """A non-finite solution is the data's fault (every rank raises alike)."""
+    if not (math.isfinite(res.f) and np.isfinite(res.x).all()):
+        raise TrainingError(f"{name}: the objective became {res.f} (solver {solver!r}); "
+                            "scale the features")
+
+
+def warn_unconverged(name, solver, res, max_iter, tol, stacklevel=3):
+    """The ``ConvergenceWarning`` of a solve that stopped before converging (every rank
+    holds the same result and warns alike: see docs/exact-solvers.md)."""
+    if res.status == "max_iter":
+        warnings.warn(f"{name}: solver {solver!r} did not converge in max_iter={max_iter} "
+                      f"iterations (tol={tol}); increase max_iter or scale the data",
+                      ConvergenceWarning, stacklevel=stacklevel + 1)
+    elif res.status == "line_search":
+        warnings.warn(f"{name}: solver {solver!r} stopped after {res.n_iter} iterations: the "
+                      f"line search found no step that lowers the objective (tol={tol} not "
+                      "reached); the result is as precise as float64 rounding allows here, "
+                      "or the data need scaling", ConvergenceWarning, stacklevel=stacklevel + 1)
 
 
 def _number(v):
@@ -166,29 +244,11 @@ class _ExactLinear(BaseEstimator):
 
     def _solve(self, obj, l1):
         """Run the solver (collective); warn if it stopped before converging."""
-        x0 = np.zeros(obj.size)
         max_iter = self.max_iter if self.max_iter is not None else self._default_max_iter
         tol = float(self.tol)
-        if self.solver == "owlqn":
-            res = solvers.owlqn(obj, x0, l1 * obj.penalised, tol, max_iter)
-        elif self.solver == "newton-cg":
-            res = solvers.newton_cg(obj, obj.hessp, x0, tol, max_iter)
-        else:
-            res = solvers.lbfgs(obj, x0, tol, max_iter)
-        if not (math.isfinite(res.f) and np.isfinite(res.x).all()):
-            raise TrainingError(f"{type(self).__name__}: the objective became {res.f} "
-                                f"(solver {self.solver!r}); scale the features")
-        # every rank holds the same result and warns alike (see docs/exact-solvers.md)
-        if res.status == "max_iter":
-            warnings.warn(f"{type(self).__name__}: solver {self.solver!r} did not converge in "
-                          f"max_iter={max_iter} iterations (tol={tol}); increase max_iter or "
-                          "scale the data", ConvergenceWarning, stacklevel=3)
-        elif res.status == "line_search":
-            warnings.warn(f"{type(self).__name__}: solver {self.solver!r} stopped after "
-                          f"{res.n_iter} iterations: the line search found no step that "
-                          f"lowers the objective (tol={tol} not reached); the result is as "
-                          "precise as float64 rounding allows here, or the data need "
-                          "scaling", ConvergenceWarning, stacklevel=3)
+        res = run_solver(self.solver, obj, l1, tol, max_iter, np.zeros(obj.size))
+        check_solution(type(self).__name__, self.solver, res)
+        warn_unconverged(type(self).__name__, self.solver, res, max_iter, tol)
         return res
 
     def _store(self, res, K, d):

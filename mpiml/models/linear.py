@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.utils.metaestimators import available_if
 
+from .. import hooks
 from .._kernels import sgd as _k
 from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
@@ -14,6 +16,7 @@ from ..parallel.protocol import N_WORDS
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
 from .base import check_finite_outputs, check_predict_X, label_index
 from .scaling import transform
+from .solve import SOLVERS, SolveSession
 from .training import Trainer
 
 __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
@@ -21,7 +24,7 @@ __all__ = ["SGDClassifier", "SGDRegressor", "LOSSES"]
 # optimisation hyper-parameters that a resumed run takes from its checkpoint
 _RESUMED_PARAMS = ("loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "learning_rate",
                    "eta0", "power_t", "momentum", "batch_size", "tol", "n_iter_no_change",
-                   "epsilon", "multi_class", "class_weight", "dtype", "scaler")
+                   "epsilon", "multi_class", "class_weight", "dtype", "scaler", "solver")
 
 # the user's loss name -> factory of the kernel's loss object (STYLE.md rule 4)
 LOSSES = {
@@ -65,6 +68,90 @@ class _BaseSGD(Trainer):
             bad(f"epsilon must be > 0, not {self.epsilon}")
         if self.shard not in ("auto", "classes", "features"):
             bad(f"shard must be 'auto', 'classes' or 'features', not {self.shard!r}")
+        if self.solver not in SOLVERS:
+            bad(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if self.solver != "sgd":
+            self._validate_exact(bad)
+
+    def _validate_exact(self, bad):
+        """The settings an exact solver (``solver != "sgd"``) needs."""
+        s = self.solver
+        if self.loss == "hinge":
+            bad(f"solver={s!r} needs a smooth loss (log_loss, squared_error, huber), not "
+                "'hinge': use solver='sgd'")
+        l1 = self._solver_penalty()[1]
+        if l1 > 0 and s not in ("owlqn", "hybrid"):
+            bad(f"an L1 part in the penalty needs solver='owlqn' (or 'hybrid'); solver={s!r} "
+                "is for smooth objectives")
+        if self.model_parallel != 1:
+            bad(f"solver={s!r} is data-parallel: model_parallel must be 1, not "
+                f"{self.model_parallel}")
+        if self.sync != "allreduce" or self.compress != "none" or self.overlap:
+            bad(f"solver={s!r} makes one exact Allreduce per evaluation: sync, compress and "
+                "overlap are SGD's settings (leave them at their defaults)")
+
+    def _sgd_solver(self):
+        if self.solver not in ("sgd", None):
+            raise AttributeError(f"partial_fit makes SGD epochs: it is not available with "
+                                 f"solver={self.solver!r}, which fits to the optimum with fit")
+        return True
+
+    @available_if(_sgd_solver)
+    def partial_fit(self, X, y, classes=None):
+        """One SGD epoch over the rows every rank passes, continuing from the current
+        state (collective; ``solver="sgd"`` only, as scikit-learn's MLP with ``lbfgs``
+        has no ``partial_fit``)."""
+        return super().partial_fit(X, y, classes)
+
+    def _fit(self, X, y, epochs, reset, classes=None, resume=None, columns=None, validation=None,
+             callbacks=None, sample_weight=None, copy_X=True, overwrite=False,
+             signal_checkpoint_dir=None):
+        if self.solver in ("sgd", None) or self.solver not in SOLVERS:
+            # (an unknown solver is refused by the agreement, on every rank)
+            return super()._fit(X, y, epochs, reset, classes, resume, columns, validation,
+                                callbacks, sample_weight, copy_X, overwrite,
+                                signal_checkpoint_dir)
+        if epochs is not None:
+            # the same parameters on every rank: every rank raises here
+            raise ConfigError(f"{type(self).__name__}: partial_fit makes SGD epochs; "
+                              f"solver={self.solver!r} fits to the optimum with fit")
+        data = self._agree_data(X, y, True, classes, columns, copy_X)
+        session = SolveSession(self, data, resume=resume, validation=validation,
+                               callbacks=callbacks, sample_weight=sample_weight,
+                               hooks=hooks.current(), overwrite=overwrite,
+                               signal_checkpoint_dir=signal_checkpoint_dir)
+        session.run()
+        session.store()
+        return self
+
+    def _exact_solver(self):
+        """The solver of an exact fit (``hybrid`` continues with L-BFGS, or OWL-QN when
+        the penalty has an L1 part)."""
+        if self.solver != "hybrid":
+            return self.solver
+        return "owlqn" if self._solver_penalty()[1] > 0 else "lbfgs"
+
+    def _solver_penalty(self):
+        """``(l2, l1)`` of ``alpha R(w)`` (the SGD kernels' split of the penalty)."""
+        a, r = float(self.alpha), float(self.l1_ratio)
+        return {None: (0.0, 0.0), "l2": (a, 0.0), "l1": (0.0, a),
+                "elasticnet": (a * (1.0 - r), a * r)}.get(self.penalty, (a, 0.0))
+
+    def _glm_kind(self):
+        """The loss of the exact solvers' kernel (:mod:`mpiml._kernels.glm`)."""
+        if self._is_classifier:
+            return "multinomial" if self._multinomial() else "logistic"
+        return self.loss
+
+    def _store_solution(self, x, K, d):
+        """The solution of an exact fit (the flat parameters) as the fitted model."""
+        for name in ("coef_", "intercept_", "_velocity", "shard_"):
+            self.__dict__.pop(name, None)
+        self._velocity = np.zeros_like(x)
+        self.coef_ = x[:K * d].reshape(K, d).copy()
+        self.intercept_ = x[K * d:].copy()
+        if not self._is_classifier:
+            self.coef_ = self.coef_.ravel()
 
     def _hyper(self, live=None):
         """The update's hyper-parameters as kernel codes (shared by both engines), with
@@ -271,6 +358,15 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         Scale the features with global statistics of the training rows (one
         Allreduce): the model trains on ``(X - scale_offset_) / scale_factor_``, and
         every prediction path, the model file and the ONNX export apply it to raw rows.
+    solver : {"sgd", "lbfgs", "owlqn", "newton-cg", "hybrid"}
+        ``"sgd"`` (default): minibatch SGD epochs. The others fit the same objective,
+        ``(1/n) sum_i s_i loss_i + alpha R(w)``, to its optimum (docs/exact-solvers.md):
+        L-BFGS, OWL-QN (needed for an L1 part of the penalty), Newton-CG, or
+        ``"hybrid"``: one SGD epoch, then L-BFGS (OWL-QN with L1) from there. With
+        them ``max_iter`` counts solver iterations, ``tol`` is the gradient tolerance
+        (``max |g| <= tol``; None: 1e-4), ``checkpoint_every`` counts iterations, and
+        the SGD step settings (eta0, learning_rate, momentum, batch_size) serve only
+        the hybrid's first epoch. Loss ``hinge`` is not smooth: SGD only.
     comm : mpi4py communicator, optional
 
     Attributes
@@ -278,6 +374,10 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
     coef_ : ndarray (1 or n_classes, n_features)
     intercept_ : ndarray (1 or n_classes,)
     classes_, n_iter_, t_, n_features_in_
+    n_evals_, objective_, solver_status_
+        With an exact solver: the objective evaluations made (Allreduces), the
+        objective at the solution and how the solve ended ("converged", "max_iter",
+        "line_search", "stopped").
     scale_offset_, scale_factor_ : ndarray (n_features,)
         With ``scaler``: the model's input is ``(X - scale_offset_) / scale_factor_``.
     loss_curve_ : list of float
@@ -302,7 +402,7 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, scaler=None,
+                 stats=None, run_dir=None, scaler=None, solver="sgd",
                  comm=None):
         self.loss = loss
         self.penalty = penalty
@@ -337,6 +437,7 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         self.run_dir = run_dir
         self.scaler = scaler
         self.shard = shard
+        self.solver = solver
         self.comm = comm
 
     def _validate_params(self):
@@ -444,7 +545,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, scaler=None,
+                 stats=None, run_dir=None, scaler=None, solver="sgd",
                  comm=None):
         self.loss = loss
         self.penalty = penalty
@@ -478,6 +579,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self.run_dir = run_dir
         self.scaler = scaler
         self.shard = shard
+        self.solver = solver
         self.comm = comm
 
     def _encode(self, y):

@@ -52,7 +52,9 @@ class Steering:
     def _apply(self, engine, step, cmds):
         want_checkpoint = False
         for cid, text, (name, args) in cmds:
-            if name == "set":
+            if name == "set" and getattr(self.session, "fixed_objective", None):
+                self._respond(cid, text, "rejected", step, self.session.fixed_objective)
+            elif name == "set":
                 done = []
                 for key, value in args.items():
                     self.session.set_live(self._param(key), value, "ctl")
