@@ -370,3 +370,19 @@ def test_ctl_commands_during_a_solve(comm, shared_tmp):
         assert answers[1]["status"] == "applied"
         # the checkpoint the command asked for, beside the final one
         assert len(os.listdir(os.path.join(run, "checkpoints"))) == 2
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("solver", ["lbfgs", "hybrid"])
+def test_scaled_features_reach_the_optimum_on_standardized_rows(comm, solver):
+    """scaler="standard": the solve runs on globally standardized rows (and the hybrid's
+    SGD epoch on the same rows), as scikit-learn on StandardScaler's output."""
+    from sklearn.preprocessing import StandardScaler
+    X, y = _binary(n=401, seed=13)
+    X = X * [1.0, 10.0, 100.0, 0.1, 1.0] + 5.0
+    Xl, yl = _uneven(comm, X, y)
+    got = SGDClassifier(alpha=1e-3, solver=solver, scaler="standard", **TIGHT).fit(Xl, yl)
+    Xs = StandardScaler().fit_transform(X)
+    ref = _sk_logistic(Xs, y, 1e-3)
+    _close(_flat(got), np.append(ref.coef_, ref.intercept_))
+    np.testing.assert_array_equal(got.predict(Xl), ref.predict(_uneven(comm, Xs)[0]))
