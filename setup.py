@@ -34,6 +34,8 @@ extensions = [
     Extension(
         "mpiml._kernels.glm",
         ["csrc/glm.pyx"],
+        include_dirs=["csrc"],
+        depends=["csrc/dense.h", "csrc/glm.h"],
         extra_compile_args=flags,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

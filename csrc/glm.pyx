@@ -106,40 +106,46 @@ cdef inline void _row_curvature(double* m, double* u, double y, Py_ssize_t K, in
         u[0] = 0.0
 
 
+cdef extern from "glm.h" nogil:
+    void mpiml_margins_fd(const float* X, Py_ssize_t nb, Py_ssize_t d, const double* w,
+                          double* m)
+    void mpiml_accumulate_fd(const float* X, Py_ssize_t nb, Py_ssize_t d, const double* g,
+                             double* grad)
+    void mpiml_margins_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* w,
+                         double* m, Py_ssize_t nb_pf)
+    void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g,
+                            double* grad)
+
+
 cdef void _margins(const floating* X, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t K,
-                   const double* w, double* m) noexcept nogil:
-    """m[i*K + k] = x_i . w_k + b_k for the nb rows at X (float64 sums)."""
-    cdef Py_ssize_t i, j, k
-    cdef double acc
-    cdef const floating* x
-    cdef const double* wk
-    for i in range(nb):
-        x = X + i * d
-        for k in range(K):
-            wk = w + k * d
-            acc = 0.0
-            for j in range(d):
-                acc += x[j] * wk[j]
-            m[i * K + k] = acc + w[K * d + k]
+                   const double* w, double* m, double* tmp) noexcept nogil:
+    """m[i*K + k] = x_i . w_k + b_k for the nb rows at X (float64 sums; ``tmp`` holds
+    ``nb`` doubles). The row kernels are glm.h's / dense.h's vectorised loops."""
+    cdef Py_ssize_t i, k
+    for k in range(K):
+        if floating is float:
+            mpiml_margins_fd(X, nb, d, w + k * d, tmp)
+        else:
+            mpiml_margins_d(X, nb, d, w + k * d, tmp, nb)
+        for i in range(nb):
+            m[i * K + k] = tmp[i] + w[K * d + k]
 
 
 cdef void _accumulate(const floating* X, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t K,
-                      const double* g, double* grad) noexcept nogil:
-    """grad[k] += sum_i g[i*K + k] (x_i, 1) for the nb rows at X."""
-    cdef Py_ssize_t i, j, k
-    cdef double a
-    cdef const floating* x
-    cdef double* gk
-    for i in range(nb):
-        x = X + i * d
-        for k in range(K):
-            a = g[i * K + k]
-            if a == 0.0:
-                continue
-            gk = grad + k * d
-            for j in range(d):
-                gk[j] += a * x[j]
-            grad[K * d + k] += a
+                      const double* g, double* grad, double* tmp) noexcept nogil:
+    """grad[k] += sum_i g[i*K + k] (x_i, 1) for the nb rows at X (``tmp``: nb doubles)."""
+    cdef Py_ssize_t i, k
+    cdef double b
+    for k in range(K):
+        b = 0.0
+        for i in range(nb):
+            tmp[i] = g[i * K + k]
+            b += tmp[i]
+        if floating is float:
+            mpiml_accumulate_fd(X, nb, d, tmp, grad + k * d)
+        else:
+            mpiml_accumulate_d(X, nb, d, tmp, grad + k * d)
+        grad[K * d + k] += b
 
 
 def _check(X, y, sw, w, out, Py_ssize_t K):
@@ -157,16 +163,17 @@ def loss_grad(const floating[:, ::1] X, const double[::1] y, const double[::1] s
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i0, b, k, nb
     cdef double total = 0.0, s
     cdef bint weighted = sw.shape[0] > 0
-    cdef double* m = <double*> malloc(BLOCK * K * sizeof(double))
+    cdef double* m = <double*> malloc((BLOCK * K + BLOCK) * sizeof(double))
     if m == NULL:
         raise MemoryError()
+    cdef double* tmp = m + BLOCK * K
     with nogil:
         for k in range(grad.shape[0]):
             grad[k] = 0.0
         i0 = 0
         while i0 < n:
             nb = n - i0 if n - i0 < BLOCK else BLOCK
-            _margins(&X[i0, 0], nb, d, K, &w[0], m)
+            _margins(&X[i0, 0], nb, d, K, &w[0], m, tmp)
             for b in range(nb):
                 s = sw[i0 + b] if weighted else 1.0
                 if s == 0.0:
@@ -177,7 +184,7 @@ def loss_grad(const floating[:, ::1] X, const double[::1] y, const double[::1] s
                 if s != 1.0:
                     for k in range(K):
                         m[b * K + k] *= s
-            _accumulate(&X[i0, 0], nb, d, K, m, &grad[0])
+            _accumulate(&X[i0, 0], nb, d, K, m, &grad[0], tmp)
             i0 += nb
     free(m)
     return total
@@ -194,23 +201,24 @@ def hessp(const floating[:, ::1] X, const double[::1] y, const double[::1] sw,
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i0, b, k, nb
     cdef double s
     cdef bint weighted = sw.shape[0] > 0
-    cdef double* m = <double*> malloc(2 * BLOCK * K * sizeof(double))
+    cdef double* m = <double*> malloc((2 * BLOCK * K + BLOCK) * sizeof(double))
     if m == NULL:
         raise MemoryError()
     cdef double* u = m + BLOCK * K
+    cdef double* tmp = u + BLOCK * K
     with nogil:
         for k in range(out.shape[0]):
             out[k] = 0.0
         i0 = 0
         while i0 < n:
             nb = n - i0 if n - i0 < BLOCK else BLOCK
-            _margins(&X[i0, 0], nb, d, K, &w[0], m)
-            _margins(&X[i0, 0], nb, d, K, &v[0], u)
+            _margins(&X[i0, 0], nb, d, K, &w[0], m, tmp)
+            _margins(&X[i0, 0], nb, d, K, &v[0], u, tmp)
             for b in range(nb):
                 s = sw[i0 + b] if weighted else 1.0
                 _row_curvature(m + b * K, u + b * K, y[i0 + b], K, kind, epsilon)
                 for k in range(K):
                     u[b * K + k] *= s
-            _accumulate(&X[i0, 0], nb, d, K, u, &out[0])
+            _accumulate(&X[i0, 0], nb, d, K, u, &out[0], tmp)
             i0 += nb
     free(m)
