@@ -80,12 +80,11 @@ class SolveSession:
         self.sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
         self.control = StepControl(grid.data, None, est.checkpoint_seconds, hooks=hooks)
         self.l2, self.l1 = est._solver_penalty()
-        self.obj = Objective(c, X, y_enc, self.sw, est._glm_kind(), self.K, est.fit_intercept,
-                             getattr(est, "epsilon", 0.0), float(n), self.l2,
-                             control=self.control)
+        self.obj = self._objective(X, y_enc, self.sw)
         self.control.engine = self.iterations = _Iterations()
         self.iterations.t = self.start["it"] if self.start else 0
-        self.X, self.y_agreed, self._sample_weight = X, data.y, sample_weight
+        self.X, self._sample_weight = X, sample_weight
+        self._own = data.own or X is not data.X
         if self.start is not None:
             c.run(_check_size, self.start, self.obj.size, saved['path'])
         self.signal_only = False
@@ -160,21 +159,34 @@ class SolveSession:
 
     # ------------------------------------------------------------ the solve
     def _warm_start(self):
-        """``solver="hybrid"``: one SGD epoch with the model's SGD settings (a plain fit
-        of a copy: no checkpoints, no run directory), its weights the solver's start."""
+        """``solver="hybrid"``: one SGD epoch with the model's SGD settings (the fit
+        session of a copy without checkpoints or run directory, on the agreed rows as the
+        solve has them: no second agreement, no copy of the rows when they are the fit's
+        own), its weights the solver's start. The epoch puts the rows in its batch order:
+        the objective is then built on them in that order (a sum: the same function)."""
+        from .session import FitSession
         est = self.est
         sgd = type(est)(**{**est.get_params(), "solver": "sgd", "max_iter": 1, "tol": None,
                            "checkpoint_dir": None, "checkpoint_every": None,
                            "checkpoint_seconds": None, "run_dir": None, "stats": None,
                            "scaler": None, "verbose": 0})
+        data = self.data._replace(X=self.X, own=self._own)
+        session = FitSession(sgd, data, epochs=None, reset=True, resume=None, validation=None,
+                             callbacks=None, sample_weight=self._sample_weight, hooks=self.hooks)
+        session.run()
+        session.store()
+        lay = session.layout
+        self.obj = self._objective(lay.X, lay.y, lay.sw)
         K, d = self.K, self.data.d
-        y = self.y_agreed
-        labels = est.classes_[y.astype(np.intp)] if est._is_classifier else y
-        # the copy combines its class weights with the caller's sample weights itself
-        sgd.fit(self.X, labels, sample_weight=self._sample_weight)
         coef = np.asarray(sgd.coef_, dtype=np.float64).reshape(K, d).ravel()
         x0 = np.concatenate([coef, np.atleast_1d(sgd.intercept_)]) if est.fit_intercept else coef
         return x0
+
+    def _objective(self, X, y_enc, sw):
+        est = self.est
+        return Objective(self.c, X, y_enc, sw, est._glm_kind(), self.K, est.fit_intercept,
+                         getattr(est, "epsilon", 0.0), float(self.data.n_global), self.l2,
+                         control=self.control)
 
     def run(self):
         c, est, control = self.c, self.est, self.control
