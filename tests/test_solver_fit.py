@@ -13,8 +13,9 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-import scipy.optimize
 from launch import clean_env, make_binary, mpirun
+# the data, the uneven row split and the comparisons of the exact estimators' tests
+from test_exact_solvers import TIGHT, _binary, _close, _huber_reference, _multi, _regression, _uneven
 from mpi4py import MPI
 from sklearn import linear_model as sk
 
@@ -23,48 +24,8 @@ from mpiml.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(120)
 
-RTOL = 1e-6
-TIGHT = {"tol": 1e-10, "max_iter": 2000}
-
-
-def _uneven(comm, *arrays):
-    """This rank's rows: rank r of p holds a share proportional to r + 1 (uneven)."""
-    n = arrays[0].shape[0]
-    cuts = np.concatenate([[0], np.cumsum(np.arange(1, comm.size + 1))]) * n // \
-        (comm.size * (comm.size + 1) // 2)
-    return [a[cuts[comm.rank]:cuts[comm.rank + 1]] for a in arrays]
-
-
-def _close(got, ref, rtol=RTOL):
-    got, ref = np.ravel(got), np.ravel(ref)
-    assert np.linalg.norm(got - ref) <= rtol * max(np.linalg.norm(ref), 1e-12), (got, ref)
-
-
 def _flat(est):
     return np.append(np.ravel(est.coef_), est.intercept_)
-
-
-def _binary(n=301, d=5, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = (X @ rng.normal(size=d) + 0.5 * rng.normal(size=n) > 0.3).astype(int)
-    return X, y
-
-
-def _multi(n=307, d=4, K=3, seed=1):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = np.argmax(X @ rng.normal(size=(d, K)) + rng.gumbel(size=(n, K)), axis=1)
-    return X, np.array(["ant", "bee", "cat"])[y]
-
-
-def _regression(n=299, d=6, seed=2, outliers=False):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = X @ rng.normal(size=d) + 0.7 + 0.3 * rng.normal(size=n)
-    if outliers:
-        y[::17] += 8.0
-    return X, y
 
 
 def _sk_logistic(X, y, alpha, **kw):
@@ -136,21 +97,6 @@ def test_l1_reaches_the_lassos_optimum_with_its_exact_zeros(comm, solver):
     assert np.any(ref.coef_ == 0) and np.any(ref.coef_ != 0)
     np.testing.assert_array_equal(got.coef_ == 0, ref.coef_ == 0)
     _close(_flat(got), np.append(ref.coef_, ref.intercept_))
-
-
-def _huber_reference(X, y, eps, alpha):
-    A = np.column_stack([X, np.ones(len(X))])
-
-    def fun(w):
-        r = A @ w - y
-        a = np.abs(r)
-        loss = np.where(a <= eps, 0.5 * r * r, eps * (a - 0.5 * eps)).mean()
-        g = A.T @ np.clip(r, -eps, eps) / len(y)
-        return loss + 0.5 * alpha * w[:-1] @ w[:-1], g + alpha * np.append(w[:-1], 0.0)
-
-    res = scipy.optimize.minimize(fun, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B",
-                                  options={"gtol": 1e-13, "ftol": 1e-15, "maxiter": 10000})
-    return res.x
 
 
 @pytest.mark.mpi
