@@ -24,7 +24,7 @@ extensions = [
         "mpiml._kernels.sgd",
         ["csrc/sgd.pyx"],
         include_dirs=[numpy.get_include(), "csrc"],
-        depends=["csrc/dense.h"],
+        depends=["csrc/dense.h", "csrc/sparse.pxi"],
         extra_compile_args=flags,
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
@@ -42,6 +42,13 @@ extensions = [
     Extension(
         "mpiml._kernels.stats",
         ["csrc/stats.pyx"],
+        extra_compile_args=flags,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+    Extension(
+        "mpiml._kernels.textparse",
+        ["csrc/textparse.pyx"],
+        include_dirs=[numpy.get_include(), "csrc"],
         extra_compile_args=flags,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

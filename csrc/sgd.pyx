@@ -725,3 +725,7 @@ cdef class Engine:
             if not isfinite(self.w[j]):
                 return False
         return True
+
+
+# --------------------------------------------------------------------------- CSR rows
+include "sparse.pxi"

@@ -16,16 +16,27 @@ from sklearn.utils.validation import check_array, validate_data
 from ..errors import DataError
 from ..estimator import BaseEstimator, check_finite_outputs  # noqa: F401  (re-exported)
 
-__all__ = ["BaseEstimator", "check_local_X", "check_fit_input", "check_predict_X",
+__all__ = ["BaseEstimator", "check_local_X", "sparse_ok", "is_sparse", "check_fit_input", "check_predict_X",
            "check_finite_outputs", "label_index", "label_kind"]
 
 _FLOATS = (np.float64, np.float32)
 
 
-def check_local_X(X, name="X"):
+def sparse_ok(est):
+    """What ``accept_sparse`` the estimator's checks pass to scikit-learn: ``"csr"``
+    (other scipy formats are converted) for the models that train on CSR rows, else
+    False (scikit-learn's "Sparse data was passed ..., but dense data is required")."""
+    return "csr" if getattr(est, "_sparse_input", False) else False
+
+
+def is_sparse(X):
+    return getattr(X, "format", None) == "csr"
+
+
+def check_local_X(X, name="X", accept_sparse=False):
     """This rank's feature rows as a 2-D array of floats (no copy if they are float32 or
     float64), checked as scikit-learn's ``check_array`` does; zero rows are allowed."""
-    return check_array(X, accept_sparse=False, dtype=_FLOATS, ensure_all_finite=False,
+    return check_array(X, accept_sparse=accept_sparse, dtype=_FLOATS, ensure_all_finite=False,
                        ensure_min_samples=0, input_name=name)
 
 
@@ -33,7 +44,7 @@ def check_fit_input(est, X, y, reset):
     """This rank's ``(X, y)`` for ``fit``: scikit-learn's ``validate_data`` (which
     also records ``n_features_in_`` and ``feature_names_in_`` when ``reset``), then for a
     classifier scikit-learn's target-type check (``Unknown label type: continuous``)."""
-    X, y = validate_data(est, X, y, reset=reset, accept_sparse=False, dtype=_FLOATS,
+    X, y = validate_data(est, X, y, reset=reset, accept_sparse=sparse_ok(est), dtype=_FLOATS,
                          ensure_all_finite=False, ensure_min_samples=0,
                          y_numeric=not est._is_classifier)
     if est._is_classifier:
@@ -50,8 +61,8 @@ def check_predict_X(est, X, shard_width=None):
     takes its own columns only."""
     if shard_width is not None and getattr(X, "ndim", 0) == 2 and X.shape[1] == shard_width \
             and shard_width != est.n_features_in_:
-        return check_local_X(X)
-    return validate_data(est, X, reset=False, accept_sparse=False, dtype=_FLOATS,
+        return check_local_X(X, accept_sparse=sparse_ok(est))
+    return validate_data(est, X, reset=False, accept_sparse=sparse_ok(est), dtype=_FLOATS,
                          ensure_all_finite=False, ensure_min_samples=0)
 
 

@@ -116,9 +116,16 @@ def fingerprint(grid, X, offset, n_global, d, columns):
     mine = sample[(sample >= offset) & (sample < offset + X.shape[0])]
     c0 = int(columns[0]) if columns is not None else 0
     with np.errstate(over="ignore"):
-        values = np.ascontiguousarray(X[mine - offset], dtype=np.float64).view(np.uint64)
-        rows = mine.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
-        cols = np.arange(c0, c0 + X.shape[1], dtype=np.uint64)[None, :]
+        if getattr(X, "format", None) == "csr":
+            # CSR rows: their stored entries (a dense copy of 64 wide rows could be GBs)
+            part = X[mine - offset].tocoo()
+            values = np.asarray(part.data, dtype=np.float64).view(np.uint64)
+            rows = mine.astype(np.uint64)[part.row] * np.uint64(0x9E3779B97F4A7C15)
+            cols = part.col.astype(np.uint64) + np.uint64(c0)
+        else:
+            values = np.ascontiguousarray(X[mine - offset], dtype=np.float64).view(np.uint64)
+            rows = mine.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
+            cols = np.arange(c0, c0 + X.shape[1], dtype=np.uint64)[None, :]
         local = int(np.sum(_mix(values ^ _mix(rows + cols)), dtype=np.uint64))
     # each value counted once: over the replicas (and over a feature split's ranks)
     parts = grid.data.allgather(local)

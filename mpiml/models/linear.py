@@ -13,8 +13,9 @@ from .._kernels import sgd as _k
 from ..comm import chunk, get_comm
 from ..errors import ConfigError, DataError, NotFittedError
 from ..parallel.protocol import N_WORDS
+from ..parallel.sparse import EXCHANGES
 from ..parallel.sharded import ShardedLinear, ShardedLinearEngine, choose_split
-from .base import check_finite_outputs, check_predict_X, label_index
+from .base import check_finite_outputs, check_predict_X, is_sparse, label_index
 from .scaling import transform
 from .solve import SOLVERS, SolveSession
 from .training import Trainer
@@ -41,8 +42,33 @@ class _BaseSGD(Trainer):
     _resumed_params = _RESUMED_PARAMS
     _shap_method = "linear"         # exact linear SHAP of the margins (mpiml.explain)
 
+    @property
+    def _sparse_input(self):
+        """CSR rows train with SGD and no offset scaler (mpiml._kernels.sgd.SparseEngine,
+        docs/sparse.md); otherwise scikit-learn's checks refuse sparse input."""
+        return self.solver in ("sgd", None) and self.scaler is None
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # CSR rows train with SGD and no offset scaler (docs/sparse.md)
+        tags.input_tags.sparse = self._sparse_input
+        return tags
+
+    def _check_sparse_fit(self, columns):
+        """What CSR rows do not train with (the same verdict on every rank)."""
+        name = type(self).__name__
+        if self.model_parallel != 1:
+            raise ConfigError(f"{name}: CSR rows train data-parallel (model_parallel=1)")
+        kind = str(self.sync).split(":")[0]
+        if kind == "ps" or self.overlap or str(self.compress) not in ("none", "None"):
+            raise ConfigError(f"{name}: CSR rows train with sync='allreduce' (which picks a "
+                              "dense or a sparse exchange) or sync='local:K'; not with the "
+                              "parameter server, overlap or compress")
+
     # ------------------------------------------------------------ validation
     def _validate_model_params(self, bad):
+        if self.exchange not in EXCHANGES:
+            bad(f"exchange must be one of {', '.join(EXCHANGES)}, not {self.exchange!r}")
         if self.loss not in self._losses:
             bad(f"unknown loss {self.loss!r}; choose one of {', '.join(self._losses)}")
         if self.penalty not in _k.PENALTIES:
@@ -180,7 +206,8 @@ class _BaseSGD(Trainer):
         if grid.K == 1:
             if columns is not None and (int(columns[0]), int(columns[1])) != (0, d):
                 raise DataError("columns= is for feature-sharded models (model_parallel > 1)")
-            return _k.Engine(X, y, K, loss, n_control=N_WORDS, **self._hyper(live))
+            engine = _k.SparseEngine if is_sparse(X) else _k.Engine
+            return engine(X, y, K, loss, n_control=N_WORDS, **self._hyper(live))
         split = self._split()
         if split == "classes":
             if not (self._is_classifier and self._multinomial()):
@@ -367,6 +394,12 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         (``max |g| <= tol``; None: 1e-4), ``checkpoint_every`` counts iterations, and
         the SGD step settings (eta0, learning_rate, momentum, batch_size) serve only
         the hybrid's first epoch. Loss ``hinge`` is not smooth: SGD only.
+    exchange : {"auto", "dense", "sparse"}
+        How the ranks combine a step's gradient when X is a scipy CSR matrix: one
+        Allreduce of the whole gradient (``"dense"``), or the touched entries only
+        (``"sparse"``: an Allgatherv); ``"auto"`` picks by the expected entries per
+        batch (docs/sparse.md). Both give the same synchronous model; dense X always
+        uses the Allreduce. ``exchange_`` tells which one a fit used.
     comm : mpi4py communicator, optional
 
     Attributes
@@ -402,7 +435,7 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
                  checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, scaler=None, solver="sgd",
+                 stats=None, run_dir=None, scaler=None, solver="sgd", exchange="auto",
                  comm=None):
         self.loss = loss
         self.penalty = penalty
@@ -438,6 +471,7 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         self.scaler = scaler
         self.shard = shard
         self.solver = solver
+        self.exchange = exchange
         self.comm = comm
 
     def _validate_params(self):
@@ -545,7 +579,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
                  dtype=None, checkpoint_dir=None, checkpoint_every=None, checkpoint_seconds=None,
                  keep_checkpoints=3, comm_timeout=600.0, model_parallel=1, shard="auto",
                  sync="allreduce", sync_warmup=0, max_staleness=4, overlap=False, compress="none",
-                 stats=None, run_dir=None, scaler=None, solver="sgd",
+                 stats=None, run_dir=None, scaler=None, solver="sgd", exchange="auto",
                  comm=None):
         self.loss = loss
         self.penalty = penalty
@@ -580,6 +614,7 @@ class SGDRegressor(RegressorMixin, _BaseSGD):
         self.scaler = scaler
         self.shard = shard
         self.solver = solver
+        self.exchange = exchange
         self.comm = comm
 
     def _encode(self, y):

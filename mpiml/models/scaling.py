@@ -69,6 +69,9 @@ def transform(est, X, inplace=False, columns=None):
     feature-sharded fit)."""
     if not hasattr(est, "scale_offset_"):
         return X
+    if getattr(X, "format", None) == "csr":
+        raise DataError("this model scales its input by an offset, which would make CSR rows "
+                        "dense: pass dense rows")
     return scale_rows(X, *_vectors(est, X.shape[1], columns), inplace=inplace)
 
 

@@ -39,13 +39,15 @@ from .._kernels.stats import permute_rows
 from ..checkpoint import CheckpointPolicy, write_checkpoint
 from ..errors import DataError, Interrupted, TrainingError
 from ..imbalance import row_weights
-from ..parallel.data import group_layout, layout_plan
+from ..parallel.data import epoch_plan, group_layout, layout_plan
 from ..parallel.protocol import StepControl, StopTraining
+from ..parallel.sparse import choose_exchange
 from ..parallel.sync import CommCounters, StatsWriter
 from ..parallel.synchronizers import SYNCHRONIZERS, SyncSetup, mode_of
 from ..runctl import RunDir
 from ..threads import blas_threads
 from ..watchdog import watching
+from .base import is_sparse
 from .checkpointing import claim_directory, fingerprint, read_resume, signals
 from .scaling import fit_scaler, transform
 from .steering import Progress, Steering, summarise
@@ -148,6 +150,14 @@ class Layout:
 
     def __init__(self, X, y, sw, n_global, offset, batch, own):
         self.n_global, self.offset, self.own = n_global, offset, own
+        self.X, self.y, self.sw, self.batch = X, y, sw, batch
+        self.sparse = is_sparse(X)
+        if self.sparse:
+            # CSR rows are visited where they are (each step's blocks as ranges): a
+            # copy would double the memory and buys little, the weights being the
+            # scattered reads
+            self.perm = self.gptr = None
+            return
         self.perm, self.gptr = group_layout(n_global, batch, offset, X.shape[0])
         if self.perm is not None:
             X = _reorder(X, self.perm, own)
@@ -162,10 +172,16 @@ class Layout:
         self.own = True
 
     def plan(self, seed, epoch):
+        if self.sparse:
+            return epoch_plan(self.n_global, self.batch, seed, epoch, self.offset,
+                              self.X.shape[0])
         return layout_plan(self.gptr, seed, epoch)
 
     def rebatch(self, batch):
         """Put the rows in the batch order of a new global batch size."""
+        if self.sparse:
+            self.batch = batch
+            return
         n_local = self.X.shape[0]
         perm2, gptr2 = group_layout(self.n_global, batch, self.offset, n_local)
         inv = np.empty(n_local, dtype=np.intp)
@@ -252,11 +268,17 @@ class FitSession:
         meets = bool(self.validation is not None or self.callbacks or
                      self.control.save is not None or (est.tol is not None and not self.partial))
         mode, number = mode_of(est.sync, est.compress, est.overlap, meets)
+        exchange = None
+        if self.layout.sparse:
+            e = self.engine
+            nnz = self.grid.data.allreduce(e.nnz())
+            exchange = choose_exchange(getattr(est, "exchange", "auto"), e.P, e.K, nnz,
+                                       self.data.n_global, self.layout.batch)
         setup = SyncSetup(c, self.grid, self.control, self.counters,
                           lambda e: self.layout.plan(self.state.seed, e), self.kernel_hyper,
                           number=number, warmup=est.sync_warmup, compress=est.compress,
                           counted=bool(est.stats), max_staleness=est.max_staleness,
-                          last_epoch=self.target, hooks=self.hooks)
+                          last_epoch=self.target, hooks=self.hooks, exchange=exchange)
         self.sync = SYNCHRONIZERS[mode](setup, self.engine)
         if self.control.save is None and signal_checkpoint_dir is not None and mode != "ps":
             # no checkpoint directory: a signal still must not lose the work
@@ -492,6 +514,7 @@ class FitSession:
         self.state.store(est)
         est.live_params_ = {n: v for n, v in self.live.values.items() if v != getattr(est, n)}
         est.param_changes_ = [dict(ch) for ch in self.live.changes]
+        est.__dict__.pop("exchange_", None)
         for name, value in self.sync.fitted().items():
             setattr(est, name, value)
         est._store(self.engine, self.K, self.data.d)

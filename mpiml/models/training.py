@@ -30,6 +30,7 @@ models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
 from collections import namedtuple
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import hooks
 from ..comm import check_model_parallel, get_comm, get_grid
@@ -38,7 +39,7 @@ from ..estimator import param_name
 from ..io import first_nonfinite_row
 from ..parallel.sync import parse_compress, parse_sync
 from ..parallel.synchronizers import servers_of
-from .base import BaseEstimator, check_fit_input, label_kind
+from .base import BaseEstimator, check_fit_input, is_sparse, label_kind
 from .scaling import check_scaler, scaler_arrays
 from .session import FitSession
 
@@ -127,7 +128,11 @@ class Trainer(BaseEstimator):
         lets a model-parallel group check that its ranks hold the same rows."""
         self._validate_params()
         X, y = check_fit_input(self, X, y, reset)
-        row = first_nonfinite_row(X) if X.size else None
+        if is_sparse(X):
+            bad = np.flatnonzero(~np.isfinite(X.data[:X.indptr[-1]]))
+            row = int(np.searchsorted(X.indptr, bad[0], side="right")) - 1 if bad.size else None
+        else:
+            row = first_nonfinite_row(X) if X.size else None
         if row is not None:
             raise DataError(f"Input X contains NaN or infinity (local row {row})")
         if not self._is_classifier:
@@ -242,7 +247,7 @@ class Trainer(BaseEstimator):
         # rows are counted once per replica: over the data-parallel communicator
         meta = grid.data.allgather((Xl.shape[0], Xl.shape[1], Xl.dtype.str,
                                     None if local_classes is None else local_classes.tolist(),
-                                    ysig[0], self._feature_names()))
+                                    ysig[0], self._feature_names(), is_sparse(Xl)))
         group = grid.model.allgather((Xl.shape[0], ysig[1], Xl.shape[1]))
         d, cls = c.run(self._check_global, c, meta, group, Xl, reset, classes, columns)
         if cls is not None:
@@ -252,15 +257,27 @@ class Trainer(BaseEstimator):
             dtype = np.dtype(self.dtype)
         else:
             dtype = np.dtype(np.float32) if dtypes == {np.dtype(np.float32).str} else np.dtype(np.float64)
-        Xl = np.ascontiguousarray(Xl, dtype=dtype)
-        # the rows may be reordered and scaled in place: a copy made here, or the caller's
-        # array when copy_X=False
-        own = Xl.flags.writeable and (not copy_X or not np.may_share_memory(Xl, X))
-        if Xl.shape[0] == 0:
-            Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
+        if any(m[6] for m in meta):
+            # CSR rows are visited in place (never reordered or scaled): nothing is copied
+            # but a change of value type
+            own = False
+            Xl = Xl.astype(dtype, copy=False) if Xl.shape[0] else \
+                sp.csr_matrix((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
+        else:
+            Xl = np.ascontiguousarray(Xl, dtype=dtype)
+            # the rows may be reordered and scaled in place: a copy made here, or the
+            # caller's array when copy_X=False
+            own = Xl.flags.writeable and (not copy_X or not np.may_share_memory(Xl, X))
+            if Xl.shape[0] == 0:
+                Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
         return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed)
+
+    def _check_sparse_fit(self, columns):
+        """Settings that cannot train on CSR rows (the same verdict on every rank)."""
+        raise DataError(f"{type(self).__name__} needs dense X; CSR rows train the linear "
+                        "models (SGDClassifier, SGDRegressor)")
 
     def _feature_names(self):
         names = getattr(self, "feature_names_in_", None)
@@ -287,6 +304,11 @@ class Trainer(BaseEstimator):
             if len(widths) > 1:
                 raise DataError(f"ranks passed different numbers of features: {sorted(widths)}")
             d = widths.pop()
+        if len({m[6] for m in meta if m[0] > 0}) > 1:
+            raise DataError("some ranks passed sparse (CSR) rows and others dense arrays; "
+                            "pass one kind on every rank")
+        if any(m[6] for m in meta):
+            self._check_sparse_fit(columns)
         if len({m[5] for m in meta}) > 1:
             raise DataError("ranks passed DataFrames with different column names")
         if sum(m[0] for m in meta) == 0:

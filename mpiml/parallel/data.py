@@ -128,12 +128,13 @@ class EpochStats:
         self.steps, self.seconds, self.loss, self.count = steps, seconds, loss, count
 
 
-def run_epoch(engine, comm, plan, start=0, control=None):
+def run_epoch(engine, comm, plan, start=0, control=None, reduce=None):
     """Run steps ``start..`` of one epoch plan. Collective over ``comm`` (an mpiml Comm).
 
     On one rank the steps run inside the kernel (the reduction is the identity),
     returning to Python every few steps when ``control`` is given; otherwise each
-    step is grad, one in-place Allreduce, apply.
+    step is grad, one in-place Allreduce, apply. ``reduce(IN_PLACE, buf)``: another
+    exchange in place of the Allreduce (:class:`mpiml.parallel.sparse.SparseExchange`).
     """
     lo, hi, ptr = plan
     n_steps = len(ptr) - 1
@@ -146,7 +147,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
         _one_rank(engine, start, n_steps, control)
     elif control is None:
         buf = engine.buf_arr
-        allreduce = comm.mpi.Allreduce
+        allreduce = reduce or comm.mpi.Allreduce
         grad, apply = engine.grad_step, engine.apply
         in_place = MPI.IN_PLACE
         for s in range(start, n_steps):
@@ -154,7 +155,7 @@ def run_epoch(engine, comm, plan, start=0, control=None):
             allreduce(in_place, buf)
             apply()
     else:
-        _controlled(engine, comm, start, n_steps, control)
+        _controlled(engine, comm, start, n_steps, control, reduce)
     return EpochStats(n_steps - start, time.perf_counter() - t0, engine.epoch_loss,
                       engine.epoch_count)
 
@@ -174,7 +175,7 @@ def _one_rank(engine, start, n_steps, control):
                              control.commands_due())
 
 
-def _controlled(engine, comm, start, n_steps, control):
+def _controlled(engine, comm, start, n_steps, control, reduce=None):
     """Steps with the step-control words: chunks of ``TIME_EVERY`` steps in which only the
     first (rank 0's look at its clock and run directory) and the middle one (a timed
     collective) carry extras; the others run the plain step."""
@@ -183,7 +184,7 @@ def _controlled(engine, comm, start, n_steps, control):
     base = engine.P + 2
     words = buf[base:base + N_WORDS]
     stop_at = base + Word.STOP
-    allreduce = comm.mpi.Allreduce
+    allreduce = reduce or comm.mpi.Allreduce
     grad, apply_checked, decide = engine.grad_step, engine.apply_checked, control.decide
     in_place = MPI.IN_PLACE
     size = float(comm.size)

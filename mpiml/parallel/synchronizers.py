@@ -37,6 +37,7 @@ from collections import deque
 from ..errors import ConfigError
 from .data import EpochStats, run_epoch
 from .ps import EpochwiseRun, run_parameter_server, server_ranks, summarise_servers
+from .sparse import SparseExchange
 from .sync import Compressor, parse_compress, parse_sync, run_epoch_local, run_epoch_sync
 
 __all__ = ["Synchronizer", "SYNCHRONIZERS", "mode_of", "SyncSetup"]
@@ -47,13 +48,15 @@ class SyncSetup:
     numbers, the epoch plans and the update's hyper-parameters."""
 
     def __init__(self, comm, grid, control, counters, plan, hyper, *, number=0, warmup=0,
-                 compress="none", counted=False, max_staleness=0, last_epoch=0, hooks=None):
+                 compress="none", counted=False, max_staleness=0, last_epoch=0, hooks=None,
+                 exchange=None):
         self.comm, self.grid, self.control, self.counters = comm, grid, control, counters
         self.plan = plan              # epoch -> the epoch plan (the session's layout)
         self.hyper = hyper            # () -> the kernel's hyper-parameters (live values)
         self.number, self.warmup, self.compress = number, warmup, compress
         self.counted, self.max_staleness, self.last_epoch = counted, max_staleness, last_epoch
         self.hooks = hooks
+        self.exchange = exchange      # CSR rows: "dense" or "sparse" (mpiml.parallel.sparse)
 
 
 class Synchronizer:
@@ -82,12 +85,25 @@ class Synchronizer:
 class Allreduce(Synchronizer):
     name = "allreduce"
 
+    def __init__(self, setup, engine):
+        super().__init__(setup, engine)
+        self.sparse = None
+
     def run_epoch(self, engine, epoch, start):
         s = self.s
+        if s.exchange == "sparse":
+            if self.sparse is None or self.sparse.engine is not engine:
+                self.sparse = SparseExchange(engine, s.grid.data,
+                                             s.counters if s.counted else None)
+            return run_epoch(engine, s.grid.data, s.plan(epoch), start, s.control, self.sparse)
         if s.counted:       # a stats file: the loop that counts bytes and seconds
             return run_epoch_sync(engine, s.grid.data, s.plan(epoch), start, s.control,
                                   s.counters)
         return run_epoch(engine, s.grid.data, s.plan(epoch), start, s.control)
+
+
+    def fitted(self):
+        return {} if self.s.exchange is None else {"exchange_": self.s.exchange}
 
 
 class Overlapped(Synchronizer):
