@@ -178,9 +178,28 @@ cdef class SparseEngine(Engine):
         self.scale = 1.0
 
     def get_state(self):
-        with nogil:
-            self._unscale()
-        return {"w": self.w_arr.copy(), "velocity": self.vel_arr.copy()}
+        """As :meth:`Engine.get_state` (``w``: the weights themselves); while the weights
+        are stored scaled, also ``scaled_weights`` and ``weight_scale``, from which
+        :meth:`set_state` restores the engine bit for bit (a checkpoint never changes
+        the run that writes it)."""
+        w = self.w_arr.copy()
+        state = {"velocity": self.vel_arr.copy()}
+        if self.scale != 1.0:
+            state["scaled_weights"] = w.copy()
+            state["weight_scale"] = np.array([self.scale])
+            w[:self.K * self.d] *= self.scale
+        state["w"] = w
+        return state
+
+    def set_state(self, state):
+        Engine.set_state(self, state)
+        if "weight_scale" in state:
+            v = np.asarray(state["scaled_weights"], dtype=np.float64).ravel()
+            s = np.asarray(state["weight_scale"], dtype=np.float64).ravel()
+            if v.shape[0] != self.P or s.shape[0] != 1 or not (0.0 < s[0] < np.inf):
+                raise ValueError("scaled weights of the wrong length or a bad scale")
+            self.w_arr[:] = v
+            self.scale = float(s[0])
 
     def sync_arrays(self):
         with nogil:
