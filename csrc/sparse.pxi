@@ -136,7 +136,9 @@ cdef class SparseEngine(Engine):
         self.M64 = np.zeros(K)
         self.Md = np.zeros(K)
         self.Gd = np.zeros(K)
-        self.stamp_arr = np.full(self.d, -1, dtype=np.int64)
+        # zeros (calloc'd: pages become resident only where a feature is touched; tags
+        # start at 1); the velocity above likewise stays untouched without momentum
+        self.stamp_arr = np.zeros(self.d, dtype=np.int64)
         self.stamp = self.stamp_arr
         self.touched_arr = np.zeros(max(self.d, 1), dtype=np.intp)
         self.touched = self.touched_arr

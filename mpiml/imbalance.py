@@ -109,6 +109,8 @@ def resample(X, y, strategy="over", ratio=1.0, seed=0, comm=None):
     u = _uniforms(seed, offset, len(y))
     qi = q[np.searchsorted(classes, y)]
     times = np.floor(qi).astype(np.int64) + (u < qi - np.floor(qi))
+    if getattr(X, "format", None) == "csr":       # CSR rows: scipy's row indexing
+        return X[np.repeat(np.arange(X.shape[0]), times)], np.repeat(y, times)
     return np.repeat(np.asarray(X), times, axis=0), np.repeat(y, times)
 
 

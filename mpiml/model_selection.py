@@ -95,8 +95,8 @@ def split_rows(X, y, held_out):
     Local: no communication."""
     held_out = np.asarray(held_out, dtype=bool)
     y = np.asarray(y)
-    if held_out.shape != (len(y),) or len(X) != len(y):
-        raise ConfigError(f"split_rows: {len(X)} rows, {len(y)} targets and a mask of "
+    if held_out.shape != (len(y),) or X.shape[0] != len(y):
+        raise ConfigError(f"split_rows: {X.shape[0]} rows, {len(y)} targets and a mask of "
                           f"{held_out.shape[0]}")
     if not can_reorder(X):
         return (X[~held_out], y[~held_out]), (X[held_out], y[held_out])
