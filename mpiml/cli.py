@@ -48,7 +48,9 @@ def build_parser():
 
 def _add_make_data(sub):
     p = sub.add_parser("make-data", help="write a reproducible synthetic dataset")
-    p.add_argument("--task", required=True, choices=["regression", "binary", "multiclass", "circles"])
+    p.add_argument("--task", required=True, choices=["regression", "binary", "multiclass", "circles",
+                                                     "sparse-binary", "sparse-multiclass"],
+                   help="sparse-*: a CSR X with power-law features (docs/sparse.md)")
     p.add_argument("--rows", type=positive_int, required=True)
     p.add_argument("--features", type=positive_int, required=True)
     p.add_argument("--classes", type=positive_int, default=3, help="multiclass: number of classes")
@@ -57,6 +59,8 @@ def _add_make_data(sub):
     p.add_argument("--balance", type=float, default=0.5, help="binary: fraction of positives")
     p.add_argument("--weights", default=None,
                    help="multiclass: comma-separated relative class frequencies")
+    p.add_argument("--nnz-per-row", type=positive_int, default=20, metavar="K",
+                   help="sparse tasks: mean feature draws per row (20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--compression", choices=["gzip"], default=None)
@@ -84,7 +88,7 @@ def cmd_make_data(args):
     make_data(args.task, args.rows, args.features, args.out, seed=args.seed,
               test_out=args.test_out, test_rows=args.test_rows, classes=args.classes,
               noise=args.noise, balance=args.balance, weights=weights, dtype=args.dtype,
-              compression=args.compression, comm=c)
+              compression=args.compression, comm=c, nnz_per_row=args.nnz_per_row)
     c.print0(f"wrote {args.out} ({args.rows} x {args.features}, {args.task})"
              + (f" and {args.test_out} ({args.test_rows} rows)" if args.test_out and args.test_rows
                 else "") + f" in {time.perf_counter() - t0:.2f} s on {c.size} rank(s)")

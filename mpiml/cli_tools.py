@@ -68,7 +68,8 @@ def cmd_convert(args):
                          header=args.header, delimiter=args.delimiter,
                          n_features=args.n_features, dtype=args.dtype,
                          compression=args.compression, comm=c,
-                         allow_nonfinite=args.allow_nonfinite)
+                         allow_nonfinite=args.allow_nonfinite, dense=args.dense,
+                         hash_bits=args.hash_bits, labels=args.labels)
     secs = time.perf_counter() - t0
     mb = os.path.getsize(args.src) / 1e6
     c.print0(f"wrote {args.out}: {rows} x {cols} from {args.src} in {secs:.2f} s "
@@ -284,11 +285,12 @@ def add_parsers(sub):
 
 
 def _convert_and_export(sub):
-    p = sub.add_parser("convert", help="CSV / .npy / libsvm into HDF5 (X, y), in parallel")
+    p = sub.add_parser("convert", help="CSV / .npy / libsvm / .npz into HDF5 (X, y), in parallel; "
+                       "libsvm and .npz become a sparse (CSR) X")
     p.add_argument("src", help="input file")
     p.add_argument("--out", required=True, help="output HDF5 file")
-    p.add_argument("--format", choices=["csv", "npy", "libsvm"], default=None,
-                   help="default: from the file name (.csv .txt .npy .svm .libsvm)")
+    p.add_argument("--format", choices=["csv", "npy", "libsvm", "npz"], default=None,
+                   help="default: from the file name (.csv .txt .npy .svm .libsvm .svmlight .npz)")
     p.add_argument("--label-column", default=None,
                    help="CSV/npy: the label column, by header name or index (negative: from "
                         "the end)")
@@ -299,6 +301,13 @@ def _convert_and_export(sub):
     p.add_argument("--delimiter", default=",")
     p.add_argument("--n-features", type=positive_int, default=None,
                    help="libsvm: the feature count (default: the largest index)")
+    p.add_argument("--dense", action="store_true",
+                   help="libsvm: write a dense X (small feature counts only) instead of CSR")
+    p.add_argument("--hash-bits", type=positive_int, default=None, metavar="B",
+                   help="libsvm: hash the feature ids (any text) into 2**B columns, B in 1..31 "
+                        "(MurmurHash3, docs/sparse.md)")
+    p.add_argument("--labels", default=None, metavar="FILE.npy",
+                   help=".npz: the labels, a 1-D .npy array with one per row")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--compression", choices=["gzip"], default=None)
     p.add_argument("--allow-nonfinite", action="store_true",

@@ -1,5 +1,7 @@
-"""``mpiml convert``: CSV, ``.npy`` and libsvm/svmlight files into mpiml's HDF5 layout
-(datasets ``X`` and ``y``), in parallel.
+"""``mpiml convert``: CSV, ``.npy``, libsvm/svmlight and ``.npz`` files into mpiml's HDF5
+layout (``X`` and ``y``), in parallel. CSV and ``.npy`` give a dense ``X``; libsvm and
+``.npz`` a CSR group ``X`` (:mod:`mpiml.sparse_io`, docs/sparse.md), never densified
+unless ``dense=True``; libsvm feature ids can be hashed (``hash_bits``).
 
 Text formats: the file is cut into ``size`` equal byte ranges; rank ``r`` parses the
 lines that *start* in its range (it skips the partial line at its start and reads
@@ -7,25 +9,30 @@ past its end to finish its last line), so no line is parsed twice or lost. The r
 agree the row offsets with one exclusive scan, so a malformed line is reported with
 its global line number, by every rank at once, and nothing is written. CSV fields
 are parsed in bulk by numpy (one call per rank, C speed); only when the count of
-numbers does not match does a rank look line by line for the culprit. The output is
-written through :func:`mpiml.io.write_rows` (rank-ordered, temporary name, rename):
-chunked, optionally gzip-compressed, never half-written.
+numbers does not match does a rank look line by line for the culprit. libsvm lines are
+parsed in C (:mod:`mpiml._kernels.textparse`). The output is written through
+:func:`mpiml.io.write_rows` or :func:`mpiml.sparse_io.write_csr` (rank-ordered, temporary
+name, rename): chunked, optionally gzip-compressed, never half-written.
 """
 import csv
 import os
 import warnings
+import zipfile
 
 import numpy as np
+import scipy.sparse as sp
 from mpi4py import MPI
 
 from . import progress as _progress
 from .comm import get_comm
 from .errors import ConfigError, DataError
+from ._kernels import textparse
 from .io import check_node_memory, check_output_path, write_rows
+from .sparse_io import write_csr
 
 __all__ = ["convert", "FORMATS"]
 
-FORMATS = ("csv", "npy", "libsvm")
+FORMATS = ("csv", "npy", "libsvm", "npz")
 # a rank parses its share of a file in pieces of about this size, and shows its progress
 # after each (the numbers parsed are the same as in one piece)
 PIECE_BYTES = 8 << 20
@@ -36,7 +43,7 @@ def _format_of(path, fmt):
         return fmt
     ext = os.path.splitext(path)[1].lower()
     return {".csv": "csv", ".txt": "csv", ".npy": "npy", ".svm": "libsvm", ".libsvm": "libsvm",
-            ".svmlight": "libsvm"}.get(ext, "csv")
+            ".svmlight": "libsvm", ".npz": "npz"}.get(ext, "csv")
 
 
 def _my_lines(path, rank, size):
@@ -144,42 +151,45 @@ def _parse_csv_pieces(chunk, ncols, first_line, delimiter, allow_nonfinite, tick
     return block
 
 
-def _parse_libsvm(chunk, first_line, tick=None):
-    """(labels, [(row, col, value)]) of the lines; DataError naming a bad line.
-    ``tick(fraction done)`` every few thousand lines."""
-    labels, rows, cols, vals = [], [], [], []
-    lines = chunk.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for i, ln in enumerate(lines):
-        if tick is not None and i % 4096 == 4095:
-            tick(i / len(lines))
-        parts = ln.split(b"#", 1)[0].split()
-        if not parts:
-            raise DataError(f"line {first_line + i}: empty line")
-        try:
-            labels.append(float(parts[0]))
-            for item in parts[1:]:
-                k, _, v = item.partition(b":")
-                if not _:
-                    raise ValueError(item)
-                j = int(k)
-                if j < 0:
-                    raise ValueError(item)
-                rows.append(i)
-                cols.append(j)          # as written; the caller decides the base
-                vals.append(float(v))
-        except ValueError as exc:
-            raise DataError(f"line {first_line + i}: malformed libsvm entry "
-                            f"({exc.args[0] if exc.args else ''!r})") from None
-    return (np.asarray(labels), np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64),
-            np.asarray(vals))
+def _parse_libsvm(chunk, first_line, tick=None, hash_bits=0):
+    """``(labels, indptr, indices, values)`` of the lines (int64 ids as written, or
+    hashed when ``hash_bits``), parsed in C piece by piece; DataError naming the first
+    bad line. ``tick(fraction done)`` after each piece."""
+    labels, ptrs, idx, vals = [], [np.zeros(1, dtype=np.int64)], [], []
+    row = nnz = 0
+    for a, e in _pieces(chunk):
+        lab, ptr, ind, val, bad = textparse.parse_libsvm(chunk[a:e], hash_bits)
+        if bad is not None:
+            line, reason, token = bad
+            where = f"line {first_line + row + line}"
+            if reason == textparse.EMPTY_LINE:
+                raise DataError(f"{where}: empty line")
+            what = "label" if reason == textparse.BAD_LABEL else "entry"
+            hint = "" if hash_bits or what == "label" else \
+                " (feature ids must be non-negative integers unless --hash-bits is given)"
+            raise DataError(f"{where}: malformed libsvm {what} "
+                            f"({token.decode('utf-8', 'replace')!r}){hint}")
+        labels.append(lab)
+        ptrs.append(ptr[1:] + nnz)
+        idx.append(ind)
+        vals.append(val)
+        row += len(lab)
+        nnz += len(ind)
+        if tick is not None:
+            tick(e / len(chunk))
+    if not labels:
+        return np.zeros(0), ptrs[0], np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate(labels), np.concatenate(ptrs), np.concatenate(idx), np.concatenate(vals)
 
 
 def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
             n_features=None, dtype="float32", compression=None, comm=None,
-            allow_nonfinite=False, progress=None):
+            allow_nonfinite=False, progress=None, dense=False, hash_bits=None, labels=None):
     """Convert ``src`` into ``out`` (collective); returns ``(rows, features)``.
+
+    CSV and ``.npy`` files become a dense dataset ``X``; libsvm and ``.npz`` files a CSR
+    group ``X`` in anndata's layout (:mod:`mpiml.sparse_io`, docs/sparse.md), never
+    densified (unless ``dense``). Labels, when there are any, are the dataset ``y``.
 
     label_column : int or str, optional
         CSV/npy: the column holding the labels (a header name for CSV); without it the
@@ -187,28 +197,28 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
     header : "auto", True or False
         CSV: the first line names the columns ("auto": when it is not numeric).
     n_features : int, optional
-        libsvm: the feature count (default: the largest index in the file).
+        libsvm: the feature count (default: the largest index in the file + 1).
     allow_nonfinite : bool
         Keep NaN and infinite values instead of refusing the file.
     progress : str, optional
         Rank 0 shows the megabytes of ``src`` parsed (its share, scaled to the file), a
         mode of :mod:`mpiml.progress` (None: the settings in force, quiet outside the
         command line).
+    dense : bool
+        libsvm: write a dense 2-D ``X`` (the output of mpiml before 21; small d only).
+    hash_bits : int in [1, 31], optional
+        libsvm: fold the feature ids (any text, as written) into ``2**hash_bits`` columns,
+        ``murmurhash3_x86_32(id, seed=0) & (2**hash_bits - 1)``; colliding values in a row
+        are summed.
+    labels : str, optional
+        npz: a 1-D ``.npy`` file of labels, one per row.
     """
     c = get_comm(comm)
     fmt = _format_of(src, fmt)
-
-    def check():
-        if fmt not in FORMATS:
-            raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-        if not os.path.exists(src):
-            raise DataError(f"no such file: {src}")
-        if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
-
-    c.run(check)
-    check_output_path(out, comm=c, inputs=(src,))
+    c.run(_check_args, src, fmt, dtype, dense, hash_bits, n_features, labels)
+    check_output_path(out, comm=c, inputs=(src, labels))
     y, names = None, None
+    sparse = fmt == "npz" or (fmt == "libsvm" and not dense)
     mb = os.path.getsize(src) / 1e6
     with _progress.Progress("convert", mb, "MB", rank=c.rank, mode=progress, scale=mb,
                             decimals=1 if mb >= 10 else 2) as shown:
@@ -216,20 +226,51 @@ def convert(src, out, fmt=None, label_column=None, header="auto", delimiter=",",
             block = _read_npy(c, src, shown.update)
         elif fmt == "csv":
             block, names = _read_csv(c, src, header, delimiter, allow_nonfinite, shown.update)
+        elif fmt == "npz":
+            block, y = _read_npz(c, src, labels)
+        elif sparse:
+            block, y = _libsvm_csr(c, src, n_features, hash_bits, shown.update)
         else:
-            block, y = _read_libsvm(c, src, n_features, shown.update)
-    if label_column is not None and fmt != "libsvm":
+            block, y = _read_libsvm(c, src, n_features, hash_bits, shown.update)
+    if label_column is not None and fmt in ("csv", "npy"):
         block, y = _split_label(c, block, names, label_column, dtype)
-    _check_values(c, block, y, dtype, allow_nonfinite)
+    _check_values(c, block.data if sparse else block, y, dtype, allow_nonfinite)
     rows_total = c.allreduce(block.shape[0])
-    arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
     if y is not None:
         integral = c.allreduce(int(not np.all(y == np.round(y)))) == 0   # agreed: one dtype
-        arrays["y"] = y.astype(np.int64) if integral else y
+        y = y.astype(np.int64) if integral else y
     shown.say(f"writing {rows_total} x {block.shape[1]} to {out}")
-    write_rows(out, arrays, comm=c, attrs={"source": os.path.abspath(src), "format": fmt},
-               compression=compression)
+    attrs = {"source": os.path.abspath(src), "format": fmt}
+    if hash_bits:
+        attrs["hash"] = f"murmurhash3_x86_32 seed 0, {hash_bits} bits"
+    if sparse:
+        write_csr(out, block.astype(dtype), y, comm=c, attrs=attrs, compression=compression,
+                  inputs=(src, labels))
+    else:
+        arrays = {"X": np.ascontiguousarray(block, dtype=dtype)}
+        if y is not None:
+            arrays["y"] = y
+        write_rows(out, arrays, comm=c, attrs=attrs, compression=compression)
     return rows_total, block.shape[1]
+
+
+def _check_args(src, fmt, dtype, dense, hash_bits, n_features, labels):
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not os.path.exists(src):
+        raise DataError(f"no such file: {src}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
+    if (dense or hash_bits is not None) and fmt != "libsvm":
+        raise ConfigError("--dense and --hash-bits apply to libsvm files only")
+    if hash_bits is not None and not 1 <= int(hash_bits) <= 31:
+        raise ConfigError(f"--hash-bits must be in [1, 31], not {hash_bits}")
+    if hash_bits is not None and n_features is not None:
+        raise ConfigError("--hash-bits sets the feature count (2**bits): drop --n-features")
+    if labels is not None and fmt != "npz":
+        raise ConfigError("--labels applies to .npz files only")
+    if labels is not None and not os.path.isfile(labels):
+        raise DataError(f"no such file: {labels}")
 
 
 _BOM = "\ufeff".encode("utf-8")
@@ -293,29 +334,73 @@ def _read_csv(c, src, header, delimiter, allow_nonfinite=False, tick=lambda done
     return block, (fields if has_header else None)
 
 
-def _read_libsvm(c, src, n_features, tick=None):
-    """This rank's lines of a libsvm file as a dense float64 block, and the labels.
-    Indices are one-based unless one of them is 0 anywhere in the file (then
+def _libsvm_csr(c, src, n_features, hash_bits, tick=None):
+    """This rank's lines of a libsvm file as a CSR matrix (duplicates summed, indices
+    sorted) and the labels; memory in proportion to the non-zeros, never to the width.
+    Integer ids are one-based unless one of them is 0 anywhere in the file (then
     zero-based), as scikit-learn's ``load_svmlight_file(zero_based="auto")`` reads."""
     chunk, _ = c.run(_my_lines, src, c.rank, c.size)
-    n_lines = _count_lines(chunk)
-    first = c.exscan(n_lines) + 1
-    labels, rows, cols, vals = c.run(_parse_libsvm, chunk, first, tick)
-    base = 0 if c.allreduce(int(cols.min()) if cols.size else 1, op=MPI.MIN) == 0 else 1
-    cols = cols - base
-    d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
-    width = d if n_features is None else int(n_features)
-    # a dense block this wide must fit in the node's memory (refused before allocating)
-    check_node_memory(c, len(labels) * width * 8, f"{src}: {width} features")
+    first = c.exscan(_count_lines(chunk)) + 1
+    labels, indptr, cols, vals = c.run(_parse_libsvm, chunk, first, tick, hash_bits or 0)
+    del chunk
+    if hash_bits:
+        width = 1 << int(hash_bits)
+    else:
+        base = 0 if c.allreduce(int(cols.min()) if cols.size else 1, op=MPI.MIN) == 0 else 1
+        cols -= base
+        d = c.allreduce(int(cols.max()) + 1 if cols.size else 0, op=MPI.MAX)
+        width = d if n_features is None else int(n_features)
 
-    def dense():
-        if cols.size and cols.max() >= width:
-            raise DataError(f"feature index {int(cols.max()) + base} exceeds n_features={width}")
-        Xd = np.zeros((len(labels), width))
-        Xd[rows, cols] = vals
-        return Xd
+        def fits():
+            if cols.size and cols.max() >= width:
+                raise DataError(f"feature index {int(cols.max()) + base} exceeds "
+                                f"n_features={width}")
+        c.run(fits)
+    X = sp.csr_matrix((vals, cols, indptr), shape=(len(labels), width), copy=False)
+    X.sum_duplicates()
+    return X, labels
 
-    return c.run(dense), labels
+
+def _read_libsvm(c, src, n_features, hash_bits=None, tick=None):
+    """``--dense``: this rank's lines of a libsvm file as a dense float64 block, and the
+    labels (refused before allocating when the block cannot fit in the node's memory)."""
+    X, labels = _libsvm_csr(c, src, n_features, hash_bits, tick)
+    check_node_memory(c, X.shape[0] * X.shape[1] * 8, f"{src}: {X.shape[1]} features")
+    return c.run(X.toarray), labels
+
+
+def _read_npz(c, src, labels):
+    """A ``scipy.sparse.save_npz`` file (read without pickles, by rank 0: a zip member
+    cannot be read in parts) as rank 0's CSR rows; the other ranks hold none."""
+    def load():
+        if c.rank != 0:
+            return None
+        try:
+            X = sp.load_npz(src).tocsr()
+            X.check_format(full_check=True)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{src}: not a valid scipy.sparse .npz file ({exc})") from None
+        if X.dtype.kind not in "fiub":
+            raise DataError(f"{src}: the matrix holds {X.dtype} values; mpiml needs real numbers")
+        y = None if labels is None else _read_labels(labels, X.shape[0])
+        return X, y
+
+    got = c.run(load)
+    d, has_y = c.bcast((got[0].shape[1], got[1] is not None) if c.rank == 0 else None)
+    if c.rank == 0:
+        return got
+    return sp.csr_matrix((0, d)), (np.zeros(0) if has_y else None)
+
+
+def _read_labels(path, n):
+    try:
+        y = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a .npy array of labels ({exc})") from None
+    if y.ndim != 1 or y.shape[0] != n or y.dtype.kind not in "fiub":
+        raise DataError(f"{path}: the labels must be {n} numbers in a 1-D array, not {y.dtype} "
+                        f"of shape {y.shape}")
+    return y.astype(np.float64)
 
 
 def _split_label(c, block, names, label_column, dtype):

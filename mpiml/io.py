@@ -17,17 +17,21 @@
 import json
 import os
 import tempfile
-import uuid
 
 import h5py
 import numpy as np
 
 from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
+# the file-safety rules io and sparse_io share (re-exported: other modules import them from here)
+from .h5files import (_check_on_writer, _commit, _open_read, _refuse_inputs,  # noqa: F401
+                      _resolve_dtype, _tmp_name, _write_in_turn, check_local, check_output_path,
+                      same_file)
 
 __all__ = ["check_local", "local_items", "load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
            "read_model_slice", "load_vector",
-           "check_output_path", "check_output_dir", "check_node_memory", "same_file", "MODEL_FORMAT", "MODEL_FORMAT_VERSION",
+           "check_output_path", "check_output_dir", "check_node_memory", "same_file", "MODEL_FORMAT",
+           "MODEL_FORMAT_VERSION",
            "check_labels", "check_feature_names", "STRING_DTYPE"]
 
 MODEL_FORMAT = "mpiml-model"
@@ -41,41 +45,6 @@ _VERSION_OF_GROUP = {"scaler": 2}
 STRING_DTYPE = h5py.string_dtype("utf-8")    # variable-length UTF-8 strings
 _EXACT_INT = 2 ** 53                          # integers a float64 holds exactly
 _FINITE_BLOCK = 1 << 16   # NaN/Inf scan: 16 x this many values per block (bounds the temporary)
-_TOKEN = 7301             # tag of the write token (on mpiml's own communicator)
-
-
-def _open_read(path):
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise DataError(f"{path} is a directory, not an HDF5 file")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        raise DataError(f"cannot read {path} as HDF5: {exc}") from None
-
-
-def check_local(f, path, name, allow_external=False):
-    """Raise DataError unless ``f[name]`` is stored inside the file ``path``: no external
-    link on the way to it (unless ``allow_external``), and a dataset with neither
-    external raw storage nor a virtual layout (both read other files' bytes)."""
-    parts = [p for p in str(name).split("/") if p]
-    node = f
-    for i, part in enumerate(parts):
-        link = node.get(part, getlink=True)
-        if isinstance(link, h5py.ExternalLink) and not allow_external:
-            raise DataError(f"{path}: '{'/'.join(parts[:i + 1])}' is an external link to "
-                            f"{link.filename}: mpiml reads only the file it is given")
-        node = node[part]
-    if isinstance(node, h5py.Dataset):
-        if node.is_virtual:
-            raise DataError(f"{path}: dataset '{name}' is a virtual dataset (its data live in "
-                            "other files): mpiml reads only the file it is given")
-        if node.external:
-            raise DataError(f"{path}: dataset '{name}' keeps its data in external files: "
-                            "mpiml reads only the file it is given")
-    return node
 
 
 def local_items(f, path):
@@ -163,21 +132,21 @@ def _check_fits(path, name, rows, cols, itemsize):
                         "(or nodes)")
 
 
-def _resolve_dtype(dtype, file_dtype):
-    if dtype is None:
-        return np.dtype(np.float32) if file_dtype == np.float32 else np.dtype(np.float64)
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ConfigError(f"dtype must be float32 or float64, not {dtype}")
-    return dtype
-
-
 def dataset_info(path, X="X", y="y"):
-    """Shape information of ``X`` (and whether ``y`` exists), read on the calling rank only."""
+    """Shape information of ``X`` (and whether ``y`` exists), read on the calling rank only.
+    ``X`` may be a 2-D dataset or a CSR group (:mod:`mpiml.sparse_io`); ``sparse`` says
+    which, and ``nnz`` is the CSR group's count of stored values."""
+    from .sparse_io import csr_info
+    info = csr_info(path, X)
     with _open_read(path) as f:
+        has_y = y is not None and y in f
+        if info is not None:
+            n, d, dtype, nnz = info
+            return {"n_rows": n, "shape": (n, d), "dtype": str(dtype), "has_y": has_y,
+                    "sparse": True, "nnz": nnz}
         dX = _dataset(f, path, X, "the features")
         return {"n_rows": int(dX.shape[0]), "shape": tuple(int(s) for s in dX.shape),
-                "dtype": str(dX.dtype), "has_y": y is not None and y in f}
+                "dtype": str(dX.dtype), "has_y": has_y, "sparse": False}
 
 
 def _row_part(c, grid, sync):
@@ -224,9 +193,14 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
         the file it is given). External raw storage and virtual datasets are always
         refused.
 
+    ``X`` may also name a CSR group in anndata's on-disk layout (:mod:`mpiml.sparse_io`,
+    docs/sparse.md): then each rank reads only its rows' range of the stored values
+    (same row split), ``X_local`` is a ``scipy.sparse.csr_matrix``, and with
+    ``split_features`` it holds only the rank's column range, indices rebased to it.
+
     Returns
     -------
-    X_local : ndarray (n_local, n_features), C-contiguous
+    X_local : ndarray (n_local, n_features), C-contiguous, or scipy.sparse.csr_matrix
     y_local : ndarray (n_local,) float64, or None if the file has no ``y``
 
     Examples
@@ -236,6 +210,11 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
     parts, part = _row_part(c, grid, sync)
+    from .sparse_io import csr_info
+    info = c.run(csr_info, path, X, allow_external)
+    if info is not None:
+        return _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y,
+                         split_features, allow_external)
 
     def plan():
         with _open_read(path) as f:
@@ -264,6 +243,44 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
 
     return c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
                  allow_external)
+
+
+def _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y, split_features,
+              allow_external):
+    """:func:`load_hdf5` of a CSR group: this rank's rows (and, with ``split_features``,
+    only its column range, indices rebased) as a ``scipy.sparse.csr_matrix``."""
+    from .sparse_io import column_range, read_csr_rows, slice_nnz
+    n, d, file_dtype, _ = info
+
+    def plan():
+        if n == 0 or d == 0:
+            raise DataError(f"{path}: the CSR matrix '{X}' is empty (shape {(n, d)})")
+        if n < parts:
+            what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
+            raise ConfigError(f"{what} but only {n} rows in {path}: "
+                              f"run with at most {n * grid.K} ranks")
+        out_dtype = _resolve_dtype(dtype, file_dtype)
+        lo, hi = chunk(n, parts, part) if part is not None else (0, 0)
+        c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
+        if c1 <= c0:
+            raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
+                              f"{path}")
+        return out_dtype, lo, hi, c0, c1, slice_nnz(path, X, lo, hi, allow_external)
+
+    out_dtype, lo, hi, c0, c1, nnz = c.run(plan)
+    # values and (at most int64) indices, row pointers, and the filter's temporaries
+    check_node_memory(c, nnz * (out_dtype.itemsize + 8) * 2 + (hi - lo + 1) * 16,
+                      f"{path}: '{X}'")
+
+    def read():
+        Xl = read_csr_rows(path, X, lo, hi, out_dtype, allow_external)
+        if (c0, c1) != (0, d):
+            Xl = column_range(Xl, c0, c1)
+        with _open_read(path) as f:
+            yl = _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external)
+        return Xl, yl
+
+    return c.run(read)
 
 
 def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_external):
@@ -317,36 +334,6 @@ def load_vector(path, name, comm=None, sync="allreduce", model_parallel=1):
     return c.run(local)
 
 
-def same_file(a, b):
-    """``a`` and ``b`` name the same file (also through a symlink or a hard link)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:         # one of them does not exist (yet)
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _refuse_inputs(path, inputs):
-    for inp in inputs:
-        if inp is not None and same_file(path, inp):
-            raise OutputError(f"output {path} is the input {inp}: mpiml never writes over "
-                              "an input")
-
-
-def _check_on_writer(path, comm, inputs, check):
-    """Collective: on rank 0 (the rank that writes), refuse ``path`` if it is one of
-    ``inputs``, then ``check(absolute path)``; every rank raises the same error."""
-    c = get_comm(comm)
-
-    def local():
-        if c.rank != 0:
-            return
-        p = os.path.abspath(os.fspath(path))
-        _refuse_inputs(p, inputs)
-        check(p)
-
-    c.run(local)
-
-
 def check_output_dir(path, comm=None, inputs=()):
     """Collective: raise :class:`OutputError` on every rank unless directory ``path`` is
     writable or can be created (checked on rank 0 before any work is done)."""
@@ -364,39 +351,6 @@ def check_output_dir(path, comm=None, inputs=()):
             raise OutputError(f"cannot write in {path}: {exc.strerror or exc}") from None
 
     _check_on_writer(path, comm, inputs, writable)
-
-
-def check_output_path(path, comm=None, inputs=()):
-    """Collective: raise :class:`OutputError` on every rank if ``path`` cannot be written
-    or is one of ``inputs`` (also through a link: an output never replaces an input).
-
-    Checked on rank 0 (the rank that writes) before any work is done.
-    """
-    def writable(p):
-        parent = os.path.dirname(p)
-        if os.path.isdir(p):
-            raise OutputError(f"output path {path} is a directory")
-        if not os.path.isdir(parent):
-            raise OutputError(f"cannot write {path}: directory {parent} does not exist")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write {path}: directory {parent} is not writable")
-        if os.path.exists(p) and not os.access(p, os.W_OK):
-            raise OutputError(f"cannot write {path}: the file exists and is read-only")
-
-    _check_on_writer(path, comm, inputs, writable)
-
-
-def _tmp_name(path):
-    """A temporary beside ``path``, unique per process and call (created exclusively)."""
-    p = os.path.abspath(os.fspath(path))
-    return os.path.join(os.path.dirname(p),
-                        f".{os.path.basename(p)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _commit(tmp, path):
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.fspath(path))
 
 
 def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression=None,
@@ -474,27 +428,6 @@ def _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra)
             f.attrs[key] = value
         for key, value in (extra or {}).items():
             f.create_dataset(key, data=value)
-
-
-def _write_in_turn(c, tmp, arrays, offsets):
-    """Each rank writes its rows in rank order (a token passed on; the serial HDF5 library
-    has one writer at a time); every rank returns the first error (None: all written)."""
-    error = None
-    if c.rank > 0:
-        error = c.mpi.recv(source=c.rank - 1, tag=_TOKEN)
-    if error is None:
-        try:
-            if any(a.shape[0] for a in arrays.values()):
-                with h5py.File(tmp, "r+", locking=False) as f:
-                    for k, a in sorted(arrays.items()):
-                        if a.shape[0]:
-                            f[k][offsets[k]:offsets[k] + a.shape[0]] = a
-        except Exception as exc:  # noqa: BLE001 - agreed by the caller
-            error = f"rank {c.rank}: {exc}"
-    if c.rank < c.size - 1:
-        c.mpi.send(error, dest=c.rank + 1, tag=_TOKEN)
-    # the last rank knows whether every write succeeded
-    return c.bcast(error, root=c.size - 1)
 
 
 def _text(values, where, what):

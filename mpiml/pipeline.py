@@ -94,6 +94,16 @@ def _read(est, c, grid, data, X, y, split_features, allow_external):
     return Xl, yl, columns, time.perf_counter() - t0
 
 
+def _check_sparse(est, c, Xl, data, X, describe):
+    """CSR rows for a model that cannot take them: one error (every rank read the same
+    kind of group)."""
+    if getattr(Xl, "format", None) == "csr" and not getattr(est, "_sparse_input", False):
+        raise ConfigError(f"{data}: '{X}' holds CSR rows; {describe or type(est).__name__} "
+                          "trains on dense rows only (CSR rows train the linear models with "
+                          "the SGD solver and without --scale/--standardize; see docs/sparse.md)",
+                          ranks=range(c.size))
+
+
 def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction=None, seed=0,
                     resample=None, sample_weight=None, early_stopping=False, resume=None,
                     overwrite=False, split_features=False, allow_external=False, describe=None,
@@ -138,12 +148,7 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
     grid = c.grid(est.model_parallel)
     _check_outputs(est, c, out, (data, val))
     Xl, yl, columns, t_load = _read(est, c, grid, data, X, y, split_features, allow_external)
-    if getattr(Xl, "format", None) == "csr" and not getattr(est, "_sparse_input", False):
-        # (every rank read the same kind of group)
-        raise ConfigError(f"{data}: '{X}' holds CSR rows; {describe or type(est).__name__} "
-                          "trains on dense rows only (CSR rows train the linear models with "
-                          "the SGD solver and without --scale/--standardize; see docs/sparse.md)",
-                          ranks=range(c.size))
+    _check_sparse(est, c, Xl, data, X, describe)
     held_out = held_out_rows(grid, Xl.shape[0], val_fraction, seed) \
         if val_fraction is not None else None
     if hooks.current().raise_on_rank == c.rank:     # failure injection for the tests

@@ -17,14 +17,27 @@ from mpi4py import MPI
 
 from . import progress as _progress
 from .comm import chunk, get_comm, get_grid
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .io import STRING_DTYPE, _dataset, _open_read, check_output_path
+from .sparse_io import csr_info, read_csr_rows
 
 __all__ = ["stream_predict"]
 
 
 def _part_name(out, token, rank):
     return f"{os.path.abspath(out)}.part-{token}-{rank}"
+
+
+def _input_shape(data, X):
+    """``(rows, features, is CSR)`` of the input (local)."""
+    sparse = csr_info(data, X)
+    if sparse is not None:
+        return sparse[0], sparse[1], True
+    with _open_read(data) as f:
+        ds = _dataset(f, data, X, "the features")
+        if ds.ndim != 2:
+            raise DataError(f"{data}: dataset '{X}' must be 2-D, it has shape {ds.shape}")
+        return ds.shape[0], ds.shape[1], False
 
 
 def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=None,
@@ -43,14 +56,10 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
     part = _part_name(out, token, c.rank)
     writer = grid.model_rank == 0          # one rank per model-parallel group writes
 
-    def info():
-        with _open_read(data) as f:
-            ds = _dataset(f, data, X, "the features")
-            if ds.ndim != 2:
-                raise DataError(f"{data}: dataset '{X}' must be 2-D, it has shape {ds.shape}")
-            return ds.shape
-
-    n, d = c.run(info)
+    n, d, sparse = c.run(_input_shape, data, X)
+    if sparse and not getattr(est, "_sparse_input", False):
+        raise ConfigError(f"{data}: '{X}' holds CSR rows, which a {type(est).__name__} "
+                          f"cannot take (the linear SGD models do)", ranks=range(c.size))
     classes = getattr(est, "classes_", None)
     # class labels that are integers are written as integers (the label dtype)
     integral_labels = classes is not None and np.issubdtype(np.asarray(classes).dtype, np.number) \
@@ -64,13 +73,17 @@ def stream_predict(est, data, out, X="X", block_rows=65536, proba=False, comm=No
         # the same number of blocks on every rank: a split model's predict is collective
         with _open_read(data) as f, (h5py.File(part, "w-", locking=False) if writer
                                       else _Null()) as p:
-            ds = f[X]
+            ds = None if sparse else f[X]
             dp = dpr = None
             for b in range(n_blocks):
                 a = min(hi, lo + b * block_rows)
                 e = min(hi, a + block_rows)
-                block = np.asarray(ds[a:e]) if e > a else np.zeros((0, d), dtype=ds.dtype)
-                if not np.isfinite(block).all():
+                if sparse:
+                    # (read_csr_rows checks the values, the indices and the pointers)
+                    block = read_csr_rows(data, X, a, e)
+                else:
+                    block = np.asarray(ds[a:e]) if e > a else np.zeros((0, d), dtype=ds.dtype)
+                if not sparse and not np.isfinite(block).all():
                     row = a + int(np.argwhere(~np.isfinite(block))[0][0])
                     raise DataError(f"{data}: dataset '{X}' has a NaN or infinite value at "
                                     f"row {row}")

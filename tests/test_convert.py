@@ -34,8 +34,15 @@ def sources(comm, shared_tmp):
 
 
 def _read(path):
+    """X (densified when stored as a CSR group: libsvm files convert to CSR) and y."""
     with h5py.File(path, "r") as f:
-        return f["X"][()], f["y"][()]
+        X = f["X"]
+        if isinstance(X, h5py.Group):
+            import scipy.sparse as sp
+            dense = sp.csr_matrix((X["data"][()], X["indices"][()], X["indptr"][()]),
+                                  shape=tuple(X.attrs["shape"])).toarray()
+            return dense, f["y"][()]
+        return X[()], f["y"][()]
 
 
 @pytest.mark.mpi
