@@ -163,6 +163,8 @@ def _explain_shap(args, c, est, X, t0):
     from .models.scaling import raw_linear
 
     d = X.shape[1]
+    if getattr(X, "format", None) == "csr":
+        return _explain_sparse(args, c, est, X, t0)
     with _rows_progress(args, c, X) as shown:
         if est._shap_method == "kernel":                       # MLPs: Kernel SHAP
             bg = None
@@ -198,6 +200,49 @@ def _explain_shap(args, c, est, X, t0):
     absum = np.abs(values).reshape(len(X), -1, d).sum(axis=(0, 1)) if len(X) else np.zeros(d)
     tot = c.allreduce(np.concatenate([absum, [float(len(X))]]))
     importance = tot[:-1] / max(tot[-1], 1.0)
+    c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
+             f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
+    c.print0("global importance (mean |SHAP|):")
+    for line in summarise_importance(importance, names=_names(est), top=args.top):
+        c.print0(line)
+    if args.plot and c.rank == 0:
+        plot_importance(importance, args.plot, "mean |SHAP value|", names=_names(est))
+    return 0
+
+
+def _explain_sparse(args, c, est, X, t0):
+    """Exact linear SHAP of CSR rows, kept sparse: the output's ``shap`` is a CSR group
+    (n, K*d) of ``W[k, j] x_ij`` at the stored entries and ``shap_offset`` (K*d) the
+    ``-W[k, j] mean_j`` every entry adds (docs/explain.md)."""
+    import numpy as np
+
+    from .errors import ConfigError
+    from .explain import global_mean, linear_shap_sparse, sparse_abs_sum, summarise_importance
+    from .explain import plot_importance
+    from .io import load_hdf5
+    from .models.scaling import raw_linear
+    from .sparse_io import write_csr
+
+    if est._shap_method != "linear":
+        raise ConfigError(f"{args.data}: CSR rows; a {type(est).__name__} takes dense rows",
+                          ranks=range(c.size))
+    if args.background:
+        Xb, _ = load_hdf5(args.background, X=args.X, y=None, comm=c)
+        mean = global_mean(Xb, c)
+    else:
+        mean = global_mean(X, c)
+    coef, intercept = raw_linear(est)
+    stored, offset, base = linear_shap_sparse(coef, intercept, X, mean)
+    what = "exact linear SHAP of the margins (sparse: shap + shap_offset)"
+    if args.out:
+        c.print0(f"writing {args.out}")
+        write_csr(args.out, stored, None, comm=c, name="shap", inputs=(args.model, args.data),
+                  attrs={"model": os.path.abspath(args.model), "method": what},
+                  extra={"base_value": np.asarray(base), "shap_offset": offset})
+    d = X.shape[1]
+    tot = c.allreduce(np.concatenate([sparse_abs_sum(stored, offset, X.shape[0]),
+                                      [float(X.shape[0])]]))
+    importance = tot[:-1].reshape(-1, d).sum(axis=0) / max(tot[-1], 1.0)
     c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
              f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
     c.print0("global importance (mean |SHAP|):")

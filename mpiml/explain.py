@@ -25,15 +25,25 @@ import numpy as np
 
 from .comm import get_comm
 
-__all__ = ["linear_shap", "kernel_shap", "permutation_importance", "global_mean",
+__all__ = ["linear_shap", "linear_shap_sparse", "sparse_abs_sum", "kernel_shap", "permutation_importance", "global_mean",
            "summarise_importance", "plot_importance", "model_output"]
 
 
+def _is_csr(X):
+    return getattr(X, "format", None) == "csr"
+
+
 def global_mean(X, comm=None):
-    """Column means of every rank's rows (one Allreduce)."""
+    """Column means of every rank's rows (one Allreduce); ``X`` dense or CSR."""
     c = get_comm(comm)
-    X = np.asarray(X)
-    buf = np.concatenate([X.sum(axis=0, dtype=np.float64), [float(X.shape[0])]])
+    if _is_csr(X):      # float64 sums of the stored values, column by column
+        nz = X.indptr[-1]
+        sums = np.bincount(X.indices[:nz], weights=X.data[:nz].astype(np.float64),
+                           minlength=X.shape[1])
+    else:
+        X = np.asarray(X)
+        sums = X.sum(axis=0, dtype=np.float64)
+    buf = np.concatenate([sums, [float(X.shape[0])]])
     c.Allreduce(buf)
     return buf[:-1] / max(buf[-1], 1.0)
 
@@ -54,6 +64,40 @@ def linear_shap(coef, intercept, X, background_mean):
         Xc *= W[0].astype(dtype)
         return Xc, base
     return Xc[:, None, :] * W.astype(dtype)[None, :, :], base
+
+
+def linear_shap_sparse(coef, intercept, X, background_mean):
+    """Linear SHAP of CSR rows without densifying: ``(stored, offset, base)`` with
+    ``phi[i, k*d + j] = stored[i, k*d + j] + offset[k*d + j]``, where ``stored`` is a CSR
+    matrix (n, K*d) holding ``W[k, j] * x_ij`` at the rows' stored entries (zero
+    elsewhere) and ``offset = -W * mean`` (K*d) is the same for every row."""
+    import scipy.sparse as sp
+    W = np.atleast_2d(np.asarray(coef, dtype=np.float64))
+    b = np.asarray(intercept, dtype=np.float64).ravel()
+    K, d = W.shape
+    base = W @ background_mean + b
+    X = X.tocsr()
+    counts = np.diff(X.indptr)
+    cols = (X.indices[None, :] + d * np.arange(K)[:, None])         # (K, nnz)
+    vals = X.data[None, :].astype(np.float64) * W[:, X.indices]     # (K, nnz)
+    # row i: its K blocks of entries one after the other
+    order = np.argsort(np.repeat(np.repeat(np.arange(X.shape[0]), counts)[None, :], K,
+                                 axis=0).ravel(), kind="stable")
+    indptr = np.concatenate([[0], np.cumsum(counts * K)])
+    stored = sp.csr_matrix((vals.ravel()[order], cols.ravel()[order], indptr),
+                           shape=(X.shape[0], K * d))
+    return stored, -(W * background_mean).ravel(), base
+
+
+def sparse_abs_sum(stored, offset, n_rows):
+    """Column sums of ``|phi|`` over ``n_rows`` rows from :func:`linear_shap_sparse`'s
+    parts (a row's unstored columns hold ``offset``)."""
+    m = offset.size
+    idx = stored.indices[:stored.indptr[-1]]
+    phi = np.abs(stored.data[:idx.size] + offset[idx])
+    sums = np.bincount(idx, weights=phi, minlength=m)
+    present = np.bincount(idx, minlength=m)
+    return sums + (n_rows - present) * np.abs(offset)
 
 
 def _kernel_weight(d, s):
@@ -142,6 +186,12 @@ def permutation_importance(est, X, y, repeats=5, seed=0, comm=None, progress=Non
     """Global score drop per feature: ``(mean (d,), std (d,), baseline)`` (collective).
     ``progress(features done)`` is called after each feature."""
     c = get_comm(comm)
+    if _is_csr(X):
+        from .errors import ConfigError
+        raise ConfigError("permutation importance of CSR rows is not implemented (it would "
+                          "rescore every row once per feature and repeat); use SHAP "
+                          "(--method shap), exact for the linear models",
+                          ranks=range(c.size))
     X = np.asarray(X)
     n_local = X.shape[0]
     counts = c.allgather(n_local)
