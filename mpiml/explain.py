@@ -25,8 +25,9 @@ import numpy as np
 
 from .comm import get_comm
 
-__all__ = ["linear_shap", "linear_shap_sparse", "sparse_abs_sum", "kernel_shap", "permutation_importance", "global_mean",
-           "summarise_importance", "plot_importance", "model_output"]
+__all__ = ["linear_shap", "linear_shap_sparse", "sparse_abs_sum", "kernel_shap",
+           "permutation_importance", "global_mean", "summarise_importance", "plot_importance",
+           "model_output"]
 
 
 def _is_csr(X):
