@@ -222,3 +222,100 @@ def hessp(const floating[:, ::1] X, const double[::1] y, const double[::1] sw,
             _accumulate(&X[i0, 0], nb, d, K, u, &out[0], tmp)
             i0 += nb
     free(m)
+
+
+# --------------------------------------------------------------------------- CSR rows
+ctypedef fused sindex:
+    int
+    long long
+
+
+cdef inline void _csr_margins(const floating* vals, const sindex* ind, Py_ssize_t a,
+                              Py_ssize_t e, Py_ssize_t d, Py_ssize_t K, const double* w,
+                              double* m) noexcept nogil:
+    """m[k] = x . w_k + b_k for one CSR row (entries a..e)."""
+    cdef Py_ssize_t k, p
+    cdef double acc
+    for k in range(K):
+        acc = 0.0
+        for p in range(a, e):
+            acc += w[k * d + ind[p]] * <double>vals[p]
+        m[k] = acc + w[K * d + k]
+
+
+cdef inline void _csr_accumulate(const floating* vals, const sindex* ind, Py_ssize_t a,
+                                 Py_ssize_t e, Py_ssize_t d, Py_ssize_t K, const double* g,
+                                 double* grad) noexcept nogil:
+    """grad[k] += g[k] (x, 1) for one CSR row."""
+    cdef Py_ssize_t k, p
+    for k in range(K):
+        if g[k] == 0.0:
+            continue
+        for p in range(a, e):
+            grad[k * d + ind[p]] += g[k] * <double>vals[p]
+        grad[K * d + k] += g[k]
+
+
+def _check_csr(vals, ind, ptr, Py_ssize_t d, y, sw, w, out, Py_ssize_t K):
+    n = ptr.shape[0] - 1
+    if n < 0 or y.shape[0] != n or (sw.shape[0] not in (0, n)) or w.shape[0] != K * d + K \
+            or out.shape[0] != K * d + K or ind.shape[0] != vals.shape[0] \
+            or (n > 0 and ptr[n] > vals.shape[0]):
+        raise ValueError("glm kernel: inconsistent shapes")
+
+
+def loss_grad_csr(const floating[::1] vals, const sindex[::1] ind, const sindex[::1] ptr,
+                  Py_ssize_t d, const double[::1] y, const double[::1] sw, const double[::1] w,
+                  double[::1] grad, int kind, Py_ssize_t K, double epsilon):
+    """:func:`loss_grad` of CSR rows (``vals``, ``ind``, ``ptr``: a scipy CSR matrix's
+    ``data``, ``indices``, ``indptr``; ``d`` columns): O(stored values x K)."""
+    _check_csr(vals, ind, ptr, d, y, sw, w, grad, K)
+    cdef Py_ssize_t n = ptr.shape[0] - 1, i, k
+    cdef double total = 0.0, s
+    cdef bint weighted = sw.shape[0] > 0
+    cdef double* m = <double*> malloc(K * sizeof(double))
+    if m == NULL:
+        raise MemoryError()
+    with nogil:
+        for k in range(grad.shape[0]):
+            grad[k] = 0.0
+        for i in range(n):
+            s = sw[i] if weighted else 1.0
+            if s == 0.0:
+                continue
+            _csr_margins(&vals[0], &ind[0], ptr[i], ptr[i + 1], d, K, &w[0], m)
+            total += s * _row_loss(m, y[i], K, kind, epsilon)
+            if s != 1.0:
+                for k in range(K):
+                    m[k] *= s
+            _csr_accumulate(&vals[0], &ind[0], ptr[i], ptr[i + 1], d, K, m, &grad[0])
+    free(m)
+    return total
+
+
+def hessp_csr(const floating[::1] vals, const sindex[::1] ind, const sindex[::1] ptr,
+              Py_ssize_t d, const double[::1] y, const double[::1] sw, const double[::1] w,
+              const double[::1] v, double[::1] out, int kind, Py_ssize_t K, double epsilon):
+    """:func:`hessp` of CSR rows."""
+    _check_csr(vals, ind, ptr, d, y, sw, w, out, K)
+    if v.shape[0] != w.shape[0]:
+        raise ValueError("glm kernel: v and w differ in length")
+    cdef Py_ssize_t n = ptr.shape[0] - 1, i, k
+    cdef double s
+    cdef bint weighted = sw.shape[0] > 0
+    cdef double* m = <double*> malloc(2 * K * sizeof(double))
+    if m == NULL:
+        raise MemoryError()
+    cdef double* u = m + K
+    with nogil:
+        for k in range(out.shape[0]):
+            out[k] = 0.0
+        for i in range(n):
+            s = sw[i] if weighted else 1.0
+            _csr_margins(&vals[0], &ind[0], ptr[i], ptr[i + 1], d, K, &w[0], m)
+            _csr_margins(&vals[0], &ind[0], ptr[i], ptr[i + 1], d, K, &v[0], u)
+            _row_curvature(m, u, y[i], K, kind, epsilon)
+            for k in range(K):
+                u[k] *= s
+            _csr_accumulate(&vals[0], &ind[0], ptr[i], ptr[i + 1], d, K, u, &out[0])
+    free(m)

@@ -100,7 +100,7 @@ def test_validation_rows_of_a_csr_file(files):
 @pytest.mark.parametrize("args,expect", [
     (["--model", "logistic", "--standardize"], "CSR rows"),
     (["--model", "mlp", "--hidden", "4"], "CSR rows"),
-    (["--model", "logistic", "--solver", "lbfgs"], "CSR rows"),
+    (["--model", "logistic", "--sync", "ps:1"], "CSR rows"),
 ])
 def test_what_csr_files_cannot_do_fails_cleanly(files, tmp_path, args, expect):
     code, so, se, seconds = mpirun(2, ["train", "--data", files / "train.h5", "--out",
@@ -133,3 +133,17 @@ def test_explain_csr_rows_is_the_dense_explanation_kept_sparse(files):
     code, so, se, _ = mpirun(2, ["explain", "--model", model, "--data", files / "test.h5",
                                  "--method", "permutation"], files)
     assert code != 0 and "not implemented" in se and "Traceback" not in se
+
+
+def test_an_exact_solve_of_a_csr_file(files):
+    """--solver lbfgs on the CSR file at 2 ranks: the dense file's optimum."""
+    args = ["--model", "logistic", "--solver", "lbfgs", "--alpha", "1e-3", "--tol", "1e-8",
+            "--dtype", "float64"]
+    code, _, err, _ = mpirun(2, ["train", "--data", files / "train.h5", "--out",
+                                 files / "s2.h5"] + args, files)
+    assert code == 0, err
+    code, _, err, _ = mpirun(1, ["train", "--data", files / "dense.h5", "--out",
+                                 files / "s1.h5"] + args, files)
+    assert code == 0, err
+    a, b = _coef(files / "s2.h5"), _coef(files / "s1.h5")
+    assert np.max(np.abs(a - b)) <= 1e-6 * max(1.0, np.max(np.abs(b)))

@@ -194,8 +194,6 @@ def test_what_csr_rows_refuse_is_one_error_on_every_rank(comm):
         MLPClassifier(max_iter=1).fit(Xl, yl)
     with pytest.raises(TypeError, match="[Ss]parse"):
         SGDClassifier(scaler="standard").fit(Xl, yl)
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        SGDClassifier(solver="lbfgs").fit(Xl, yl)
     with pytest.raises(ConfigError, match="sync='allreduce'"):
         SGDClassifier(compress="fp16").fit(Xl, yl)
     with pytest.raises(ConfigError, match="exchange must be"):
@@ -210,3 +208,38 @@ def test_what_csr_rows_refuse_is_one_error_on_every_rank(comm):
         bad.data[-1] = np.nan
     with pytest.raises(DataError, match="NaN or infinity"):
         SGDClassifier(max_iter=1).fit(bad, yl)
+
+
+# ------------------------------------------------------------------ exact solvers on CSR rows
+@pytest.mark.mpi
+@pytest.mark.parametrize("solver,penalty", [("lbfgs", "l2"), ("newton-cg", "l2"),
+                                            ("owlqn", "elasticnet"), ("hybrid", "l2")])
+def test_an_exact_solve_of_csr_rows_is_the_dense_solve(comm, solver, penalty):
+    X, y = _data(K=3, seed=8)
+    Xl, yl = _uneven(comm, X, y)
+    kw = dict(alpha=1e-3, solver=solver, penalty=penalty, tol=1e-9, max_iter=300)
+    got = SGDClassifier(**kw).fit(Xl, yl)
+    ref = SGDClassifier(**kw).fit(Xl.toarray(), yl)
+    assert got.solver_status_ == ref.solver_status_ == "converged"
+    _same(got, ref, 1e-6)
+
+
+@pytest.mark.mpi
+def test_logistic_regression_on_csr_rows_reaches_scikit_learns_optimum(comm):
+    import warnings
+
+    from mpiml import LogisticRegression, Ridge
+    X, y = _data(seed=9)
+    Xl, yl = _uneven(comm, X, y)
+    got = LogisticRegression(C=10.0, tol=1e-10, max_iter=1000).fit(Xl, yl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sk.LogisticRegression(C=10.0, tol=1e-12, max_iter=10000).fit(X, y)
+    ours, theirs = np.append(got.coef_, got.intercept_), np.append(ref.coef_, ref.intercept_)
+    assert np.linalg.norm(ours - theirs) <= 1e-5 * np.linalg.norm(theirs)
+    Xr, yr = _data(seed=10, regression=True)
+    Xrl, yrl = _uneven(comm, Xr, yr)
+    a = Ridge(alpha=0.5, tol=1e-10).fit(Xrl, yrl)
+    b = Ridge(alpha=0.5, tol=1e-10).fit(Xrl.toarray(), yrl)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(a.predict(Xrl), b.predict(Xrl.toarray()), rtol=1e-7, atol=1e-9)

@@ -101,11 +101,20 @@ class Objective:
         code, self.pending = self.pending, 0
         return code
 
+    def _rows(self):
+        """The kernels' row arguments: ``(X,)``, or a CSR matrix's three arrays and width."""
+        X = self.X
+        if getattr(X, "format", None) == "csr":
+            return (X.data, X.indices, X.indptr, X.shape[1])
+        return (X,)
+
     def __call__(self, x):
         buf = self._buf
         grad = buf[1:1 + self.P]
-        buf[0] = _g.loss_grad(self.X, self.y, self.sw, self._full(x, self._w), grad,
-                              self.kind, self.K, self.epsilon)
+        rows = self._rows()
+        kernel = _g.loss_grad if len(rows) == 1 else _g.loss_grad_csr
+        buf[0] = kernel(*rows, self.y, self.sw, self._full(x, self._w), grad,
+                        self.kind, self.K, self.epsilon)
         self._reduce(buf, 1 + self.P)
         pen = self.penalised * x
         f = buf[0] * self.scale + 0.5 * self.l2 * (pen @ pen)
@@ -113,8 +122,10 @@ class Objective:
 
     def hessp(self, x, v):
         out = self._hbuf[:self.P]
-        _g.hessp(self.X, self.y, self.sw, self._full(x, self._w), self._full(v, self._v), out,
-                 self.kind, self.K, self.epsilon)
+        rows = self._rows()
+        kernel = _g.hessp if len(rows) == 1 else _g.hessp_csr
+        kernel(*rows, self.y, self.sw, self._full(x, self._w), self._full(v, self._v), out,
+               self.kind, self.K, self.epsilon)
         self._reduce(self._hbuf, self.P)
         return out[:self.size] * self.scale + self.l2 * self.penalised * v
 
@@ -177,6 +188,17 @@ class _ExactLinear(BaseEstimator):
     _write_model = Trainer._write_model
     __getstate__ = Trainer.__getstate__
     __setstate__ = Trainer.__setstate__
+
+    # CSR rows: glm.pyx's CSR kernels, O(stored values) per evaluation (docs/sparse.md)
+    _sparse_input = True
+
+    def _check_sparse_fit(self, columns):
+        pass
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     def _epsilon(self):
         return 0.0
@@ -284,7 +306,7 @@ class _ExactLinear(BaseEstimator):
         def local():
             yy = np.asarray(y).ravel() if self._is_classifier else \
                 np.asarray(y, dtype=np.float64).ravel()
-            n = np.asarray(X).shape[0] if hasattr(X, "shape") else len(X)
+            n = X.shape[0] if hasattr(X, "shape") else len(X)
             if yy.shape[0] != n:
                 raise DataError(f"X has {n} rows but y has {yy.shape[0]}")
             w = np.ones(n) if sample_weight is None else \

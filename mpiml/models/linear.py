@@ -44,9 +44,10 @@ class _BaseSGD(Trainer):
 
     @property
     def _sparse_input(self):
-        """CSR rows train with SGD and no offset scaler (mpiml._kernels.sgd.SparseEngine,
-        docs/sparse.md); otherwise scikit-learn's checks refuse sparse input."""
-        return self.solver in ("sgd", None) and self.scaler is None
+        """CSR rows train without an offset scaler (SGD: mpiml._kernels.sgd.SparseEngine;
+        the exact solvers: glm.pyx's CSR kernels; docs/sparse.md); otherwise
+        scikit-learn's checks refuse sparse input."""
+        return self.scaler is None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
