@@ -236,10 +236,10 @@ def _optimisation(p):
 
 def _scaling_and_validation(p):
     g = p.add_argument_group("feature scaling and validation")
-    g.add_argument("--scale", choices=["none", "standard", "minmax"], default="none",
+    g.add_argument("--scale", choices=["none", "standard", "minmax", "maxabs"], default="none",
                    help="scale the features with global statistics of the training rows "
                         "(one Allreduce); stored in the model and applied by predict, score, "
-                        "explain and the ONNX export")
+                        "explain and the ONNX export; maxabs (x / max|x|) keeps CSR rows sparse")
     g.add_argument("--standardize", action="store_true", help="the same as --scale standard")
     g.add_argument("--val-fraction", type=float, default=None, metavar="F",
                    help="hold out this fraction of the rows, chosen by global row index and "

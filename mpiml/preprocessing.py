@@ -289,3 +289,98 @@ class MinMaxScaler(StandardScaler):
     def inverse_transform(self, X):
         X = self._check(X)
         return check_finite_outputs((X - self.min_) / self.scale_)
+
+
+def scale_csr_columns(X, scale, inplace=False):
+    """CSR rows divided column by column by ``scale`` (the values only: the sparsity is
+    kept; computed in float64, rounded once to the values' type). ``inplace``: X's value
+    array is overwritten (else a new matrix sharing X's indices and pointers)."""
+    import scipy.sparse as sp
+    nz = X.indptr[-1] if X.shape[0] else 0
+    vals = X.data[:nz] / np.asarray(scale, dtype=np.float64)[X.indices[:nz]]
+    if not np.all(np.isfinite(vals)):
+        row = int(np.searchsorted(X.indptr, int(np.argmin(np.isfinite(vals))), side="right")) - 1
+        raise DataError(f"Input X contains NaN or infinity (local row {row})")
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    if inplace and X.data.dtype == dtype:
+        X.data[:nz] = vals
+        return X
+    return sp.csr_matrix((vals.astype(dtype), X.indices[:nz], X.indptr), shape=X.shape)
+
+
+class MaxAbsScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """``x / max|x|`` per feature with the global maximum absolute value: no shift, so
+    sparse (CSR) rows stay sparse.
+
+    ``fit`` is collective (one Allreduce MAX over every rank's rows, dense or CSR);
+    ``transform`` is local and keeps a CSR input CSR. Constant-zero features get
+    ``scale_ = 1``.
+
+    Attributes
+    ----------
+    max_abs_, scale_ : ndarray (n_features,)
+        As scikit-learn's.
+    n_samples_seen_, n_features_in_ : int
+    """
+
+    kind = "maxabs"
+
+    def __init__(self, *, comm=None):
+        self.comm = comm
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+    def fit(self, X, y=None):
+        """Global maximum absolute value of each feature (collective)."""
+        c = get_comm(self.comm)
+        X = c.run(validate_data, self, X, reset=True, accept_sparse="csr",
+                  dtype=(np.float64, np.float32), ensure_all_finite=False, ensure_min_samples=0)
+        d = X.shape[1]
+
+        def local():
+            if getattr(X, "format", None) == "csr":
+                nz = X.indptr[-1] if X.shape[0] else 0
+                m = np.zeros(d)
+                np.maximum.at(m, X.indices[:nz], np.abs(X.data[:nz]).astype(np.float64))
+            else:
+                m = np.abs(X).max(axis=0).astype(np.float64) if X.shape[0] else np.zeros(d)
+            if not np.all(np.isfinite(m)):
+                raise DataError("Input X contains NaN or infinity")
+            return m
+
+        m = c.run(local)
+        buf = np.ascontiguousarray(m)
+        c.mpi.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+        n = c.allreduce(float(X.shape[0]))
+        if n == 0:
+            raise DataError("Found array with 0 sample(s) on every rank while a minimum of 1 is "
+                            "required by MaxAbsScaler")
+        self.max_abs_ = buf[:d]
+        self.scale_ = np.where(self.max_abs_ == 0.0, 1.0, self.max_abs_)
+        self.n_samples_seen_, self.n_features_in_ = int(n), d
+        return self
+
+    def _check(self, X):
+        if not hasattr(self, "scale_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
+        return validate_data(self, X, reset=False, accept_sparse="csr",
+                             dtype=(np.float64, np.float32), ensure_all_finite=False,
+                             ensure_min_samples=0)
+
+    def offset_and_scale(self):
+        return np.zeros(self.n_features_in_), self.scale_
+
+    def transform(self, X):
+        X = self._check(X)
+        if getattr(X, "format", None) == "csr":
+            return scale_csr_columns(X, self.scale_)
+        return scale_rows(X, *self.offset_and_scale())
+
+    def inverse_transform(self, X):
+        X = self._check(X)
+        if getattr(X, "format", None) == "csr":
+            return scale_csr_columns(X, 1.0 / self.scale_)
+        return check_finite_outputs(X * self.scale_)

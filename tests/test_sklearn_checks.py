@@ -12,7 +12,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from mpiml import MLPClassifier, MLPRegressor, SGDClassifier, SGDRegressor
 from mpiml.models.glm import LogisticRegression
 from mpiml.models.regression import ElasticNet, EpsilonHuberRegressor, LinearRegression, Ridge
-from mpiml.preprocessing import MinMaxScaler, StandardScaler
+from mpiml.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler
 
 # A weight of k is k copies of a row only in expectation for SGD: the copies are
 # separate updates at separate places in the shuffled epoch (scikit-learn lists the same
@@ -30,6 +30,7 @@ ESTIMATORS = [
     MLPRegressor(random_state=0),
     StandardScaler(),
     MinMaxScaler(),
+    MaxAbsScaler(),
     # the SGD models' objective solved exactly (issue 20); the weight check still fails:
     # alpha weighs against the mean loss over the n rows, and k copies of a row add k - 1
     # rows to n where a weight of k does not
@@ -39,7 +40,7 @@ ESTIMATORS = [
 ]
 
 EXPECTED = {"SGDClassifier": _WEIGHTS, "SGDRegressor": _WEIGHTS, "MLPClassifier": _WEIGHTS,
-            "MLPRegressor": _WEIGHTS, "StandardScaler": {}, "MinMaxScaler": {},
+            "MLPRegressor": _WEIGHTS, "StandardScaler": {}, "MinMaxScaler": {}, "MaxAbsScaler": {},
             "LogisticRegression": {}, "LinearRegression": {}, "Ridge": {}, "ElasticNet": {},
             "EpsilonHuberRegressor": {}}
 

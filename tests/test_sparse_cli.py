@@ -147,3 +147,26 @@ def test_an_exact_solve_of_a_csr_file(files):
     assert code == 0, err
     a, b = _coef(files / "s2.h5"), _coef(files / "s1.h5")
     assert np.max(np.abs(a - b)) <= 1e-6 * max(1.0, np.max(np.abs(b)))
+
+
+def test_maxabs_scaling_of_a_csr_file(files):
+    """--scale maxabs keeps CSR rows sparse: the model (its scaler included) is the dense
+    file's, and the model file carries the scaler to score."""
+    args = TRAIN + ["--scale", "maxabs"]
+    code, _, err, _ = mpirun(2, ["train", "--data", files / "train.h5", "--out",
+                                 files / "x2.h5"] + args, files)
+    assert code == 0, err
+    code, _, err, _ = mpirun(1, ["train", "--data", files / "dense.h5", "--out",
+                                 files / "x1.h5"] + args, files)
+    assert code == 0, err
+    a, b = _coef(files / "x2.h5"), _coef(files / "x1.h5")
+    assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.max(np.abs(b)))
+    m2, m1 = load_model(str(files / "x2.h5")), load_model(str(files / "x1.h5"))
+    np.testing.assert_array_equal(m2.scale_factor_, m1.scale_factor_)
+    assert not np.any(m2.scale_offset_)
+    code, out, err, _ = mpirun(2, ["score", "--model", files / "x2.h5", "--data",
+                                   files / "test.h5", "--json"], files)
+    assert code == 0, err
+    Xt = read_csr_rows(str(files / "test.h5"), "X", 0, 600)
+    assert json.loads(out.strip().splitlines()[-1])["accuracy"] == \
+        m1.score(Xt.toarray(), _labels(files / "test.h5"))

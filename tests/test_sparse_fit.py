@@ -243,3 +243,31 @@ def test_logistic_regression_on_csr_rows_reaches_scikit_learns_optimum(comm):
     b = Ridge(alpha=0.5, tol=1e-10).fit(Xrl.toarray(), yrl)
     np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(a.predict(Xrl), b.predict(Xrl.toarray()), rtol=1e-7, atol=1e-9)
+
+
+# ------------------------------------------------------------------ scaling CSR rows
+@pytest.mark.mpi
+def test_maxabs_scaling_keeps_csr_rows_sparse_and_is_the_dense_fit(comm):
+    from sklearn.preprocessing import MaxAbsScaler as SkMaxAbs
+
+    from mpiml.preprocessing import MaxAbsScaler
+    X, y = _data(seed=11)
+    X = sp.csr_matrix(X.multiply(np.linspace(0.5, 40.0, X.shape[1])))
+    Xl, yl = _uneven(comm, X, y)
+    scaler = MaxAbsScaler().fit(Xl)
+    np.testing.assert_allclose(scaler.scale_, SkMaxAbs().fit(X).scale_, rtol=1e-15)
+    Z = scaler.transform(Xl)
+    assert Z.format == "csr" and Z.nnz == Xl.nnz
+    before = Xl.copy()
+    kw = {**STEP, "scaler": "maxabs"}
+    got = SGDClassifier(**kw).fit(Xl, yl)
+    ref = SGDClassifier(**kw).fit(Xl.toarray(), yl)
+    _same(got, ref)
+    np.testing.assert_allclose(got.scale_factor_, ref.scale_factor_, rtol=0)
+    assert abs(Xl - before).max() == 0            # the caller's rows are not scaled
+    np.testing.assert_allclose(got.decision_function(Xl), ref.decision_function(Xl.toarray()),
+                               rtol=1e-9, atol=1e-9)
+    # a model with an offset cannot take CSR rows at prediction
+    dense_model = SGDClassifier(**{**STEP, "scaler": "standard"}).fit(Xl.toarray(), yl)
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        dense_model.predict(Xl)

@@ -47,7 +47,7 @@ class _BaseSGD(Trainer):
         """CSR rows train without an offset scaler (SGD: mpiml._kernels.sgd.SparseEngine;
         the exact solvers: glm.pyx's CSR kernels; docs/sparse.md); otherwise
         scikit-learn's checks refuse sparse input."""
-        return self.scaler is None
+        return self.scaler in (None, "maxabs")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -382,10 +382,11 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         Seed of the batch order; rank 0's value is used.
     dtype : {None, "float32", "float64"}
         Precision of the data in the kernels (default: float32 if X is float32).
-    scaler : {None, "standard", "minmax"}
+    scaler : {None, "standard", "minmax", "maxabs"}
         Scale the features with global statistics of the training rows (one
         Allreduce): the model trains on ``(X - scale_offset_) / scale_factor_``, and
         every prediction path, the model file and the ONNX export apply it to raw rows.
+        ``"maxabs"`` (``x / max|x|``, no offset) is the one CSR rows take.
     solver : {"sgd", "lbfgs", "owlqn", "newton-cg", "hybrid"}
         ``"sgd"`` (default): minibatch SGD epochs. The others fit the same objective,
         ``(1/n) sum_i s_i loss_i + alpha R(w)``, to its optimum (docs/exact-solvers.md):

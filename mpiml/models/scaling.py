@@ -13,17 +13,18 @@ prediction see bit-identical scaled rows.
 import numpy as np
 
 from ..errors import DataError
-from ..preprocessing import MinMaxScaler, StandardScaler, scale_rows
+from ..preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler, scale_csr_columns, scale_rows
 
 __all__ = ["SCALERS", "check_scaler", "fit_scaler", "transform", "scaler_arrays",
            "restore_scaler", "raw_linear", "describe"]
 
-SCALERS = (None, "standard", "minmax")
+SCALERS = (None, "standard", "minmax", "maxabs")
+_CLASSES = {"standard": StandardScaler, "minmax": MinMaxScaler, "maxabs": MaxAbsScaler}
 
 
 def check_scaler(value, bad):
     if value not in SCALERS:
-        bad(f"scaler must be None, 'standard' or 'minmax', not {value!r}")
+        bad(f"scaler must be None, 'standard', 'minmax' or 'maxabs', not {value!r}")
 
 
 def fit_scaler(est, grid, X, columns):
@@ -34,7 +35,7 @@ def fit_scaler(est, grid, X, columns):
     est.__dict__.pop("scale_factor_", None)
     if est.scaler is None:
         return
-    cls = StandardScaler if est.scaler == "standard" else MinMaxScaler
+    cls = _CLASSES[est.scaler]
     # the ranks of a model-parallel group hold the same rows: statistics over the
     # data-parallel communicator count every row once
     s = cls(comm=grid.data).fit(X)
@@ -70,8 +71,11 @@ def transform(est, X, inplace=False, columns=None):
     if not hasattr(est, "scale_offset_"):
         return X
     if getattr(X, "format", None) == "csr":
-        raise DataError("this model scales its input by an offset, which would make CSR rows "
-                        "dense: pass dense rows")
+        off, fac = _vectors(est, X.shape[1], columns)
+        if np.any(off != 0.0):
+            raise DataError("this model scales its input by an offset, which would make CSR "
+                            "rows dense: pass dense rows (or fit with scaler='maxabs')")
+        return scale_csr_columns(X, fac, inplace=inplace)
     return scale_rows(X, *_vectors(est, X.shape[1], columns), inplace=inplace)
 
 

@@ -258,11 +258,13 @@ class Trainer(BaseEstimator):
         else:
             dtype = np.dtype(np.float32) if dtypes == {np.dtype(np.float32).str} else np.dtype(np.float64)
         if any(m[6] for m in meta):
-            # CSR rows are visited in place (never reordered or scaled): nothing is copied
-            # but a change of value type
-            own = False
+            # CSR rows are visited in place (never reordered): nothing is copied but a
+            # change of value type; a maxabs scaler scales the values in place when they
+            # are the fit's (a copy made here, or the caller's with copy_X=False)
             Xl = Xl.astype(dtype, copy=False) if Xl.shape[0] else \
                 sp.csr_matrix((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
+            own = not copy_X or (Xl is not X and not np.may_share_memory(Xl.data, X.data)
+                                 if getattr(X, "format", None) == "csr" else True)
         else:
             Xl = np.ascontiguousarray(Xl, dtype=dtype)
             # the rows may be reordered and scaled in place: a copy made here, or the
