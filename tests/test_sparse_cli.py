@@ -170,3 +170,18 @@ def test_maxabs_scaling_of_a_csr_file(files):
     Xt = read_csr_rows(str(files / "test.h5"), "X", 0, 600)
     assert json.loads(out.strip().splitlines()[-1])["accuracy"] == \
         m1.score(Xt.toarray(), _labels(files / "test.h5"))
+
+
+def test_a_feature_sharded_fit_of_a_csr_file(files):
+    """--model-parallel 2: each rank reads only its columns' entries of the CSR file and
+    stores only its columns of W; the model file is the one-rank dense fit's."""
+    code, _, err, _ = mpirun(2, ["train", "--data", files / "train.h5", "--out",
+                                 files / "f2.h5", "--model-parallel", "2"] + TRAIN, files)
+    assert code == 0, err
+    ref = files / "dense-model.h5"
+    if not ref.exists():
+        code, _, err, _ = mpirun(1, ["train", "--data", files / "dense.h5", "--out", ref]
+                                 + TRAIN, files)
+        assert code == 0, err
+    a, b = _coef(files / "f2.h5"), _coef(ref)
+    assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.max(np.abs(b)))

@@ -201,8 +201,6 @@ def test_what_csr_rows_refuse_is_one_error_on_every_rank(comm):
     if comm.size > 1:
         with pytest.raises(DataError, match="sparse"):
             SGDClassifier(max_iter=1).fit(Xl if comm.rank else Xl.toarray(), yl)
-        with pytest.raises(ConfigError, match="model_parallel=1"):
-            SGDClassifier(model_parallel=comm.size).fit(X, y)
     bad = Xl.copy()
     if bad.nnz and comm.rank == comm.size - 1:
         bad.data[-1] = np.nan
@@ -271,3 +269,25 @@ def test_maxabs_scaling_keeps_csr_rows_sparse_and_is_the_dense_fit(comm):
     dense_model = SGDClassifier(**{**STEP, "scaler": "standard"}).fit(Xl.toarray(), yl)
     with pytest.raises(TypeError, match="[Ss]parse"):
         dense_model.predict(Xl)
+
+
+# ------------------------------------------------------------------ model parallel on CSR rows
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("split,K", [("features", 2), ("features", 3), ("classes", 3)])
+def test_a_sharded_fit_of_csr_rows_is_the_one_rank_fit(comm, split, K):
+    """Weights split over all ranks (each stores its columns or classes of W): the model
+    of one rank that holds everything, for CSR rows as for dense ones."""
+    from mpiml.comm import get_grid
+    X, y = _data(K=K, seed=12)
+    grid = get_grid(comm, comm.size)
+    kw = {**STEP, "shard": split}
+    if split == "classes":
+        kw["multi_class"] = "multinomial"
+    got = SGDClassifier(**kw, model_parallel=comm.size).fit(X, y)     # one replica
+    one = SGDClassifier(**kw, comm=MPI.COMM_SELF).fit(X, y)
+    coef, intercept = got.gather_coef()
+    flat = np.append(np.ravel(coef), intercept)
+    ref = _flat(one)
+    assert np.max(np.abs(flat - ref)) <= 1e-10 * max(1.0, np.max(np.abs(ref)))
+    np.testing.assert_array_equal(got.predict(X), one.predict(X))
+    assert grid.K == comm.size

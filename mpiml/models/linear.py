@@ -58,8 +58,6 @@ class _BaseSGD(Trainer):
     def _check_sparse_fit(self, columns):
         """What CSR rows do not train with (the same verdict on every rank)."""
         name = type(self).__name__
-        if self.model_parallel != 1:
-            raise ConfigError(f"{name}: CSR rows train data-parallel (model_parallel=1)")
         kind = str(self.sync).split(":")[0]
         if kind == "ps" or self.overlap or str(self.compress) not in ("none", "None"):
             raise ConfigError(f"{name}: CSR rows train with sync='allreduce' (which picks a "

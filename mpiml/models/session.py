@@ -137,7 +137,9 @@ def _load_state(engine, arrays, where):
 
 def _reorder(X, idx, own):
     """``X[idx]``: in place when ``X`` is this fit's to change (no second copy of the
-    rows in memory), else a new array."""
+    rows in memory), else a new array (CSR rows: always a new matrix)."""
+    if is_sparse(X):
+        return X[idx]
     if own:
         permute_rows(X.view(np.uint8), idx)
         return X
@@ -148,10 +150,12 @@ class Layout:
     """This rank's rows in batch order for a global batch size (every step then reads
     contiguous memory), and the epoch plans over them."""
 
-    def __init__(self, X, y, sw, n_global, offset, batch, own):
+    def __init__(self, X, y, sw, n_global, offset, batch, own, ranges=True):
         self.n_global, self.offset, self.own = n_global, offset, own
         self.X, self.y, self.sw, self.batch = X, y, sw, batch
-        self.sparse = is_sparse(X)
+        # CSR rows stay where they are when the engine visits several ranges per step
+        # (``ranges``; the model-parallel engines take one range per step)
+        self.sparse = is_sparse(X) and ranges
         if self.sparse:
             # CSR rows are visited where they are (each step's blocks as ranges): a
             # copy would double the memory and buys little, the weights being the
@@ -236,7 +240,8 @@ class FitSession:
             fit_scaler(est, grid, data.X, data.columns)
         self.K, y_enc, self.loss = est._encode_agreed(data.y)
         sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
-        self.layout = Layout(data.X, y_enc, sw, n_global, data.offset, batch, data.own)
+        self.layout = Layout(data.X, y_enc, sw, n_global, data.offset, batch, data.own,
+                             ranges=self.grid.K == 1)
         if hasattr(est, "scale_offset_"):
             self.layout.scale(est, data.columns)
         self.engine = self._make_engine()

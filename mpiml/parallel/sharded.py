@@ -237,7 +237,8 @@ class ShardedLinearEngine(StepEngine):
         nW = int(np.prod(s.shape))
         super().__init__(nW + s.b.shape[0], grid.model, n_control)
         if split == "features" and not columns_given:
-            X = np.ascontiguousarray(X[:, s.lo:s.hi])
+            X = X[:, s.lo:s.hi]
+            X = X.tocsr() if getattr(X, "format", None) == "csr" else np.ascontiguousarray(X)
         self.X = X
         self.y = np.ascontiguousarray(y, dtype=np.float64)
         self.yi = self.y.astype(np.intp) if split == "classes" else None
