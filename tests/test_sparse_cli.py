@@ -185,3 +185,20 @@ def test_a_feature_sharded_fit_of_a_csr_file(files):
         assert code == 0, err
     a, b = _coef(files / "f2.h5"), _coef(ref)
     assert np.max(np.abs(a - b)) <= 1e-10 * max(1.0, np.max(np.abs(b)))
+
+
+def test_tune_on_a_csr_file_scores_as_on_the_dense_file(files):
+    """A CV search over rank groups on CSR rows: every fold's score is the dense file's."""
+    args = ["--model", "logistic", "--grid", "lr=0.5,2", "--cv", "3", "--epochs", "2",
+            "--dtype", "float64", "--seed", "2"]
+    scores = []
+    for data, out in (("train.h5", "t-sparse.h5"), ("dense.h5", "t-dense.h5")):
+        code, _, err, _ = mpirun(2, ["tune", "--data", files / data, "--out", files / out]
+                                 + args, files)
+        assert code == 0, err
+        with open(files / out.replace(".h5", "-tune.json")) as fh:
+            records = json.load(fh)["records"]
+        scores.append(sorted((r["config"], r["fold"], r["score"]) for r in records))
+    assert len(scores[0]) == 6
+    for a, b in zip(*scores):
+        assert a[:2] == b[:2] and abs(a[2] - b[2]) <= 1e-12, (a, b)
