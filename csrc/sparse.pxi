@@ -32,14 +32,26 @@ ctypedef fused sindex:
     long long
 
 
+cdef inline double _soft(double v, double t) noexcept nogil:
+    """Soft-threshold: v moved towards 0 by t, stopping at 0."""
+    if v > t:
+        return v - t
+    if v < -t:
+        return v + t
+    return 0.0
+
+
 cdef double _sparse_rows(const floating[::1] data, const sindex[::1] ind, const sindex[::1] ptr,
                          const double* y, Py_ssize_t lo, Py_ssize_t hi, const double* v,
                          double scale, const double* b, Py_ssize_t K, Py_ssize_t d, Loss loss,
                          double* Md, double* Gd, double* g, double* gb, const double* sw,
                          long long* stamp, long long tag, Py_ssize_t* touched,
-                         Py_ssize_t* nt) noexcept nogil:
+                         Py_ssize_t* nt, const double* lag, double total) noexcept nogil:
     """Summed loss of CSR rows [lo, hi); g (K, d) += dW, gb += db; the features first
-    seen in this step (``stamp[j] != tag``) are appended to ``touched``."""
+    seen in this step (``stamp[j] != tag``) are appended to ``touched``. ``lag`` (or
+    NULL): the L1 thresholds weight j has not received yet (``total - lag[j]``, in the
+    units of ``v``); the margins use the weights with them applied (read only: the
+    stored weights change only in the update, identically on every rank)."""
     cdef Py_ssize_t i, k, p, a, e, j
     cdef double s = 0.0, acc, gi
     for i in range(lo, hi):
@@ -47,8 +59,16 @@ cdef double _sparse_rows(const floating[::1] data, const sindex[::1] ind, const 
         e = <Py_ssize_t>ptr[i + 1]
         for k in range(K):
             acc = 0.0
-            for p in range(a, e):
-                acc += v[k * d + ind[p]] * <double>data[p]
+            if lag == NULL:
+                for p in range(a, e):
+                    acc += v[k * d + ind[p]] * <double>data[p]
+            else:
+                for p in range(a, e):
+                    j = <Py_ssize_t>ind[p]
+                    if lag[j] != total:
+                        acc += _soft(v[k * d + j], total - lag[j]) * <double>data[p]
+                    else:
+                        acc += v[k * d + j] * <double>data[p]
             Md[k] = scale * acc + b[k]
         if sw == NULL:
             s += loss.batch(Md, y + i, Gd, 1, K)
@@ -86,6 +106,12 @@ cdef class SparseEngine(Engine):
     cdef long long tag
     cdef bint local, exchanged, clean
     cdef readonly bint scaled
+    # lazy L1 (plain SGD with an l1 / elasticnet penalty): the thresholds applied so far
+    # (``l1_total``, in the units of v) and, per feature, the total it has received
+    cdef readonly object lag_arr
+    cdef double[::1] lag
+    cdef readonly double l1_total
+    cdef readonly bint lazy_l1
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
@@ -147,6 +173,12 @@ cdef class SparseEngine(Engine):
         self.scale = 1.0
         self.clean = True
         self.local = self.exchanged = False
+        # penalties with an L1 part (l1 = 2, elasticnet = 3; fixed for a fit: only alpha
+        # changes live) keep a per-feature record of the thresholds received
+        self.lazy_l1 = penalty in (2, 3)
+        self.lag_arr = np.zeros(self.d if self.lazy_l1 else 1)
+        self.lag = self.lag_arr
+        self.l1_total = 0.0
         self.eta0 = eta0
         self.alpha = alpha
         self.l1_ratio = l1_ratio
@@ -164,9 +196,24 @@ cdef class SparseEngine(Engine):
     cdef void _sync32(self) noexcept nogil:
         pass
 
+    cdef void _catch_up(self, Py_ssize_t j) noexcept nogil:
+        """Give feature j the L1 thresholds it has not received (lazy L1)."""
+        cdef Py_ssize_t k
+        cdef double t = self.l1_total - self.lag[j]
+        if t != 0.0:
+            for k in range(self.K):
+                self.w[k * self.d + j] = _soft(self.w[k * self.d + j], t)
+            self.lag[j] = self.l1_total
+
     cdef void _unscale(self) noexcept nogil:
-        """Fold ``scale`` into the weights (w = v afterwards)."""
+        """Bring every weight up to date (w = v afterwards): the pending L1 thresholds
+        applied, ``scale`` folded in."""
         cdef Py_ssize_t j, Kd = self.K * self.d
+        if self.lazy_l1 and self.l1_total != 0.0:
+            for j in range(self.d):
+                self._catch_up(j)
+                self.lag[j] = 0.0
+            self.l1_total = 0.0
         if self.scale != 1.0:
             for j in range(Kd):
                 self.w[j] *= self.scale
@@ -178,6 +225,8 @@ cdef class SparseEngine(Engine):
             raise ValueError("parameter vector has the wrong length")
         self.w_arr[:] = w
         self.scale = 1.0
+        self.l1_total = 0.0
+        self.lag_arr[:] = 0.0
 
     def get_state(self):
         """As :meth:`Engine.get_state` (``w``: the weights themselves); while the weights
@@ -185,11 +234,19 @@ cdef class SparseEngine(Engine):
         :meth:`set_state` restores the engine bit for bit (a checkpoint never changes
         the run that writes it)."""
         w = self.w_arr.copy()
+        Kd = self.K * self.d
         state = {"velocity": self.vel_arr.copy()}
-        if self.scale != 1.0:
+        pending = self.lazy_l1 and self.l1_total != 0.0
+        if self.scale != 1.0 or pending:
             state["scaled_weights"] = w.copy()
             state["weight_scale"] = np.array([self.scale])
-            w[:self.K * self.d] *= self.scale
+        if pending:
+            state["l1_lag"] = self.lag_arr.copy()
+            state["l1_total"] = np.array([self.l1_total])
+            t = np.tile(self.l1_total - self.lag_arr, self.K)
+            W = w[:Kd]
+            W[:] = np.sign(W) * np.maximum(np.abs(W) - t, 0.0)
+        w[:Kd] *= self.scale
         state["w"] = w
         return state
 
@@ -202,6 +259,14 @@ cdef class SparseEngine(Engine):
                 raise ValueError("scaled weights of the wrong length or a bad scale")
             self.w_arr[:] = v
             self.scale = float(s[0])
+        if "l1_lag" in state:
+            lag = np.asarray(state["l1_lag"], dtype=np.float64).ravel()
+            tot = np.asarray(state["l1_total"], dtype=np.float64).ravel()
+            if not self.lazy_l1 or lag.shape[0] != self.d or tot.shape[0] != 1 \
+                    or not np.all(np.isfinite(lag)) or not np.isfinite(tot[0]):
+                raise ValueError("L1 records of the wrong length or not finite")
+            self.lag_arr[:] = lag
+            self.l1_total = float(tot[0])
 
     def sync_arrays(self):
         with nogil:
@@ -209,7 +274,8 @@ cdef class SparseEngine(Engine):
         return [self.w_arr, self.vel_arr]
 
     def params_finite(self):
-        return bool(np.isfinite(self.scale)) and bool(np.all(np.isfinite(self.w_arr)))
+        return bool(np.isfinite(self.scale)) and bool(np.all(np.isfinite(self.w_arr))) \
+            and bool(np.isfinite(self.l1_total))
 
     def nnz(self):
         """Stored entries of this rank's rows."""
@@ -228,6 +294,8 @@ cdef class SparseEngine(Engine):
         cdef Py_ssize_t Kd = self.K * self.d, j, r, count = 0, nt = 0
         cdef double s = 0.0
         cdef const double* swp = &self.sw[0] if self.has_sw else NULL
+        cdef const double* lagp = &self.lag[0] if self.lazy_l1 and self.l1_total != 0.0 \
+            else NULL
         if not self.clean:
             memset(&self.buf[0], 0, Kd * sizeof(double))
         self.clean = False
@@ -243,22 +311,26 @@ cdef class SparseEngine(Engine):
                 s += _sparse_rows(self.v64, self.ind64, self.ptr64, &self.y[0], lo[r], hi[r],
                                   &self.w[0], self.scale, &self.w[Kd], self.K, self.d, self.loss,
                                   &self.Md[0], &self.Gd[0], &self.buf[0], &self.buf[Kd], swp,
-                                  &self.stamp[0], self.tag, &self.touched[0], &nt)
+                                  &self.stamp[0], self.tag, &self.touched[0], &nt, lagp,
+                                  self.l1_total)
             elif self.is64:
                 s += _sparse_rows(self.v64, self.ind32, self.ptr32, &self.y[0], lo[r], hi[r],
                                   &self.w[0], self.scale, &self.w[Kd], self.K, self.d, self.loss,
                                   &self.Md[0], &self.Gd[0], &self.buf[0], &self.buf[Kd], swp,
-                                  &self.stamp[0], self.tag, &self.touched[0], &nt)
+                                  &self.stamp[0], self.tag, &self.touched[0], &nt, lagp,
+                                  self.l1_total)
             elif self.idx64:
                 s += _sparse_rows(self.v32, self.ind64, self.ptr64, &self.y[0], lo[r], hi[r],
                                   &self.w[0], self.scale, &self.w[Kd], self.K, self.d, self.loss,
                                   &self.Md[0], &self.Gd[0], &self.buf[0], &self.buf[Kd], swp,
-                                  &self.stamp[0], self.tag, &self.touched[0], &nt)
+                                  &self.stamp[0], self.tag, &self.touched[0], &nt, lagp,
+                                  self.l1_total)
             else:
                 s += _sparse_rows(self.v32, self.ind32, self.ptr32, &self.y[0], lo[r], hi[r],
                                   &self.w[0], self.scale, &self.w[Kd], self.K, self.d, self.loss,
                                   &self.Md[0], &self.Gd[0], &self.buf[0], &self.buf[Kd], swp,
-                                  &self.stamp[0], self.tag, &self.touched[0], &nt)
+                                  &self.stamp[0], self.tag, &self.touched[0], &nt, lagp,
+                                  self.l1_total)
         self.n_touched = nt
         self.buf[self.P] = s
         self.buf[self.P + 1] = <double>count
@@ -268,7 +340,7 @@ cdef class SparseEngine(Engine):
             self.buf[self.P + 2 + WORD_SEQ] = fmod(self.t + 1.0, self.seq_mod)
 
     cdef void _apply(self) noexcept nogil:
-        cdef double count = self.buf[self.P + 1], l2, l1, eta, shrink, inv, gj
+        cdef double count = self.buf[self.P + 1], l2, l1, eta, shrink, inv, gj, thr
         cdef Py_ssize_t Kd = self.K * self.d, j, k, q, nt
         cdef bint listed = self.local or self.exchanged
         if count <= 0.0:
@@ -279,7 +351,7 @@ cdef class SparseEngine(Engine):
         l2, l1 = _penalty_parts(self.penalty, self.alpha, self.l1_ratio)
         eta = _eta(self.schedule, self.t, self.eta0, self.alpha, self.power_t, self.optimal_init)
         shrink = 1.0 - eta * l2
-        if self.momentum > 0.0 or l1 > 0.0 or shrink <= 0.0:
+        if self.momentum > 0.0 or shrink <= 0.0 or (l1 > 0.0 and not self.lazy_l1):
             # every weight changes: the dense update
             self._unscale()
             _update(&self.w[0], &self.vel[0], &self.buf[0], Kd, self.P, count, eta, l2, l1,
@@ -289,7 +361,21 @@ cdef class SparseEngine(Engine):
             return
         self.scale *= shrink
         inv = eta / (count * self.scale)
-        if listed:
+        if self.lazy_l1:
+            # the step's threshold in the units of v; touched weights receive what they
+            # missed, the gradient step, then this step's threshold
+            thr = eta * l1 / self.scale
+            if listed:
+                for q in range(self.n_touched):
+                    self._lazy_step(self.touched[q], inv, thr)
+            else:
+                for j in range(self.d):
+                    for k in range(self.K):
+                        if self.buf[k * self.d + j] != 0.0:
+                            self._lazy_step(j, inv, thr)
+                            break
+            self.l1_total += thr
+        elif listed:
             nt = self.n_touched
             for q in range(nt):
                 j = self.touched[q]
@@ -310,6 +396,17 @@ cdef class SparseEngine(Engine):
         self.clean = True
         if self.scale < 1e-9:
             self._unscale()
+
+    cdef void _lazy_step(self, Py_ssize_t j, double inv, double thr) noexcept nogil:
+        """Feature j's update with lazy L1: the thresholds it missed, the gradient step,
+        this step's threshold (the dense update's order); its gradient sums cleared."""
+        cdef Py_ssize_t k, f
+        self._catch_up(j)
+        for k in range(self.K):
+            f = k * self.d + j
+            self.w[f] = _soft(self.w[f] - self.buf[f] * inv, thr)
+            self.buf[f] = 0.0
+        self.lag[j] = self.l1_total + thr
 
     # ---------------------------------------------------------------- the sparse exchange
     def pack_touched(self, double[::1] out):

@@ -172,11 +172,14 @@ def test_local_sgd_takes_csr_rows(comm):
 
 
 @pytest.mark.mpi
-def test_a_csr_checkpoint_resumes_to_the_uninterrupted_model(comm, shared_tmp):
+@pytest.mark.parametrize("penalty", ["l2", "elasticnet"])
+def test_a_csr_checkpoint_resumes_to_the_uninterrupted_model(comm, shared_tmp, penalty):
+    """Bit for bit: the checkpoint carries the scaled weights, the scale and (lazy L1)
+    the thresholds each feature has received."""
     X, y = _data(seed=6)
     Xl, yl = _uneven(comm, X, y)
-    kw = {**STEP, "max_iter": 4}
-    ckpt = os.path.join(shared_tmp, "ckpt")
+    kw = {**STEP, "max_iter": 4, "penalty": penalty, "alpha": 1e-3}
+    ckpt = os.path.join(shared_tmp, "ckpt-" + penalty)
     SGDClassifier(**{**kw, "max_iter": 2}, checkpoint_dir=ckpt).fit(Xl, yl)
     resumed = SGDClassifier(**kw).fit(Xl, yl, resume=ckpt)
     straight = SGDClassifier(**kw).fit(Xl, yl)
