@@ -290,6 +290,16 @@ cdef class SparseEngine(Engine):
         finally:
             self.local = False
 
+    def apply_local(self):
+        """``apply`` of this rank's own gradient (local SGD's local steps: no reduction
+        between ``grad_step`` and the update, so only the step's features change)."""
+        self.local = True
+        try:
+            with nogil:
+                self._apply()
+        finally:
+            self.local = False
+
     cdef void _grad(self, const Py_ssize_t* lo, const Py_ssize_t* hi, Py_ssize_t nr) noexcept nogil:
         cdef Py_ssize_t Kd = self.K * self.d, j, r, count = 0, nt = 0
         cdef double s = 0.0

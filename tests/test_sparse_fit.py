@@ -161,10 +161,11 @@ def test_auto_picks_the_sparse_exchange_for_wide_data(comm):
 
 
 @pytest.mark.mpi
-def test_local_sgd_takes_csr_rows(comm):
+@pytest.mark.parametrize("penalty", ["l2", "elasticnet"])
+def test_local_sgd_takes_csr_rows(comm, penalty):
     X, y = _data(n=600, d=300, density=0.05, seed=5)
     Xl, yl = _uneven(comm, X, y)
-    kw = {**STEP, "max_iter": 5}
+    kw = {**STEP, "max_iter": 5, "penalty": penalty, "alpha": 1e-2}
     loc = SGDClassifier(**kw, sync="local:4").fit(Xl, yl)
     dense = SGDClassifier(**kw, sync="local:4").fit(Xl.toarray(), yl)
     # model averaging on CSR rows is model averaging on the same dense rows

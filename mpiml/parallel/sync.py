@@ -275,6 +275,8 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
     mpi = comm.mpi
     arrays = engine.sync_arrays()
     sizes = [a.size for a in arrays]
+    # an update from this rank's own gradient (CSR rows: it touches only their features)
+    apply_local = getattr(engine, "apply_local", engine.apply)
     # the weighted arrays, the samples behind them, then the protocol's control words
     avg = np.zeros(sum(sizes) + 1 + N_WORDS)
     words = avg[sum(sizes) + 1:]
@@ -288,13 +290,15 @@ def run_epoch_local(engine, comm, plan, start, control, counters, k, warmup, sta
             _apply_reduced(engine, comm, control, s)
             continue
         n_local = float(buf[engine.P + 1])
-        engine.apply()                          # this rank's own update (count = its rows)
+        apply_local()                           # this rank's own update (count = its rows)
         engine.t = t_before + 1.0               # every rank counts the step, rows or not
         state["samples"] += n_local
         state["since"] += 1
         if state["since"] < k and s < n_steps - 1:
             continue
-        # average the models, weighted by the samples each rank processed
+        # average the models, weighted by the samples each rank processed (the arrays
+        # fetched again: an engine that defers work brings its weights up to date here)
+        arrays = engine.sync_arrays()
         w = state["samples"]
         pos = 0
         for a in arrays:
