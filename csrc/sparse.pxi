@@ -45,7 +45,7 @@ cdef double _sparse_rows(const floating[::1] data, const sindex[::1] ind, const 
                          const double* y, Py_ssize_t lo, Py_ssize_t hi, const double* v,
                          double scale, const double* b, Py_ssize_t K, Py_ssize_t d, Loss loss,
                          double* Md, double* Gd, double* g, double* gb, const double* sw,
-                         long long* stamp, long long tag, Py_ssize_t* touched,
+                         unsigned int* stamp, unsigned int tag, int* touched,
                          Py_ssize_t* nt, const double* lag, double total) noexcept nogil:
     """Summed loss of CSR rows [lo, hi); g (K, d) += dW, gb += db; the features first
     seen in this step (``stamp[j] != tag``) are appended to ``touched``. ``lag`` (or
@@ -82,7 +82,7 @@ cdef double _sparse_rows(const floating[::1] data, const sindex[::1] ind, const 
             j = <Py_ssize_t>ind[p]
             if stamp[j] != tag:
                 stamp[j] = tag
-                touched[nt[0]] = j
+                touched[nt[0]] = <int>j
                 nt[0] += 1
             for k in range(K):
                 g[k * d + j] += Gd[k] * <double>data[p]
@@ -100,10 +100,10 @@ cdef class SparseEngine(Engine):
     cdef readonly bint idx64
     cdef readonly double scale
     cdef readonly object stamp_arr, touched_arr
-    cdef long long[::1] stamp
-    cdef Py_ssize_t[::1] touched
+    cdef unsigned int[::1] stamp
+    cdef int[::1] touched
     cdef readonly Py_ssize_t n_touched
-    cdef long long tag
+    cdef unsigned int tag
     cdef bint local, exchanged, clean
     cdef readonly bint scaled
     # lazy L1 (plain SGD with an l1 / elasticnet penalty): the thresholds applied so far
@@ -164,9 +164,13 @@ cdef class SparseEngine(Engine):
         self.Gd = np.zeros(K)
         # zeros (calloc'd: pages become resident only where a feature is touched; tags
         # start at 1); the velocity above likewise stays untouched without momentum
-        self.stamp_arr = np.zeros(self.d, dtype=np.int64)
+        # (32-bit marks and feature numbers: half the memory traffic of 64-bit ones;
+        # d < 2**31 always, and the marks are reset when the step tag wraps)
+        if self.d >= 2 ** 31:
+            raise ValueError("SparseEngine takes fewer than 2**31 features")
+        self.stamp_arr = np.zeros(self.d, dtype=np.uint32)
         self.stamp = self.stamp_arr
-        self.touched_arr = np.zeros(max(self.d, 1), dtype=np.intp)
+        self.touched_arr = np.zeros(max(self.d, 1), dtype=np.int32)
         self.touched = self.touched_arr
         self.n_touched = 0
         self.tag = 0
@@ -281,6 +285,13 @@ cdef class SparseEngine(Engine):
         """Stored entries of this rank's rows."""
         return int(self.X.indptr[self.n]) if self.n else 0
 
+    cdef void _next_tag(self) noexcept nogil:
+        """A fresh step mark (the marks are cleared when the 32-bit counter wraps)."""
+        self.tag += 1
+        if self.tag == 0:           # wrapped (unsigned)
+            memset(&self.stamp[0], 0, self.d * sizeof(unsigned int))
+            self.tag = 1
+
     # ---------------------------------------------------------------- steps
     def run_plan(self, Py_ssize_t start=0, Py_ssize_t stop=-1):
         """As :meth:`Engine.run_plan`; each update touches only its step's features."""
@@ -312,7 +323,7 @@ cdef class SparseEngine(Engine):
         self.exchanged = False
         for j in range(self.K):
             self.buf[Kd + j] = 0.0
-        self.tag += 1
+        self._next_tag()
         for r in range(nr):
             if hi[r] <= lo[r]:
                 continue
@@ -419,12 +430,15 @@ cdef class SparseEngine(Engine):
         self.lag[j] = self.l1_total + thr
 
     # ---------------------------------------------------------------- the sparse exchange
-    def pack_touched(self, double[::1] out):
+    def pack_touched(self, double[::1] out, double[::1] header):
         """After ``grad_step``: this rank's touched gradient entries into ``out`` as
-        ``[flat index..., value...]`` (2 x K x n_touched doubles); returns the count."""
+        ``[flat index..., value...]`` (2 x K x n_touched doubles), and ``header`` =
+        ``[their count, buf[K*d:]]`` (intercept sums, loss, count, control words);
+        returns the count."""
         cdef Py_ssize_t q, k, j, m = 0, nt = self.n_touched, K = self.K, d = self.d
-        if out.shape[0] < 2 * K * nt:
-            raise ValueError("pack buffer too small")
+        cdef Py_ssize_t Kd = K * d, P2 = self.buf.shape[0] - Kd
+        if out.shape[0] < 2 * K * nt or header.shape[0] != P2 + 1:
+            raise ValueError("pack buffers of the wrong size")
         with nogil:
             for q in range(nt):
                 j = self.touched[q]
@@ -432,31 +446,45 @@ cdef class SparseEngine(Engine):
                     out[m] = <double>(k * d + j)
                     out[K * nt + m] = self.buf[k * d + j]
                     m += 1
+            header[0] = <double>m
+            for q in range(P2):
+                header[1 + q] = self.buf[Kd + q]
         return m
 
-    def load_exchanged(self, const double[::1] recv, const long long[::1] counts,
-                       const double[::1] tail):
-        """The ranks' packed entries (each rank's block as :meth:`pack_touched` wrote it,
-        ``counts[r]`` entries, one after the other) summed into ``buf`` in rank order,
-        and ``tail``, the sum of the ranks' ``buf[K*d:]`` (intercept gradients, loss,
-        count, control words); then ``apply`` touches only those entries."""
+    @staticmethod
+    def exchange_sizes(const double[:, ::1] headers, int[::1] sizes, int[::1] displs):
+        """The Allgatherv layout of the ranks' packed blocks from their headers (doubles
+        per rank, offsets); returns the total."""
+        cdef Py_ssize_t r, total = 0
+        for r in range(headers.shape[0]):
+            sizes[r] = <int>(2 * <Py_ssize_t>headers[r, 0])
+            displs[r] = <int>total
+            total += sizes[r]
+        return total
+
+    def load_exchanged(self, const double[::1] recv, const double[:, ::1] headers):
+        """The ranks' packed blocks (as :meth:`pack_touched` wrote them, one after the
+        other; ``headers`` their headers) summed into ``buf`` in rank order, and the
+        headers' tails summed into ``buf[K*d:]``; then ``apply`` touches only those
+        entries. Every rank adds the same numbers in the same order."""
         cdef Py_ssize_t r, q, m, off = 0, j, f, nt = 0, Kd = self.K * self.d
-        cdef Py_ssize_t P2 = self.buf.shape[0] - Kd
-        if tail.shape[0] != P2:
-            raise ValueError("tail has the wrong length")
+        cdef Py_ssize_t P2 = self.buf.shape[0] - Kd, d = self.d
+        cdef bint one = self.K == 1
+        if headers.shape[1] != P2 + 1:
+            raise ValueError("headers of the wrong width")
         with nogil:
             # this rank's own sums are in buf: clear them, then add every rank's
             for q in range(self.n_touched):
                 j = self.touched[q]
                 for m in range(self.K):
-                    self.buf[m * self.d + j] = 0.0
-            self.tag += 1
-            for r in range(counts.shape[0]):
-                m = counts[r]
+                    self.buf[m * d + j] = 0.0
+            self._next_tag()
+            for r in range(headers.shape[0]):
+                m = <Py_ssize_t>headers[r, 0]
                 for q in range(m):
                     f = <Py_ssize_t>recv[off + q]
                     self.buf[f] += recv[off + m + q]
-                    j = f % self.d
+                    j = f if one else f % d
                     if self.stamp[j] != self.tag:
                         self.stamp[j] = self.tag
                         self.touched[nt] = j
@@ -464,6 +492,9 @@ cdef class SparseEngine(Engine):
                 off += 2 * m
             self.n_touched = nt
             for q in range(P2):
-                self.buf[Kd + q] = tail[q]
+                self.buf[Kd + q] = 0.0
+            for r in range(headers.shape[0]):
+                for q in range(P2):
+                    self.buf[Kd + q] += headers[r, 1 + q]
             self.exchanged = True
         return nt

@@ -57,29 +57,28 @@ class SparseExchange:
         tail = len(engine.buf_arr) - self.kd
         self.header = np.zeros(1 + tail)
         self.headers = np.zeros((comm.size, 1 + tail))
+        self.sizes = np.zeros(comm.size, dtype=np.int32)
+        self.displs = np.zeros(comm.size, dtype=np.int32)
         self.send = np.zeros(1024)
-        self.recv = np.zeros(1024)
+        self._recv(1024)
 
-    def __call__(self, _in_place, buf):
+    def _recv(self, n):
+        self.recv = np.zeros(n)
+        self.recv_spec = [self.recv, self.sizes, self.displs, MPI.DOUBLE]
+
+    def __call__(self, _in_place, _buf):
         e = self.engine
         c0 = time.perf_counter()
         need = 2 * e.K * e.n_touched
         if self.send.shape[0] < need:
             self.send = np.zeros(max(need, 2 * self.send.shape[0]))
-        m = e.pack_touched(self.send)
-        self.header[0] = m
-        self.header[1:] = buf[self.kd:]
+        m = e.pack_touched(self.send, self.header)
         self.mpi.Allgather(self.header, self.headers)
-        counts = self.headers[:, 0].astype(np.int64)
-        sizes = 2 * counts
-        total = int(sizes.sum())
+        total = e.exchange_sizes(self.headers, self.sizes, self.displs)
         if self.recv.shape[0] < total:
-            self.recv = np.zeros(max(total, 2 * self.recv.shape[0]))
-        displs = np.zeros_like(sizes)
-        np.cumsum(sizes[:-1], out=displs[1:])
-        self.mpi.Allgatherv([self.send, 2 * m, MPI.DOUBLE],
-                            [self.recv, sizes, displs, MPI.DOUBLE])
-        e.load_exchanged(self.recv, counts, self.headers[:, 1:].sum(axis=0))
+            self._recv(max(total, 2 * self.recv.shape[0]))
+        self.mpi.Allgatherv([self.send, 2 * m, MPI.DOUBLE], self.recv_spec)
+        e.load_exchanged(self.recv, self.headers)
         if self.counters is not None:
             self.counters.comm_seconds += time.perf_counter() - c0
             self.counters.bytes_sent += 8 * (2 * m + self.header.shape[0])
