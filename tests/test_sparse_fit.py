@@ -141,8 +141,11 @@ def test_the_exchange_rule():
     d = 1 << 20
     # 40 entries a row, batch 256: ~10k of 1M weights -> sparse
     assert choose_exchange("auto", d + 1, 1, 40 * 1000, 1000, 256) == "sparse"
-    # a quarter of the weights or more -> dense
+    # half of the weights or more -> dense
     assert choose_exchange("auto", 4001, 1, 400 * 1000, 1000, 256) == "dense"
+    # rcv1-like at batch 256 (19k expected entries of 47k weights) -> sparse, at 1024 dense
+    assert choose_exchange("auto", 47237, 1, 75 * 1000, 1000, 256) == "sparse"
+    assert choose_exchange("auto", 47237, 1, 75 * 1000, 1000, 1024) == "dense"
     # a small model: the Allreduce is one latency -> dense
     assert choose_exchange("auto", 2001, 1, 1000, 1000, 1) == "dense"
     assert choose_exchange("sparse", 11, 1, 10, 10, 10) == "sparse"

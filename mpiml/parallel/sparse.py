@@ -17,9 +17,13 @@ same updates as one rank, up to the order of floating-point sums):
     ``K``).
 
 :func:`choose_exchange` picks ``sparse`` when the batch's expected entries ``U`` are
-fewer than a quarter of ``P`` and the dense buffer is larger than 64 KB (below that an
+fewer than half of ``P`` and the dense buffer is larger than 64 KB (below that an
 Allreduce costs one latency, whatever it carries); ``U`` is estimated from the global
-count of stored values: ``K * nnz / N * B`` for a global batch of ``B`` rows.
+count of stored values: ``K * nnz / N * B`` for a global batch of ``B`` rows. (Measured on
+the rcv1-like set, 47k features, 75 values a row, 2 ranks: at batch 256, U = 0.41 P, the
+sparse exchange's epoch took 0.38 s and the dense one's 0.66 s; at batch 1024, U = 1.6 P,
+0.30 s and 0.28 s. Besides the bytes, the dense exchange makes every update scan all P
+sums.)
 """
 import time
 
@@ -40,7 +44,7 @@ def choose_exchange(asked, P, K, nnz_global, n_global, batch):
     if asked != "auto":
         return asked
     expected = K * nnz_global / max(n_global, 1) * batch
-    if 8 * P <= _SMALL_BYTES or expected >= P / 4:
+    if 8 * P <= _SMALL_BYTES or expected >= P / 2:
         return "dense"
     return "sparse"
 
