@@ -157,8 +157,7 @@ def _rows_progress(args, c, X):
 def _explain_shap(args, c, est, X, t0):
     import numpy as np
 
-    from .explain import (global_mean, kernel_shap, linear_shap, model_output,
-                          plot_importance, summarise_importance)
+    from .explain import (global_mean, kernel_shap, linear_shap, model_output)
     from .io import load_hdf5, write_rows
     from .models.scaling import raw_linear
 
@@ -198,7 +197,17 @@ def _explain_shap(args, c, est, X, t0):
         write_rows(args.out, {"shap": values}, comm=c,
                    attrs={"model": os.path.abspath(args.model), "method": what}, extra=extra)
     absum = np.abs(values).reshape(len(X), -1, d).sum(axis=(0, 1)) if len(X) else np.zeros(d)
-    tot = c.allreduce(np.concatenate([absum, [float(len(X))]]))
+    return _report_shap(args, c, est, what, absum, len(X), d, base, t0)
+
+
+def _report_shap(args, c, est, what, absum, n_local, d, base, t0):
+    """Rank 0's summary of an explanation: the global mean |SHAP| per feature from every
+    rank's column sums ``absum`` (one Allreduce), the top features and the plot."""
+    import numpy as np
+
+    from .explain import plot_importance, summarise_importance
+
+    tot = c.allreduce(np.concatenate([absum, [float(n_local)]]))
     importance = tot[:-1] / max(tot[-1], 1.0)
     c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
              f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
@@ -217,8 +226,7 @@ def _explain_sparse(args, c, est, X, t0):
     import numpy as np
 
     from .errors import ConfigError
-    from .explain import global_mean, linear_shap_sparse, sparse_abs_sum, summarise_importance
-    from .explain import plot_importance
+    from .explain import global_mean, linear_shap_sparse, sparse_abs_sum
     from .io import load_hdf5
     from .models.scaling import raw_linear
     from .sparse_io import write_csr
@@ -240,17 +248,8 @@ def _explain_sparse(args, c, est, X, t0):
                   attrs={"model": os.path.abspath(args.model), "method": what},
                   extra={"base_value": np.asarray(base), "shap_offset": offset})
     d = X.shape[1]
-    tot = c.allreduce(np.concatenate([sparse_abs_sum(stored, offset, X.shape[0]),
-                                      [float(X.shape[0])]]))
-    importance = tot[:-1].reshape(-1, d).sum(axis=0) / max(tot[-1], 1.0)
-    c.print0(f"{what}: {int(tot[-1])} rows, {d} features in {time.perf_counter() - t0:.2f} s on "
-             f"{c.size} rank(s); base value {np.round(base, 6).tolist()}")
-    c.print0("global importance (mean |SHAP|):")
-    for line in summarise_importance(importance, names=_names(est), top=args.top):
-        c.print0(line)
-    if args.plot and c.rank == 0:
-        plot_importance(importance, args.plot, "mean |SHAP value|", names=_names(est))
-    return 0
+    absum = sparse_abs_sum(stored, offset, X.shape[0]).reshape(-1, d).sum(axis=0)
+    return _report_shap(args, c, est, what, absum, X.shape[0], d, base, t0)
 
 
 def cmd_ctl(args):

@@ -139,3 +139,32 @@ def _write_in_turn(c, tmp, arrays, offsets):
         c.mpi.send(error, dest=c.rank + 1, tag=_TOKEN)
     # the last rank knows whether every write succeeded
     return c.bcast(error, root=c.size - 1)
+
+
+def write_new_file(c, path, tmp, create, arrays, offsets):
+    """Collective: rank 0 runs ``create()`` (the new file under the temporary name
+    ``tmp``, every dataset at its full size), the ranks write their ``arrays`` at
+    ``offsets`` in turn, and rank 0 renames ``tmp`` to ``path`` only if every rank
+    succeeded; otherwise ``tmp`` is removed and every rank raises the same error."""
+    def made():
+        if c.rank == 0:
+            create()
+
+    try:
+        c.run(made)
+    except Exception:
+        if c.rank == 0 and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    error = _write_in_turn(c, tmp, arrays, offsets)
+
+    def finish():
+        if c.rank != 0:
+            return
+        if error is not None:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise OutputError(f"writing {path} failed: {error}")
+        _commit(tmp, path)
+
+    c.run(finish)

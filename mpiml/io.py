@@ -26,7 +26,7 @@ from .errors import ConfigError, DataError, OutputError
 # the file-safety rules io and sparse_io share (re-exported: other modules import them from here)
 from .h5files import (_check_on_writer, _commit, _open_read, _refuse_inputs,  # noqa: F401
                       _resolve_dtype, _tmp_name, _write_in_turn, check_local, check_output_path,
-                      same_file)
+                      same_file, write_new_file)
 
 __all__ = ["check_local", "local_items", "load_hdf5", "dataset_info", "write_rows", "save_model", "load_model",
            "read_model_slice", "load_vector",
@@ -225,16 +225,8 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
             n, d = dX.shape
             if n == 0 or d == 0:
                 raise DataError(f"{path}: dataset '{X}' is empty (shape {dX.shape})")
-            if n < parts:
-                what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
-                raise ConfigError(f"{what} but only {n} rows in {path}: "
-                                  f"run with at most {n * grid.K} ranks")
             out_dtype = _resolve_dtype(dtype, dX.dtype)
-            lo, hi = chunk(n, parts, part) if part is not None else (0, 0)
-            c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
-            if c1 <= c0:
-                raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
-                                  f"{path}")
+            lo, hi, c0, c1 = _my_block(c, grid, parts, part, path, n, d, split_features)
             _check_fits(path, X, hi - lo, c1 - c0, out_dtype.itemsize)
             return n, out_dtype, lo, hi, c0, c1
 
@@ -243,6 +235,21 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
 
     return c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
                  allow_external)
+
+
+def _my_block(c, grid, parts, part, path, n, d, split_features):
+    """This rank's rows ``lo:hi`` and columns ``c0:c1`` of an ``n x d`` X (dense or CSR),
+    refusing more row parts than rows and more feature shards than features."""
+    if n < parts:
+        what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
+        raise ConfigError(f"{what} but only {n} rows in {path}: "
+                          f"run with at most {n * grid.K} ranks")
+    lo, hi = chunk(n, parts, part) if part is not None else (0, 0)
+    c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
+    if c1 <= c0:
+        raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
+                          f"{path}")
+    return lo, hi, c0, c1
 
 
 def _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y, split_features,
@@ -255,16 +262,8 @@ def _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y, split_fe
     def plan():
         if n == 0 or d == 0:
             raise DataError(f"{path}: the CSR matrix '{X}' is empty (shape {(n, d)})")
-        if n < parts:
-            what = f"{c.size} ranks" if grid.K == 1 else f"{grid.D} data-parallel replicas"
-            raise ConfigError(f"{what} but only {n} rows in {path}: "
-                              f"run with at most {n * grid.K} ranks")
         out_dtype = _resolve_dtype(dtype, file_dtype)
-        lo, hi = chunk(n, parts, part) if part is not None else (0, 0)
-        c0, c1 = chunk(d, grid.K, grid.model_rank) if split_features else (0, d)
-        if c1 <= c0:
-            raise ConfigError(f"model_parallel={grid.K} is larger than the {d} features of "
-                              f"{path}")
+        lo, hi, c0, c1 = _my_block(c, grid, parts, part, path, n, d, split_features)
         return out_dtype, lo, hi, c0, c1, slice_nnz(path, X, lo, hi, allow_external)
 
     out_dtype, lo, hi, c0, c1, nnz = c.run(plan)
@@ -388,28 +387,9 @@ def write_rows(path, arrays, comm=None, attrs=None, chunk_rows=None, compression
     totals = {k: sum(m[i][1] for m in everyone) for i, k in enumerate(names)}
     offsets = {k: sum(m[i][1] for m in everyone[:c.rank]) for i, k in enumerate(names)}
 
-    def create():
-        if c.rank == 0:
-            _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra)
-
-    try:
-        c.run(create)
-    except Exception:
-        if c.rank == 0 and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    error = _write_in_turn(c, tmp, arrays, offsets)
-
-    def finish():
-        if c.rank != 0:
-            return
-        if error is not None:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise OutputError(f"writing {path} failed: {error}")
-        _commit(tmp, path)
-
-    c.run(finish)
+    write_new_file(c, path, tmp, lambda: _create_datasets(tmp, arrays, totals, chunk_rows,
+                                                          compression, attrs, extra),
+                   arrays, offsets)
 
 
 def _create_datasets(tmp, arrays, totals, chunk_rows, compression, attrs, extra):

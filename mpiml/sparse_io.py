@@ -17,16 +17,14 @@ checked before use, and a problem raises :class:`~mpiml.errors.DataError` naming
 file. Duplicate column indices within a row are kept as stored; scipy (and every
 product mpiml computes) treats them as summed. Indices within a row need not be sorted.
 """
-import os
 
 import h5py
 import numpy as np
 import scipy.sparse as sp
 
 from .comm import get_comm
-from .errors import ConfigError, DataError, OutputError
-from .h5files import (_commit, _open_read, _resolve_dtype, _tmp_name, _write_in_turn, check_local,
-                      check_output_path)
+from .errors import ConfigError, DataError
+from .h5files import _open_read, _resolve_dtype, _tmp_name, check_local, check_output_path, write_new_file
 
 __all__ = ["csr_info", "read_csr_rows", "write_csr", "slice_nnz", "column_range", "ENCODING_TYPE", "ENCODING_VERSION"]
 
@@ -259,33 +257,14 @@ def write_csr(path, X_local, y_local, comm=None, attrs=None, name="X", compressi
     if ytype is not None:
         sizes["y"] = (n, ytype)
 
-    def create():
-        if c.rank == 0:
-            _create(tmp, name, sizes, (n, d), attrs, compression, extra)
-
-    try:
-        c.run(create)
-    except Exception:
-        if c.rank == 0 and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     arrays = {f"{name}/data": X_local.data, f"{name}/indices": X_local.indices.astype(itype),
               f"{name}/indptr": (X_local.indptr[1:].astype(np.int64) + nnz0).astype(ptype)}
     offsets = {f"{name}/data": nnz0, f"{name}/indices": nnz0, f"{name}/indptr": row0 + 1}
     if ytype is not None:
         arrays["y"], offsets["y"] = np.asarray(y_local), row0
-    error = _write_in_turn(c, tmp, arrays, offsets)
-
-    def finish():
-        if c.rank != 0:
-            return
-        if error is not None:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise OutputError(f"writing {path} failed: {error}")
-        _commit(tmp, path)
-
-    c.run(finish)
+    write_new_file(c, path, tmp, lambda: _create(tmp, name, sizes, (n, d), attrs, compression,
+                                                 extra),
+                   arrays, offsets)
 
 
 def _create(tmp, name, sizes, shape, attrs, compression, extra):
