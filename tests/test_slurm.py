@@ -287,6 +287,33 @@ def test_stop_signal_while_the_ranks_start(signalled):
                 assert np.array_equal(a[key][()], b[key][()]), key
 
 
+def test_stop_signal_waits_for_the_ranks_wrappers(tmp_path, data):
+    """train.sbatch forwards a stop signal only once every rank's wrapper ignores it (a
+    CI run lost a job: SIGUSR1 forwarded within the launch's second killed a task whose
+    shell had not reached its `trap`). Run outside Slurm with a launcher that takes 3 s to
+    start the ranks and SIGTERM to the script at once: the ranks still checkpoint and
+    exit 75 (forwarded at once, the signal killed the launcher: exit 143), and the
+    start-up files are gone afterwards."""
+    slow = tmp_path / "slow-mpiexec"
+    slow.write_text(f"#!/bin/sh\nsleep 3\nexec {MPIEXEC} \"$@\"\n")
+    slow.chmod(0o755)
+    env = clean_env(MPIML_DATA=data / "train.h5", MPIML_EPOCHS=30000, MPIML_BATCH=16, MPIML_OUT=tmp_path / "m.h5",
+                    MPIML_CKPT=tmp_path / "ck", MPIML_LAUNCHER="mpiexec", MPIML_MPIEXEC=slow,
+                    MPIML_EXTRA="--quiet", SLURM_NTASKS=2)
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_NTASKS"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    p = subprocess.Popen(["bash", TRAIN_SBATCH], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1)
+    p.send_signal(15)
+    log, _ = p.communicate(timeout=90)
+    assert p.returncode == 75, log
+    assert "forwarding it once the ranks have started" in log, log
+    assert "stopped by a signal; checkpoint written" in log, log
+    assert os.listdir(tmp_path / "ck") and not (tmp_path / "m.h5").exists(), log
+    assert sorted(os.listdir(tmp_path)) == ["ck", "slow-mpiexec"], log
+
+
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
 def test_step_signal_reaches_the_ranks(signalled, launcher):
     """--signal=USR1 (no B:) goes to the job steps: every rank of srun, and of MPICH's
