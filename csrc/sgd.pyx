@@ -31,6 +31,21 @@ cdef extern from "dense.h" nogil:
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
     double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
 
+from cpython.pycapsule cimport PyCapsule_New
+
+cdef extern from "steploop_api.h" nogil:
+    int MPIML_STEP_API_VERSION
+    ctypedef struct mpiml_step_api:
+        int version
+        void* engine
+        void (*grad)(void* engine, Py_ssize_t step) noexcept nogil
+        int (*apply_checked)(void* engine, double size) noexcept nogil
+        double* buf
+        Py_ssize_t nbuf
+        Py_ssize_t words
+        Py_ssize_t n_steps
+        double* t
+
 import numpy as np
 
 ctypedef fused floating:
@@ -495,6 +510,7 @@ cdef class Engine:
     cdef readonly Py_ssize_t n_control
     cdef public long long checkpoint_every
     cdef public double seq_mod
+    cdef mpiml_step_api api
 
     def __init__(self, X, y, Py_ssize_t K, Loss loss, *, double eta0=0.01, double alpha=1e-4,
                  double l1_ratio=0.15, int penalty=1, int schedule=0, double power_t=0.5,
@@ -654,6 +670,26 @@ cdef class Engine:
         return _eta(self.schedule, self.t + 1.0, self.eta0, self.alpha, self.power_t,
                     self.optimal_init)
 
+    def step_api(self):
+        """The compiled step loop's handle on this engine (csrc/steploop_api.h): a capsule
+        valid while the engine lives and its plan stays installed."""
+        if self.n_control <= WORD_COMMAND:
+            raise ValueError("the compiled step loop needs the control words")
+        self.api.version = MPIML_STEP_API_VERSION
+        self.api.engine = <void*>self
+        self.api.grad = _api_grad
+        self.api.apply_checked = _api_apply_checked
+        self.api.buf = &self.buf[0]
+        self.api.nbuf = self.buf.shape[0]
+        self.api.words = self.P + 2
+        self.api.n_steps = self.plan_ptr.shape[0] - 1
+        self.api.t = &self.t
+        return PyCapsule_New(&self.api, "mpiml.step_api", NULL)
+
+    cdef void _grad_step(self, Py_ssize_t s) noexcept nogil:
+        cdef Py_ssize_t a = self.plan_ptr[s], b = self.plan_ptr[s + 1]
+        self._grad(&self.plan_lo[a], &self.plan_hi[a], b - a)
+
     cpdef int apply_checked(self, double size):
         """``apply`` after a reduction that carried the control words (n_control >= 3).
 
@@ -661,6 +697,9 @@ cdef class Engine:
         OUT_OF_STEP the sequence words do not add up to ``size * seq_word(t)`` (nothing
         applied), STOP a stop was requested, CHECKPOINT one is due (requested, or every
         ``checkpoint_every`` updates), COMMAND a control command is waiting."""
+        return self._apply_checked(size)
+
+    cdef int _apply_checked(self, double size) noexcept nogil:
         cdef Py_ssize_t base = self.P + 2
         cdef int code = 0
         if self.buf[base + WORD_SEQ] != size * fmod(self.t + 1.0, self.seq_mod):
@@ -725,6 +764,16 @@ cdef class Engine:
             if not isfinite(self.w[j]):
                 return False
         return True
+
+
+# the compiled step loop's entry points (the engine's own methods, so a SparseEngine's
+# overrides are what it runs)
+cdef void _api_grad(void* e, Py_ssize_t s) noexcept nogil:
+    (<Engine>e)._grad_step(s)
+
+
+cdef int _api_apply_checked(void* e, double size) noexcept nogil:
+    return (<Engine>e)._apply_checked(size)
 
 
 # --------------------------------------------------------------------------- CSR rows

@@ -103,6 +103,7 @@ def info_dict():
 
     from ._kernels import sgd
     from .comm import get_comm
+    from .parallel import compiled
 
     c = get_comm()
     return {
@@ -120,6 +121,7 @@ def info_dict():
         "kernels": sgd.__file__,
         "kernel_dtypes": list(sgd.DTYPES),
         "kernel_flags": sgd.COMPILE_FLAGS,
+        "step_loop": compiled.describe(),
     }
 
 

@@ -145,6 +145,14 @@ def _check_kernels(add):
     except ImportError as exc:
         add("FAIL", "kernels", f"the compiled kernels do not import: {exc}",
             "reinstall with `pip install .` (needs a C compiler); do not run from the source tree")
+    from .parallel import compiled
+    why = compiled.available()
+    if why is None:
+        add("ok", "step loop", f"several ranks: {compiled.describe()}")
+    else:
+        add("warn", "step loop", f"several ranks: {compiled.describe()}",
+            "reinstall with an MPI compiler wrapper on PATH (the `mpich` wheel's, or the site "
+            "MPI's mpicc) for the compiled loop: `pip install mpich` then `pip install .`")
     flags = ""
     try:
         with open("/proc/cpuinfo") as fh:

@@ -31,6 +31,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from .compiled import run_compiled, usable
 from .protocol import N_WORDS, StepControl, StopTraining, Word  # noqa: F401  (re-exported)
 
 __all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
@@ -133,7 +134,8 @@ def run_epoch(engine, comm, plan, start=0, control=None, reduce=None):
 
     On one rank the steps run inside the kernel (the reduction is the identity),
     returning to Python every few steps when ``control`` is given; otherwise each
-    step is grad, one in-place Allreduce, apply. ``reduce(IN_PLACE, buf)``: another
+    step is grad, one in-place Allreduce, apply: in the compiled step loop where it
+    can run (:mod:`mpiml.parallel.compiled`), else in Python. ``reduce(IN_PLACE, buf)``: another
     exchange in place of the Allreduce (:class:`mpiml.parallel.sparse.SparseExchange`).
     """
     lo, hi, ptr = plan
@@ -145,6 +147,8 @@ def run_epoch(engine, comm, plan, start=0, control=None, reduce=None):
     t0 = time.perf_counter()
     if comm.size == 1 and not getattr(engine, "collective", False):
         _one_rank(engine, start, n_steps, control)
+    elif usable(engine, comm, reduce):
+        run_compiled(engine, comm, start, n_steps, control)
     elif control is None:
         buf = engine.buf_arr
         allreduce = reduce or comm.mpi.Allreduce
