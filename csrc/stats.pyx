@@ -99,3 +99,62 @@ def permute_rows(unsigned char[:, ::1] X, const Py_ssize_t[::1] perm):
                 memcpy(&X[j, 0], &X[k, 0], w)
                 j = k
     free(tmp)
+
+
+def take_rows(const floating[:, ::1] X, const Py_ssize_t[::1] perm, floating[:, ::1] out):
+    """``out[i] = X[perm[i]]``, copying each run of consecutive source rows with one
+    memcpy (a batch layout's permutation is runs of whole blocks), and checking the rows
+    it has just copied, while they are in cache, for NaN or infinity. Returns the first
+    ``out`` row holding one, or -1: the finiteness check costs no pass of its own."""
+    cdef Py_ssize_t n = perm.shape[0], d = X.shape[1], i = 0, j, k, m, src, bad = -1
+    cdef int flag
+    cdef const floating* p
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError("out does not have the shape of the taken rows")
+    for i in range(n):
+        if perm[i] < 0 or perm[i] >= X.shape[0]:
+            raise IndexError(f"row {perm[i]} outside the {X.shape[0]} rows")
+    if n == 0 or d == 0:
+        return -1
+    i = 0
+    with nogil:
+        while i < n:
+            src = perm[i]
+            m = 1
+            while i + m < n and perm[i + m] == src + m:
+                m += 1
+            memcpy(&out[i, 0], &X[src, 0], m * d * sizeof(floating))
+            if bad < 0:
+                p = &out[i, 0]
+                flag = 0
+                for k in range(m * d):
+                    flag |= (p[k] - p[k]) != 0.0      # NaN or infinite
+                if flag:
+                    for j in range(m):
+                        for k in range(d):
+                            if out[i + j, k] - out[i + j, k] != 0.0:
+                                bad = i + j
+                                break
+                        if bad >= 0:
+                            break
+            i += m
+    return bad
+
+
+def first_nonfinite(const floating[:, ::1] X):
+    """The first row of ``X`` holding a NaN or infinity, or -1 (one vectorised pass)."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, k, bad = -1
+    cdef int flag
+    cdef const floating* p
+    if n == 0 or d == 0:
+        return -1
+    with nogil:
+        for i in range(n):
+            p = &X[i, 0]
+            flag = 0
+            for k in range(d):
+                flag |= (p[k] - p[k]) != 0.0
+            if flag:
+                bad = i
+                break
+    return bad

@@ -5,8 +5,10 @@ Input checks use scikit-learn's validation helpers, so errors have scikit-learn'
 and messages (``Expected 2D array``, ``Complex data not supported``, ``Sparse data was
 passed``, ``X has 3 features, but ... is expecting 4``, a ``DataConversionWarning``
 for a column-vector ``y``...). They never scan the values (``ensure_all_finite=False``):
-finiteness is mpiml's own check, once per fit (:func:`mpiml.io.first_nonfinite_row`),
-and at prediction on the outputs, which a NaN or infinity in a row always reaches.
+finiteness is mpiml's own check, once per fit: an SGD fit's layout scans the rows as
+it copies them into step order (:func:`mpiml._kernels.stats.take_rows`), other fits scan
+them first (:func:`mpiml.io.first_nonfinite_row`); at prediction the outputs are checked,
+which a NaN or infinity in a row always reaches.
 A rank may hold zero rows: emptiness is checked on the global count.
 """
 import numpy as np

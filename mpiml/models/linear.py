@@ -41,6 +41,7 @@ class _BaseSGD(Trainer):
     _supports_ps = True
     _resumed_params = _RESUMED_PARAMS
     _shap_method = "linear"         # exact linear SHAP of the margins (mpiml.explain)
+    _engine_ranges = True           # the Cython engines visit rows in place (session.Layout)
 
     @property
     def _sparse_input(self):

@@ -48,10 +48,27 @@ __all__ = ["Trainer", "FitData"]
 # the agreed input of a fit: this rank's rows (X in the training dtype, y as float64),
 # the replicas' (rows, width, dtype, classes), global rows, this rank's first global row,
 # features, classes, whether X may be changed in place, the feature columns held, seed
-FitData = namedtuple("FitData", "comm grid X y meta n_global offset d classes own columns seed")
+# ``checked``: the rows were scanned for NaN / infinity here; False: the fit session's
+# layout scans them while it copies them into step order (no pass of its own)
+FitData = namedtuple("FitData", "comm grid X y meta n_global offset d classes own columns seed "
+                     "checked", defaults=(True,))
 
 def _positive_int(v):
     return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
+
+
+def _unique_labels(y):
+    """``np.unique(y, return_inverse=True)``; integer labels in a range of at most 2^16
+    values are counted instead of sorted (one pass, ~7x faster on 10^6 labels)."""
+    y = np.asarray(y)
+    if y.ndim == 1 and y.size and y.dtype.kind in "iub":
+        lo, hi = int(y.min()), int(y.max())
+        if hi - lo < 1 << 16:
+            shifted = y.astype(np.intp) - lo
+            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+            index = np.cumsum(present) - 1
+            return (np.flatnonzero(present) + lo).astype(y.dtype), index[shifted]
+    return np.unique(y, return_inverse=True)
 
 
 class Trainer(BaseEstimator):
@@ -62,6 +79,7 @@ class Trainer(BaseEstimator):
     _supports_ps = False
     _resumed_params = ()        # hyper-parameters a resumed run depends on (checkpointing.py)
     _shap_method = None         # how `mpiml explain` computes SHAP values: "linear" | "kernel"
+    _engine_ranges = False      # the data-parallel engine takes several row ranges per step
 
     # ------------------------------------------------------------ validation
     def _validate_params(self):
@@ -122,23 +140,26 @@ class Trainer(BaseEstimator):
     def _validate_model_params(self, bad):
         pass
 
-    def _prepare_local(self, X, y, reset):
+    def _prepare_local(self, X, y, reset, check_finite=True):
         """Local checks (run on every rank, agreed by the caller): this rank's ``(X, y,
         local classes, y signature)``; the signature (label kind, a sum over the rows)
-        lets a model-parallel group check that its ranks hold the same rows."""
+        lets a model-parallel group check that its ranks hold the same rows. Dense rows
+        are scanned for NaN / infinity unless ``check_finite`` is False (the fit
+        session's layout then scans them as it copies them)."""
         self._validate_params()
         X, y = check_fit_input(self, X, y, reset)
+        row = None
         if is_sparse(X):
             bad = np.flatnonzero(~np.isfinite(X.data[:X.indptr[-1]]))
             row = int(np.searchsorted(X.indptr, bad[0], side="right")) - 1 if bad.size else None
-        else:
+        elif check_finite:
             row = first_nonfinite_row(X) if X.size else None
         if row is not None:
             raise DataError(f"Input X contains NaN or infinity (local row {row})")
         if not self._is_classifier:
             y = np.asarray(y, dtype=np.float64)
             return X, y, None, (None, float(np.sum(y)))
-        local_classes, inverse = np.unique(y, return_inverse=True)
+        local_classes, inverse = _unique_labels(y)
         return X, y, local_classes, (label_kind(y) if y.size else None, float(inverse.sum()))
 
     # ------------------------------------------------------------ training
@@ -213,7 +234,11 @@ class Trainer(BaseEstimator):
              callbacks=None, sample_weight=None, copy_X=True, overwrite=False,
              signal_checkpoint_dir=None):
         """Build a fit session from the agreed data, run it, store the result."""
-        data = self._agree_data(X, y, reset, classes, columns, copy_X)
+        # no scaler statistics and no resume fingerprint comparison run on the rows before
+        # the layout: the layout's copy can scan them (the same agreed error, before any
+        # update), so the fit makes no pass over X of its own for that
+        defer = resume is None and getattr(self, "scaler", None) is None
+        data = self._agree_data(X, y, reset, classes, columns, copy_X, defer_finite=defer)
         session = FitSession(self, data, epochs=epochs, reset=reset, resume=resume,
                              validation=validation, callbacks=callbacks,
                              sample_weight=sample_weight, hooks=hooks.current(),
@@ -232,12 +257,12 @@ class Trainer(BaseEstimator):
         return (param_name("lr", hasattr(self, "learning_rate_init")), "momentum", "alpha",
                 "batch_size")
 
-    def _agree_data(self, X, y, reset, classes, columns, copy_X):
+    def _agree_data(self, X, y, reset, classes, columns, copy_X, defer_finite=False):
         """Collective: check this rank's rows, agree on the global shape, classes, dtype and
         seed; every rank raises the same error on bad data (a :class:`FitData`). A
         classifier's targets become class indices (float64) into the agreed classes."""
         c = get_comm(self.comm)
-        Xl, yl, local_classes, ysig = c.run(self._prepare_local, X, y, reset)
+        Xl, yl, local_classes, ysig = c.run(self._prepare_local, X, y, reset, not defer_finite)
         grid = get_grid(c, self.model_parallel)
         seed = None
         if c.rank == 0:
@@ -274,7 +299,8 @@ class Trainer(BaseEstimator):
                 Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
-        return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed)
+        checked = not defer_finite or any(m[6] for m in meta)    # CSR rows: checked above
+        return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed, checked)
 
     def _check_sparse_fit(self, columns):
         """Settings that cannot train on CSR rows (the same verdict on every rank)."""

@@ -1,0 +1,128 @@
+"""The fit's set-up without a pass of its own over X (issue 22, part 1): the rows are
+copied into step order run by run with the NaN / infinity scan fused into the copy
+(``mpiml._kernels.stats.take_rows``), and a bad row found there is the same agreed
+DataError, naming the same local row, before any update, with a fitted model left as
+it was. Runs plain and under mpiexec (1, 2, 3 ranks)."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from mpiml import SGDClassifier, SGDRegressor
+from mpiml._kernels import stats
+from mpiml.errors import DataError
+from mpiml.io import first_nonfinite_row
+from mpiml.parallel.data import group_layout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,batch,offset", [(1000, 256, 0), (777, 64, 13), (50, 8, 5), (3, 2, 0)])
+def test_take_rows_is_numpys_take_and_finds_the_first_bad_row(dtype, n, batch, offset):
+    rng = np.random.default_rng(n)
+    X = rng.standard_normal((n, 5)).astype(dtype)
+    perm, _ = group_layout(n + offset + 100, batch, offset, n)
+    perm = np.arange(n) if perm is None else perm
+    out = np.empty_like(X)
+    assert stats.take_rows(X, perm, out) == -1
+    assert np.array_equal(out, np.take(X, perm, axis=0))
+    assert stats.first_nonfinite(X) == -1
+    for value in (np.nan, np.inf, -np.inf):
+        bad = X.copy()
+        rows = rng.choice(n, size=min(n, 3), replace=False)
+        bad[rows, rng.integers(0, 5, len(rows))] = value
+        got = stats.take_rows(bad, perm, out)
+        expect = np.flatnonzero(~np.isfinite(np.take(bad, perm, axis=0)).all(axis=1))[0]
+        assert got == expect
+        assert stats.first_nonfinite(bad) == first_nonfinite_row(bad)
+
+
+def test_take_rows_refuses_bad_indices():
+    X = np.zeros((4, 3))
+    with pytest.raises(IndexError):
+        stats.take_rows(X, np.array([0, 1, 2, 4], dtype=np.intp), np.empty((4, 3)))
+    with pytest.raises(ValueError):
+        stats.take_rows(X, np.array([0, 1], dtype=np.intp), np.empty((4, 3)))
+
+
+def _shard(n, seed, dtype=np.float32, classes=2):
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6)).astype(dtype)
+    y = np.argmax(X[:, :classes], axis=1)
+    lo, hi = comm.rank * n // comm.size, (comm.rank + 1) * n // comm.size
+    return X[lo:hi], y[lo:hi]
+
+
+def _all(ok):
+    assert MPI.COMM_WORLD.allreduce(bool(ok), op=MPI.LAND)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("copy_X", [True, False])
+@pytest.mark.parametrize("batch", [32, "full"])
+def test_a_bad_row_found_by_the_layout_is_the_agreed_error_and_the_model_stays(copy_X, batch):
+    comm = MPI.COMM_WORLD
+    X, y = _shard(3000, 1)
+    clf = SGDClassifier(max_iter=2, batch_size=64, tol=None, random_state=0).fit(X, y)
+    coef, classes = clf.coef_.copy(), clf.classes_.copy()
+    X3, y3 = _shard(3000, 2, classes=3)
+    last = comm.size - 1
+    if comm.rank == last:
+        X3[len(X3) // 2, 4] = np.nan
+        X3[len(X3) - 1, 0] = np.inf
+    clf.set_params(batch_size=batch)
+    with pytest.raises(DataError) as info:
+        clf.fit(X3, y3, copy_X=copy_X)
+    # the same message everywhere, naming the first bad row of the caller's order
+    _all(f"local row {len(X3) // 2 if comm.rank == last else 0}" in str(info.value) or
+         comm.rank != last)
+    _all(len(set(comm.allgather(str(info.value)))) == 1)
+    _all(np.array_equal(clf.coef_, coef) and np.array_equal(clf.classes_, classes))
+
+
+@pytest.mark.mpi
+def test_the_fused_scan_trains_the_model_of_the_scanned_copy():
+    """The copy with the fused scan and the in-place permutation (copy_X=False, scanned
+    after it) store the same rows: the same model, bit for bit."""
+    X, y = _shard(2500, 3, np.float64)
+    y = X @ np.arange(1.0, 7.0)
+    a = SGDRegressor(max_iter=3, batch_size=48, tol=None, random_state=0).fit(X, y)
+    b = SGDRegressor(max_iter=3, batch_size=48, tol=None, random_state=0).fit(X.copy(), y,
+                                                                               copy_X=False)
+    _all(np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("batch", [256, 1024])
+def test_a_short_fit_visits_the_rows_in_place_and_trains_the_copied_layouts_model(
+        batch, monkeypatch):
+    """One or two epochs read the caller's blocks where they are (no copy into step order,
+    the caller's array untouched even with copy_X=False); the model is the copied
+    layout's (forced here by making the in-place visit look expensive), up to the
+    summation order of sub-blocks that straddle two blocks."""
+    from mpiml.models import session
+    X, y = _shard(6000, 4, np.float64)
+    assert session.visit_in_place(batch, 2) and not session.visit_in_place(batch, 50)
+    before = X.copy()
+    kw = dict(max_iter=2, batch_size=batch, tol=None, random_state=0, learning_rate="constant",
+              eta0=0.05)
+    a = SGDClassifier(**kw).fit(X, y, copy_X=False)
+    _all(np.array_equal(X, before))
+    monkeypatch.setattr(session, "IN_PLACE_EXTRA", 1e9)
+    b = SGDClassifier(**kw).fit(X, y)
+    _all(np.allclose(a.coef_, b.coef_, rtol=1e-10, atol=1e-12) and
+         np.allclose(a.intercept_, b.intercept_, rtol=1e-10, atol=1e-12))
+    _all(a.t_ == b.t_)
+
+
+@pytest.mark.parametrize("y", [np.random.default_rng(0).integers(0, 2, 5000),
+                               np.random.default_rng(1).integers(-5, 9, 300).astype(np.int8),
+                               np.array([True, False, True]), np.array([7]),
+                               np.random.default_rng(2).integers(0, 1 << 20, 300),
+                               np.array(["b", "a", "b"]), np.array([0.5, -1.0, 0.5])],
+                         ids=["int64", "int8", "bool", "one", "wide range", "str", "float"])
+def test_label_counting_is_numpys_unique(y):
+    from mpiml.models.training import _unique_labels
+    classes, inverse = _unique_labels(y)
+    ref_classes, ref_inverse = np.unique(y, return_inverse=True)
+    assert np.array_equal(classes, ref_classes) and classes.dtype == ref_classes.dtype
+    assert np.array_equal(inverse, ref_inverse)
