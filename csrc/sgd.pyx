@@ -54,6 +54,12 @@ ctypedef fused floating:
 
 cdef extern from *:
     """
+    #define mpiml_prefetch(p) __builtin_prefetch((p), 0, 3)
+    """
+    void mpiml_prefetch(const void* p) nogil
+
+cdef extern from *:
+    """
     #ifndef MPIML_COMPILE_FLAGS
     #define MPIML_COMPILE_FLAGS "unknown"
     #endif
@@ -65,6 +71,8 @@ DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
 cdef Py_ssize_t SUB = 16
+# rows of the next range prefetched when a step visits several ranges (rows in place)
+cdef Py_ssize_t PREFETCH_ROWS = 8
 
 # The step-control protocol (mirrors mpiml.parallel.protocol's Word and Decision, which
 # checks at import that these tables equal its own): control words after the P
@@ -644,6 +652,10 @@ cdef class Engine:
         for r in range(nr):
             if hi[r] <= lo[r]:
                 continue
+            if r + 1 < nr and hi[r + 1] > lo[r + 1]:
+                # rows visited in place: the next range is elsewhere in memory, and the
+                # hardware prefetcher restarts there; ask for its first rows now
+                self._prefetch_rows(lo[r + 1], hi[r + 1])
             count += hi[r] - lo[r]
             if self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
@@ -664,6 +676,18 @@ cdef class Engine:
             for j in range(self.n_control):
                 self.buf[self.P + 2 + j] = 0.0
             self.buf[self.P + 2 + WORD_SEQ] = fmod(self.t + 1.0, self.seq_mod)
+
+    cdef void _prefetch_rows(self, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+        cdef Py_ssize_t nbytes, off, row = self.d * (8 if self.is64 else 4)
+        cdef const char* p
+        if hi - lo > PREFETCH_ROWS:
+            hi = lo + PREFETCH_ROWS
+        nbytes = (hi - lo) * row
+        p = <const char*>&self.X64[lo, 0] if self.is64 else <const char*>&self.X32[lo, 0]
+        off = 0
+        while off < nbytes:
+            mpiml_prefetch(p + off)
+            off += 64
 
     cpdef double eta(self):
         """The learning rate the next update will use."""

@@ -151,9 +151,10 @@ def _reorder(X, idx, own, check=False):
 
 
 # Visiting a step's blocks where they are (several ranges per step) instead of a copy in
-# step order: measured per epoch on 1M x 100 float32 rows, 4.0x / 1.7x / 1.2x the copy's
-# epoch at global batch 64 / 256 / 1024 (blocks of 4 / 16 / 64 rows), i.e. about
-# IN_PLACE_EXTRA / b read passes more; the copy costs about COPY_PASSES read passes once
+# step order: measured per epoch on 1M x 100 float32 rows, 3.4x / 1.8x / 1.2x the copy's
+# epoch at global batch 64 / 256 / 1024 (blocks of 4 / 16 / 64 rows; 2.9x / 1.5x / 1.2x
+# with the kernel's prefetch of the next range), i.e. about IN_PLACE_EXTRA / b read
+# passes more; the copy costs about COPY_PASSES read passes once
 # (more on a machine whose fresh memory is slow to fault in), and doubles the memory
 IN_PLACE_EXTRA = 13.0
 COPY_PASSES = 2.0
