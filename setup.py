@@ -27,7 +27,7 @@ extensions = [
         "mpiml._kernels.sgd",
         ["csrc/sgd.pyx"],
         include_dirs=[numpy.get_include(), "csrc"],
-        depends=["csrc/dense.h", "csrc/sparse.pxi", "csrc/steploop_api.h"],
+        depends=["csrc/dense.h", "csrc/sparse.pxi", "csrc/steploop_api.h", "csrc/steploop_api.pxd"],
         extra_compile_args=flags,
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
@@ -102,7 +102,7 @@ if _mpi is not None:
         libraries=_mpi["libraries"],
         runtime_library_dirs=_mpi["runtime_library_dirs"],
         extra_link_args=_mpi["extra_link_args"],
-        depends=["csrc/steploop.h", "csrc/steploop_api.h"],
+        depends=["csrc/steploop.h", "csrc/steploop_api.h", "csrc/steploop_api.pxd"],
         extra_compile_args=flags,
         optional=True,
     ))

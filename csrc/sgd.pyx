@@ -33,18 +33,7 @@ cdef extern from "dense.h" nogil:
 
 from cpython.pycapsule cimport PyCapsule_New
 
-cdef extern from "steploop_api.h" nogil:
-    int MPIML_STEP_API_VERSION
-    ctypedef struct mpiml_step_api:
-        int version
-        void* engine
-        void (*grad)(void* engine, Py_ssize_t step) noexcept nogil
-        int (*apply_checked)(void* engine, double size) noexcept nogil
-        double* buf
-        Py_ssize_t nbuf
-        Py_ssize_t words
-        Py_ssize_t n_steps
-        double* t
+from steploop_api cimport MPIML_STEP_API_VERSION, mpiml_step_api
 
 import numpy as np
 

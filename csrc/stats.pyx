@@ -101,14 +101,26 @@ def permute_rows(unsigned char[:, ::1] X, const Py_ssize_t[::1] perm):
     free(tmp)
 
 
+cdef inline Py_ssize_t _first_bad_row(const floating* p, Py_ssize_t rows,
+                                     Py_ssize_t d) noexcept nogil:
+    """The first of ``rows`` rows of ``d`` values at ``p`` holding NaN or infinity, or -1."""
+    cdef Py_ssize_t i, k
+    cdef int flag
+    for i in range(rows):
+        flag = 0
+        for k in range(d):
+            flag |= (p[i * d + k] - p[i * d + k]) != 0.0      # NaN or infinite
+        if flag:
+            return i
+    return -1
+
+
 def take_rows(const floating[:, ::1] X, const Py_ssize_t[::1] perm, floating[:, ::1] out):
     """``out[i] = X[perm[i]]``, copying each run of consecutive source rows with one
     memcpy (a batch layout's permutation is runs of whole blocks), and checking the rows
     it has just copied, while they are in cache, for NaN or infinity. Returns the first
     ``out`` row holding one, or -1: the finiteness check costs no pass of its own."""
-    cdef Py_ssize_t n = perm.shape[0], d = X.shape[1], i = 0, j, k, m, src, bad = -1
-    cdef int flag
-    cdef const floating* p
+    cdef Py_ssize_t n = perm.shape[0], d = X.shape[1], i, m, src, r, bad = -1
     if out.shape[0] != n or out.shape[1] != d:
         raise ValueError("out does not have the shape of the taken rows")
     for i in range(n):
@@ -125,36 +137,8 @@ def take_rows(const floating[:, ::1] X, const Py_ssize_t[::1] perm, floating[:, 
                 m += 1
             memcpy(&out[i, 0], &X[src, 0], m * d * sizeof(floating))
             if bad < 0:
-                p = &out[i, 0]
-                flag = 0
-                for k in range(m * d):
-                    flag |= (p[k] - p[k]) != 0.0      # NaN or infinite
-                if flag:
-                    for j in range(m):
-                        for k in range(d):
-                            if out[i + j, k] - out[i + j, k] != 0.0:
-                                bad = i + j
-                                break
-                        if bad >= 0:
-                            break
+                r = _first_bad_row(&out[i, 0], m, d)
+                if r >= 0:
+                    bad = i + r
             i += m
-    return bad
-
-
-def first_nonfinite(const floating[:, ::1] X):
-    """The first row of ``X`` holding a NaN or infinity, or -1 (one vectorised pass)."""
-    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, k, bad = -1
-    cdef int flag
-    cdef const floating* p
-    if n == 0 or d == 0:
-        return -1
-    with nogil:
-        for i in range(n):
-            p = &X[i, 0]
-            flag = 0
-            for k in range(d):
-                flag |= (p[k] - p[k]) != 0.0
-            if flag:
-                bad = i
-                break
     return bad

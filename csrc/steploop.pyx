@@ -25,18 +25,7 @@ to the same initialised MPI library as mpi4py.
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 from libc.math cimport fmod
 
-cdef extern from "steploop_api.h" nogil:
-    int MPIML_STEP_API_VERSION
-    ctypedef struct mpiml_step_api:
-        int version
-        void* engine
-        void (*grad)(void* engine, Py_ssize_t step) noexcept nogil
-        int (*apply_checked)(void* engine, double size) noexcept nogil
-        double* buf
-        Py_ssize_t nbuf
-        Py_ssize_t words
-        Py_ssize_t n_steps
-        double* t
+from steploop_api cimport MPIML_STEP_API_VERSION, mpiml_step_api
 
 cdef extern from "steploop.h" nogil:
     ctypedef struct _mpiml_comm_opaque
@@ -44,14 +33,12 @@ cdef extern from "steploop.h" nogil:
     ctypedef struct _mpiml_request_opaque
     ctypedef _mpiml_request_opaque* MPI_Request
     int MPI_SUCCESS
-    int MPI_MAX_LIBRARY_VERSION_STRING
     MPI_Request MPI_REQUEST_NULL
     int MPIML_HAVE_PERSISTENT
     MPI_Comm MPIML_COMM(size_t handle)
     int MPI_Initialized(int* flag)
     int MPI_Finalized(int* flag)
     int MPI_Comm_size(MPI_Comm comm, int* size)
-    int MPI_Get_library_version(char* version, int* resultlen)
     int mpiml_allreduce(double* buf, int n, MPI_Comm comm)
     int mpiml_allreduce_init(double* buf, int n, MPI_Comm comm, MPI_Request* req)
     int mpiml_start_wait(MPI_Request* req)
@@ -74,15 +61,6 @@ cdef enum Status:
 
 DONE, LOOK, DECIDE, HOOK, FAILED = S_DONE, S_LOOK, S_DECIDE, S_HOOK, S_FAILED
 PERSISTENT_AVAILABLE = bool(MPIML_HAVE_PERSISTENT)
-
-
-def library_version():
-    """The MPI library this module was linked with (MPI_Get_library_version)."""
-    cdef char text[8192]
-    cdef int n = 0
-    if MPI_Get_library_version(text, &n) != MPI_SUCCESS:
-        return ""
-    return text[:n].decode(errors="replace")
 
 
 def check(size_t comm_handle, int size):
@@ -158,12 +136,12 @@ cdef class Loop:
         and applies its own gradient, with the sequence word a full reduction would have
         given (the Python loop's hook). ``yield_t``: return ``HOOK`` after that update.
 
-        Returns ``(status, step, code, mpi_rc, signal)``: ``step`` is the next step to
-        run (``LOOK``: the one waiting to be reduced); ``signal`` a stop signal caught
-        while running (it also set the STOP word), or 0."""
+        Returns ``(status, step, code, mpi_rc)``: ``step`` is the next step to run
+        (``LOOK``: the one waiting to be reduced). A stop signal caught while running
+        raised the STOP word of the steps after it."""
         cdef mpiml_step_api* api = self.api
         cdef Py_ssize_t s = start, words = api.words
-        cdef int status = S_DONE, code = 0, rc = MPI_SUCCESS, nbuf = <int>api.nbuf, sig = 0
+        cdef int status = S_DONE, code = 0, rc = MPI_SUCCESS, nbuf = <int>api.nbuf
         cdef double c0, comm_s = 0.0
         cdef long long nred = 0
         cdef bint fresh, skip, use_req = self.persistent_, look = look_every > 0 and self.rank0
@@ -203,8 +181,7 @@ cdef class Loop:
                 if yield_t >= 0.0 and api.t[0] == yield_t:
                     status = S_HOOK
                     break
-            sig = mpiml_loop_signal
             mpiml_release_signals()
         self.comm_seconds += comm_s
         self.reductions += nred
-        return status, s, code, rc, sig
+        return status, s, code, rc

@@ -10,7 +10,6 @@ from mpi4py import MPI
 from mpiml import SGDClassifier, SGDRegressor
 from mpiml._kernels import stats
 from mpiml.errors import DataError
-from mpiml.io import first_nonfinite_row
 from mpiml.parallel.data import group_layout
 
 
@@ -24,7 +23,6 @@ def test_take_rows_is_numpys_take_and_finds_the_first_bad_row(dtype, n, batch, o
     out = np.empty_like(X)
     assert stats.take_rows(X, perm, out) == -1
     assert np.array_equal(out, np.take(X, perm, axis=0))
-    assert stats.first_nonfinite(X) == -1
     for value in (np.nan, np.inf, -np.inf):
         bad = X.copy()
         rows = rng.choice(n, size=min(n, 3), replace=False)
@@ -32,7 +30,6 @@ def test_take_rows_is_numpys_take_and_finds_the_first_bad_row(dtype, n, batch, o
         got = stats.take_rows(bad, perm, out)
         expect = np.flatnonzero(~np.isfinite(np.take(bad, perm, axis=0)).all(axis=1))[0]
         assert got == expect
-        assert stats.first_nonfinite(bad) == first_nonfinite_row(bad)
 
 
 def test_take_rows_refuses_bad_indices():

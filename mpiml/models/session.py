@@ -35,10 +35,11 @@ import time
 
 import numpy as np
 
-from .._kernels.stats import first_nonfinite, permute_rows, take_rows
+from .._kernels.stats import permute_rows, take_rows
 from ..checkpoint import CheckpointPolicy, write_checkpoint
 from ..errors import DataError, Interrupted, TrainingError
 from ..imbalance import row_weights
+from ..io import first_nonfinite_row
 from ..parallel.data import block_rows, epoch_plan, group_layout, layout_plan
 from ..parallel.protocol import StepControl, StopTraining
 from ..parallel.sparse import choose_exchange
@@ -144,7 +145,7 @@ def _reorder(X, idx, own, check=False):
         return X[idx], False
     if own:
         permute_rows(X.view(np.uint8), idx)
-        return X, bool(check and X.size and first_nonfinite(X) >= 0)
+        return X, bool(check and X.size and first_nonfinite_row(X) is not None)
     out = np.empty((len(idx), X.shape[1]), dtype=X.dtype)
     bad = take_rows(X, np.ascontiguousarray(idx, dtype=np.intp), out)
     return out, bool(check and bad >= 0)
@@ -187,11 +188,8 @@ class Layout:
             # CSR rows: a copy would double the memory and buys little, the weights
             # being the scattered reads
             self.perm = self.gptr = None
-            if check and X.size and first_nonfinite(X) >= 0:
-                raise DataError("Input X contains NaN or infinity (local row "
-                                f"{first_nonfinite(X)})")
-            return
-        self.perm, self.gptr = group_layout(n_global, batch, offset, X.shape[0])
+        else:
+            self.perm, self.gptr = group_layout(n_global, batch, offset, X.shape[0])
         bad = False
         if self.perm is not None:
             X, bad = _reorder(X, self.perm, own, check)
@@ -199,7 +197,7 @@ class Layout:
             y = y[self.perm]
             sw = sw[self.perm] if sw is not None else None
         elif check and X.size:
-            bad = first_nonfinite(X) >= 0
+            bad = first_nonfinite_row(X) is not None
         if bad:
             # the caller's first such row (its order, as the check before the layout named it)
             rows = np.flatnonzero(~np.isfinite(X).all(axis=1))

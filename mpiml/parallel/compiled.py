@@ -24,8 +24,8 @@ step's collective is the packed Allreduce (not the sparse exchange), there is mo
 one rank, the module talks to the MPI library mpi4py initialised (checked once per
 communicator, agreed by every rank), and ``MPIML_STEP_LOOP`` is not ``python``.
 ``MPIML_STEP_LOOP_PERSISTENT=1`` reduces through a persistent MPI-4 request
-(``MPI_Allreduce_init``) instead of ``MPI_Allreduce``: measured here it was no faster
-(see benchmarks/README.md), so it is not the default.
+(``MPI_Allreduce_init``) instead of ``MPI_Allreduce``. It is not the default: no
+measurement here has shown it faster (none is recorded in benchmarks/README.md).
 """
 import os
 
@@ -105,8 +105,8 @@ def run_compiled(engine, comm, start, n_steps, control):
     try:
         while s < n_steps:
             asked = control is not None and control.stop_requested
-            status, s, code, rc, _ = loop.run(s, n_steps, resume, asked, look_every, skip_t,
-                                              yield_t)
+            status, s, code, rc = loop.run(s, n_steps, resume, asked, look_every, skip_t,
+                                           yield_t)
             resume = False
             if status == _loop.DONE:
                 break
