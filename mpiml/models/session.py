@@ -236,7 +236,8 @@ class FitSession:
     :class:`mpiml.models.training.FitData`)."""
 
     def __init__(self, est, data, *, epochs, reset, resume, validation, callbacks,
-                 sample_weight, hooks, overwrite=False, signal_checkpoint_dir=None):
+                 sample_weight, hooks, overwrite=False, signal_checkpoint_dir=None,
+                 in_place=True):
         self.est, self.data, self.hooks = est, data, hooks
         self.resume, self.overwrite = resume, overwrite
         self.signal_only = False
@@ -280,7 +281,8 @@ class FitSession:
             self.layout = c.run(Layout, data.X, y_enc, sw, n_global, data.offset, batch,
                                 data.own, ranges=self.grid.K == 1 and est._engine_ranges,
                                 check=not data.checked,
-                                epochs=est.max_iter if epochs is None else epochs)
+                                epochs=(est.max_iter if epochs is None else epochs)
+                                if in_place else None)
         except DataError:
             # bad rows found by the layout's scan: a fitted model stays as it was
             for name in ("n_features_in_", "classes_"):
