@@ -142,3 +142,57 @@ def take_rows(const floating[:, ::1] X, const Py_ssize_t[::1] perm, floating[:, 
                     bad = i + r
             i += m
     return bad
+
+
+cdef inline int _any_bad(const floating* p, Py_ssize_t n) noexcept nogil:
+    """Whether any of the ``n`` values at ``p`` is NaN or infinite (an integer OR
+    reduction over ``x - x != 0``, which the compiler vectorises)."""
+    cdef Py_ssize_t k
+    cdef int flag = 0
+    for k in range(n):
+        flag |= (p[k] - p[k]) != 0.0
+    return flag
+
+
+def first_nonfinite_row(const floating[:, ::1] X):
+    """The first row of ``X`` holding a NaN or infinity, or -1: one streaming pass over
+    the values in chunks of ~16 KiB (a chunk that holds one is searched row by row)."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i = 0, m, bad = -1
+    if n == 0 or d == 0:
+        return -1
+    m = max(1, 4096 // d)
+    with nogil:
+        while i < n:
+            if i + m > n:
+                m = n - i
+            if _any_bad(&X[i, 0], m * d):
+                bad = i + _first_bad_row(&X[i, 0], m, d)
+                break
+            i += m
+    return bad
+
+
+def integral_labels(const floating[::1] y, Py_ssize_t[::1] out, Py_ssize_t max_range):
+    """For float labels that all hold integers within ``max_range`` of each other:
+    ``out[i] = y[i] - min(y)`` and returns ``(min(y), max(y))``; None otherwise (a NaN,
+    an infinity, a fraction, or a wider range). Two streaming passes, no temporaries."""
+    cdef Py_ssize_t n = y.shape[0], i
+    cdef double lo, hi, v
+    cdef int ok = 1
+    if n == 0 or out.shape[0] != n:
+        return None
+    with nogil:
+        lo = y[0]
+        hi = y[0]
+        for i in range(n):
+            v = y[i]
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+        if not (lo == lo and hi == hi and hi - lo < <double>max_range):   # NaN or too wide
+            ok = 0
+        else:
+            for i in range(n):
+                v = y[i] - lo
+                out[i] = <Py_ssize_t>v
+                ok &= (<double>out[i] == v)       # NaN, a fraction: not equal
+    return (lo, hi) if ok else None

@@ -115,11 +115,56 @@ def test_a_short_fit_visits_the_rows_in_place_and_trains_the_copied_layouts_mode
                                np.random.default_rng(1).integers(-5, 9, 300).astype(np.int8),
                                np.array([True, False, True]), np.array([7]),
                                np.random.default_rng(2).integers(0, 1 << 20, 300),
-                               np.array(["b", "a", "b"]), np.array([0.5, -1.0, 0.5])],
-                         ids=["int64", "int8", "bool", "one", "wide range", "str", "float"])
+                               np.array(["b", "a", "b"]), np.array([0.0, 1e9, 0.0]),
+                               np.random.default_rng(3).integers(0, 3, 4000).astype(np.float64),
+                               np.random.default_rng(4).integers(-7, 4, 500).astype(np.float32),
+                               np.array([-0.0, 2.0, 0.0, 65535.0]), np.array([-1.0, 65535.0])],
+                         ids=["int64", "int8", "bool", "one", "wide range", "str", "float wide range",
+                              "float64 integers", "float32 integers", "float 2^16 - 1 apart",
+                              "float 2^16 apart"])
 def test_label_counting_is_numpys_unique(y):
-    from mpiml.models.training import _unique_labels
+    from mpiml.models.training import _counted_labels, _unique_labels
     classes, inverse = _unique_labels(y)
     ref_classes, ref_inverse = np.unique(y, return_inverse=True)
     assert np.array_equal(classes, ref_classes) and classes.dtype == ref_classes.dtype
     assert np.array_equal(inverse, ref_inverse)
+    # which labels are counted rather than sorted
+    span = float(ref_classes[-1]) - float(ref_classes[0]) if y.dtype.kind != "U" else None
+    assert (_counted_labels(y) is not None) == (span is not None and span < 1 << 16)
+
+
+@pytest.mark.parametrize("y", [np.array([0.5, -1.0, 0.5]), np.array([0.0, 1.0, 1.5]),
+                               np.array([1.0, 2.0, 3.0 + 1e-9])])
+def test_labels_that_are_not_classes_get_scikit_learns_error(y):
+    """Float labels that are not all integers are refused with scikit-learn's message
+    (counted labels skip its check: it accepts every integer)."""
+    from mpiml.models.training import _counted_labels, _unique_labels
+    assert _counted_labels(y) is None
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        _unique_labels(y)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        SGDClassifier(max_iter=1, comm=MPI.COMM_SELF).fit(np.zeros((3, 2)), y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1000, 7), (5, 3000), (1, 1), (0, 4), (333, 100)])
+def test_the_finiteness_scan_finds_the_first_bad_row(dtype, shape):
+    """io.first_nonfinite_row (the kernel's one-pass scan for C-contiguous rows, numpy's by
+    blocks for others) names the first row holding a NaN or an infinity, as numpy does."""
+    from mpiml.io import first_nonfinite_row
+    rng = np.random.default_rng(shape[0])
+    X = rng.standard_normal(shape).astype(dtype)
+    assert first_nonfinite_row(X) is None and first_nonfinite_row(X[:, ::2]) is None
+    if not X.size:
+        return
+    for value in (np.nan, np.inf, -np.inf):
+        for _ in range(4):
+            bad = X.copy()
+            rows = rng.choice(shape[0], size=min(shape[0], 2), replace=False)
+            bad[rows, rng.integers(0, shape[1], len(rows))] = value
+            expect = int(np.flatnonzero(~np.isfinite(bad).all(axis=1))[0])
+            assert first_nonfinite_row(bad) == expect
+            strided = np.asfortranarray(bad)
+            assert first_nonfinite_row(strided) == expect
+    big = np.full(shape, np.finfo(dtype).max, dtype=dtype)      # finite, however large
+    assert first_nonfinite_row(big) is None

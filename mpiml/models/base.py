@@ -12,7 +12,6 @@ which a NaN or infinity in a row always reaches.
 A rank may hold zero rows: emptiness is checked on the global count.
 """
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, validate_data
 
 from ..errors import DataError
@@ -44,15 +43,13 @@ def check_local_X(X, name="X", accept_sparse=False):
 
 def check_fit_input(est, X, y, reset):
     """This rank's ``(X, y)`` for ``fit``: scikit-learn's ``validate_data`` (which
-    also records ``n_features_in_`` and ``feature_names_in_`` when ``reset``), then for a
-    classifier scikit-learn's target-type check (``Unknown label type: continuous``)."""
+    also records ``n_features_in_`` and ``feature_names_in_`` when ``reset``). A
+    classifier's target-type check (``Unknown label type: continuous``) is made where its
+    labels are counted (``training._unique_labels``)."""
     X, y = validate_data(est, X, y, reset=reset, accept_sparse=sparse_ok(est), dtype=_FLOATS,
                          ensure_all_finite=False, ensure_min_samples=0,
                          y_numeric=not est._is_classifier)
-    if est._is_classifier:
-        if y.size:
-            check_classification_targets(y)
-    elif y.dtype.kind not in "fiub":
+    if not est._is_classifier and y.dtype.kind not in "fiub":
         raise DataError(f"y has type {y.dtype}; a regressor needs numeric targets")
     return X, y
 

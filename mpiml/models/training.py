@@ -31,8 +31,10 @@ from collections import namedtuple
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils.multiclass import check_classification_targets
 
 from .. import hooks
+from .._kernels.stats import integral_labels
 from ..comm import check_model_parallel, get_comm, get_grid
 from ..errors import ConfigError, DataError, NotFittedError
 from ..estimator import param_name
@@ -57,17 +59,40 @@ def _positive_int(v):
     return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
 
 
-def _unique_labels(y):
-    """``np.unique(y, return_inverse=True)``; integer labels in a range of at most 2^16
-    values are counted instead of sorted (one pass, ~7x faster on 10^6 labels)."""
-    y = np.asarray(y)
-    if y.ndim == 1 and y.size and y.dtype.kind in "iub":
+def _counted_labels(y):
+    """``np.unique(y, return_inverse=True)`` of 1-D integer labels, or of float labels
+    holding integers, in a range of fewer than 2^16 values, by counting instead of sorting
+    (a few passes, ~7x faster on 10^6 labels); None for other labels."""
+    if y.ndim != 1 or not y.size:
+        return None
+    if y.dtype.kind in "iub":
         lo, hi = int(y.min()), int(y.max())
-        if hi - lo < 1 << 16:
-            shifted = y.astype(np.intp) - lo
-            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
-            index = np.cumsum(present) - 1
-            return (np.flatnonzero(present) + lo).astype(y.dtype), index[shifted]
+        if hi - lo >= 1 << 16:
+            return None
+        shifted = y.astype(np.intp) - lo
+    elif y.dtype in (np.float32, np.float64):
+        shifted = np.empty(y.shape[0], dtype=np.intp)
+        bounds = integral_labels(np.ascontiguousarray(y), shifted, 1 << 16)
+        if bounds is None:
+            return None
+        lo, hi = int(bounds[0]), int(bounds[1])
+    else:
+        return None
+    present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+    index = np.cumsum(present) - 1
+    return (np.flatnonzero(present) + lo).astype(y.dtype), index[shifted]
+
+
+def _unique_labels(y):
+    """``np.unique(y, return_inverse=True)`` of a classifier's labels, after scikit-learn's
+    target-type check (``Unknown label type: continuous``). Labels that can be counted
+    (:func:`_counted_labels`) are integers, which that check always accepts: it is skipped."""
+    y = np.asarray(y)
+    counted = _counted_labels(y)
+    if counted is not None:
+        return counted
+    if y.size:
+        check_classification_targets(y)
     return np.unique(y, return_inverse=True)
 
 
@@ -148,6 +173,9 @@ class Trainer(BaseEstimator):
         session's layout then scans them as it copies them)."""
         self._validate_params()
         X, y = check_fit_input(self, X, y, reset)
+        local_classes = inverse = None
+        if self._is_classifier:
+            local_classes, inverse = _unique_labels(y)
         row = None
         if is_sparse(X):
             bad = np.flatnonzero(~np.isfinite(X.data[:X.indptr[-1]]))
@@ -158,9 +186,8 @@ class Trainer(BaseEstimator):
             raise DataError(f"Input X contains NaN or infinity (local row {row})")
         if not self._is_classifier:
             y = np.asarray(y, dtype=np.float64)
-            return X, y, None, (None, float(np.sum(y)))
-        local_classes, inverse = _unique_labels(y)
-        return X, y, local_classes, (label_kind(y) if y.size else None, float(inverse.sum()))
+            return X, y, None, None, (None, float(np.sum(y)))
+        return X, y, local_classes, inverse, (label_kind(y) if y.size else None, float(inverse.sum()))
 
     # ------------------------------------------------------------ training
     def fit(self, X, y, resume=None, columns=None, validation=None, callbacks=None,
@@ -262,7 +289,7 @@ class Trainer(BaseEstimator):
         seed; every rank raises the same error on bad data (a :class:`FitData`). A
         classifier's targets become class indices (float64) into the agreed classes."""
         c = get_comm(self.comm)
-        Xl, yl, local_classes, ysig = c.run(self._prepare_local, X, y, reset, not defer_finite)
+        Xl, yl, local_classes, inverse, ysig = c.run(self._prepare_local, X, y, reset, not defer_finite)
         grid = get_grid(c, self.model_parallel)
         seed = None
         if c.rank == 0:
@@ -276,7 +303,8 @@ class Trainer(BaseEstimator):
         group = grid.model.allgather((Xl.shape[0], ysig[1], Xl.shape[1]))
         d, cls = c.run(self._check_global, c, meta, group, Xl, reset, classes, columns)
         if cls is not None:
-            yl = np.searchsorted(cls, yl).astype(np.float64) if yl.size else np.zeros(0)
+            # the local classes' places among the agreed ones, spread to the rows
+            yl = np.searchsorted(cls, local_classes)[inverse].astype(np.float64) if yl.size else np.zeros(0)
         dtypes = {m[2] for m in meta if m[0] > 0}
         if self.dtype is not None:
             dtype = np.dtype(self.dtype)
