@@ -23,6 +23,7 @@ from .comm import chunk, get_comm
 from .errors import ConfigError
 from .io import check_output_dir, check_output_path, dataset_info, load_hdf5, load_vector
 from .model_selection import split_rows, validation_mask
+from .models.training import rows_scanned
 
 __all__ = ["train_from_file"]
 
@@ -104,6 +105,13 @@ def _check_sparse(est, c, Xl, data, X, describe):
                           ranks=range(c.size))
 
 
+def _early_stopping(est):
+    """As scikit-learn's early_stopping: tol then applies to the validation loss."""
+    from .models.steering import EarlyStopping
+    return _with(est, tol=None), [EarlyStopping("val_loss", patience=est.n_iter_no_change,
+                                                min_delta=est.tol or 0.0)]
+
+
 def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction=None, seed=0,
                     resample=None, sample_weight=None, early_stopping=False, resume=None,
                     overwrite=False, split_features=False, allow_external=False, describe=None,
@@ -138,13 +146,7 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
     log = log or (lambda text: None)
     kind_ratio = _check_options(est, c, val, val_fraction, resample, sample_weight,
                                 early_stopping)
-    callbacks = None
-    if early_stopping:
-        from .models.steering import EarlyStopping
-        # as scikit-learn's early_stopping: tol then applies to the validation loss
-        callbacks = [EarlyStopping("val_loss", patience=est.n_iter_no_change,
-                                   min_delta=est.tol or 0.0)]
-        est = _with(est, tol=None)
+    est, callbacks = _early_stopping(est) if early_stopping else (est, None)
     grid = c.grid(est.model_parallel)
     _check_outputs(est, c, out, (data, val))
     Xl, yl, columns, t_load = _read(est, c, grid, data, X, y, split_features, allow_external)
@@ -176,10 +178,11 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
         est = _resumable(est, c, resume)
     rows = grid.data.allreduce(Xl.shape[0])     # the training rows (after split, resampling)
     t0 = time.perf_counter()
-    # the rows read above are the fit's to reorder in place (no second copy in memory)
-    est.fit(Xl, yl, resume=resume, columns=columns, validation=validation,
-            sample_weight=weights, callbacks=callbacks, copy_X=False, overwrite=overwrite,
-            signal_checkpoint_dir=_signal_dir(est, out))
+    # the fit reorders the rows read above in place (no second copy); they are scanned
+    with rows_scanned(Xl):
+        est.fit(Xl, yl, resume=resume, columns=columns, validation=validation,
+                sample_weight=weights, callbacks=callbacks, copy_X=False, overwrite=overwrite,
+                signal_checkpoint_dir=_signal_dir(est, out))
     t_fit = time.perf_counter() - t0
     if out is not None:
         est.save(out)

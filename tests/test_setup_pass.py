@@ -168,3 +168,41 @@ def test_the_finiteness_scan_finds_the_first_bad_row(dtype, shape):
             assert first_nonfinite_row(strided) == expect
     big = np.full(shape, np.finfo(dtype).max, dtype=dtype)      # finite, however large
     assert first_nonfinite_row(big) is None
+
+
+@pytest.mark.parametrize("epochs", [1, 5])      # rows visited in place; copied into step order
+def test_train_scans_the_rows_once_when_it_loads_them(tmp_path, monkeypatch, epochs):
+    """``mpiml train``'s fit makes no NaN / infinity scan of the rows load_hdf5 read and
+    scanned; the same fit of an array that nobody scanned does scan it (and a bad row in
+    the file is still refused at load: test_cli's NaN / Inf cases)."""
+    import h5py
+    from mpiml import io
+    from mpiml.models import session, training
+    from mpiml.pipeline import train_from_file
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.float64)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"], f["y"] = X, y
+    scans = []
+
+    def counting(where, real):
+        def scan(a):
+            scans.append((where, a.shape))
+            return real(a)
+        return scan
+
+    monkeypatch.setattr(io, "first_nonfinite_row", counting("load", io.first_nonfinite_row))
+    monkeypatch.setattr(session, "first_nonfinite_row", counting("fit", session.first_nonfinite_row))
+    monkeypatch.setattr(training, "first_nonfinite_row", counting("fit", training.first_nonfinite_row))
+    fused = []
+    real_take = session.take_rows
+    monkeypatch.setattr(session, "take_rows", lambda *a: fused.append(1) or real_take(*a))
+    kw = dict(max_iter=epochs, tol=None, batch_size=32, random_state=0, comm=MPI.COMM_SELF)
+    est, _ = train_from_file(SGDClassifier(**kw), str(tmp_path / "d.h5"))
+    assert [w for w, s in scans if s == X.shape] == ["load"], scans
+    # the reference: the same rows given to fit() directly are scanned by the fit
+    scans.clear()
+    ref = SGDClassifier(**kw).fit(X, y)
+    assert ("fit", X.shape) in scans or fused, scans
+    assert np.array_equal(est.coef_, ref.coef_) and np.array_equal(est.intercept_, ref.intercept_)

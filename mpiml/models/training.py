@@ -28,6 +28,7 @@ models, :class:`mpiml.parallel.engine.StepEngine` subclasses otherwise):
   engines, so checkpoints and model files never depend on the split.
 """
 from collections import namedtuple
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.sparse as sp
@@ -94,6 +95,23 @@ def _unique_labels(y):
     if y.size:
         check_classification_targets(y)
     return np.unique(y, return_inverse=True)
+
+
+_scanned_rows = None     # the X that rows_scanned() vouches for, while it runs
+
+
+@contextmanager
+def rows_scanned(X):
+    """Within: a fit given exactly the array ``X`` (this object, on this rank) makes no
+    NaN / infinity scan of its rows: its caller has scanned them. ``mpiml train`` fits
+    the rows ``load_hdf5`` read and scanned (or views and resampled copies of them), so
+    they are not scanned a second time."""
+    global _scanned_rows
+    _scanned_rows = X
+    try:
+        yield
+    finally:
+        _scanned_rows = None
 
 
 class Trainer(BaseEstimator):
@@ -265,7 +283,8 @@ class Trainer(BaseEstimator):
         # the layout: the layout's copy can scan them (the same agreed error, before any
         # update), so the fit makes no pass over X of its own for that
         defer = resume is None and getattr(self, "scaler", None) is None
-        data = self._agree_data(X, y, reset, classes, columns, copy_X, defer_finite=defer)
+        data = self._agree_data(X, y, reset, classes, columns, copy_X, defer_finite=defer,
+                                scanned=_scanned_rows is not None and X is _scanned_rows)
         session = FitSession(self, data, epochs=epochs, reset=reset, resume=resume,
                              validation=validation, callbacks=callbacks,
                              sample_weight=sample_weight, hooks=hooks.current(),
@@ -284,12 +303,13 @@ class Trainer(BaseEstimator):
         return (param_name("lr", hasattr(self, "learning_rate_init")), "momentum", "alpha",
                 "batch_size")
 
-    def _agree_data(self, X, y, reset, classes, columns, copy_X, defer_finite=False):
+    def _agree_data(self, X, y, reset, classes, columns, copy_X, defer_finite=False, scanned=False):
         """Collective: check this rank's rows, agree on the global shape, classes, dtype and
         seed; every rank raises the same error on bad data (a :class:`FitData`). A
         classifier's targets become class indices (float64) into the agreed classes."""
         c = get_comm(self.comm)
-        Xl, yl, local_classes, inverse, ysig = c.run(self._prepare_local, X, y, reset, not defer_finite)
+        Xl, yl, local_classes, inverse, ysig = c.run(self._prepare_local, X, y, reset,
+                                                     not (defer_finite or scanned))
         grid = get_grid(c, self.model_parallel)
         seed = None
         if c.rank == 0:
@@ -327,7 +347,7 @@ class Trainer(BaseEstimator):
                 Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
-        checked = not defer_finite or any(m[6] for m in meta)    # CSR rows: checked above
+        checked = scanned or not defer_finite or any(m[6] for m in meta)   # CSR rows: checked above
         return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed, checked)
 
     def _check_sparse_fit(self, columns):
