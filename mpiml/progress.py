@@ -278,6 +278,10 @@ class Progress:
             self._stop.set()
             self._thread.join()
             self._stop = None
+        # the poll is often a bound method of the bar's owner, which holds the bar: a
+        # reference cycle that kept a fit's rows (through its step control and engine) in
+        # memory after the fit until Python's cyclic garbage collector ran
+        self.poll = None
         with self.lock:
             if self.closed:
                 return

@@ -206,3 +206,32 @@ def test_train_scans_the_rows_once_when_it_loads_them(tmp_path, monkeypatch, epo
     ref = SGDClassifier(**kw).fit(X, y)
     assert ("fit", X.shape) in scans or fused, scans
     assert np.array_equal(est.coef_, ref.coef_) and np.array_equal(est.intercept_, ref.intercept_)
+
+
+@pytest.mark.parametrize("kw", [dict(max_iter=3), dict(max_iter=3, verbose=1), dict(max_iter=1),
+                                dict(max_iter=3, solver="hybrid"), dict(max_iter=3, solver="lbfgs")],
+                         ids=["sgd", "verbose", "in place", "hybrid", "lbfgs"])
+def test_a_fit_frees_its_copy_of_the_rows_when_it_returns(kw, capsys):
+    """No reference cycle keeps the fit's rows (the layout's copy, the engine's plan)
+    alive after fit returns: with Python's cyclic garbage collector off, the memory the
+    fit allocated is back when it returns (a cycle through the progress display's poll
+    kept an 8 MB copy here, and 400 MB on the bench_sgd rows, until a collection)."""
+    import gc
+    import tracemalloc
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((20000, 50))
+    y = (X[:, 0] > 0).astype(np.float64)
+    SGDClassifier(tol=None, random_state=0, comm=MPI.COMM_SELF, **kw).fit(X, y)   # imports, caches
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        est = SGDClassifier(tol=None, random_state=0, comm=MPI.COMM_SELF, **kw).fit(X, y)
+        kept = tracemalloc.get_traced_memory()[0] - before
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert est.coef_.shape == (1, 50)
+    assert kept < X.nbytes / 8, (kept, peak)

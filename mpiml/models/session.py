@@ -558,6 +558,13 @@ class FitSession:
         return logs
 
     # ------------------------------------------------------------ the result
+    def release(self):
+        """Drop the rows and what holds them (layout, data, engine, synchronizer). The
+        session's parts refer to each other (bound methods and callbacks), so without this
+        the rows, a copy as large as X after a layout, stay in memory after ``fit`` returns
+        until Python's cyclic garbage collector happens to run."""
+        self.layout = self.data = self.engine = self.sync = self.validation = None
+
     def store(self):
         """Write the fit's result on the estimator: the model, the running state, the
         live parameters and what the mode adds."""

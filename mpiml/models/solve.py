@@ -178,9 +178,12 @@ class SolveSession:
         session = FitSession(sgd, data, epochs=None, reset=True, resume=None, validation=None,
                              callbacks=None, sample_weight=self._sample_weight, hooks=self.hooks,
                              in_place=False)
-        session.run()
-        session.store()
-        lay = session.layout
+        try:
+            session.run()
+            session.store()
+            lay = session.layout
+        finally:
+            session.release()
         self.obj = self._objective(lay.X, lay.y, lay.sw)
         K, d = self.K, self.data.d
         coef = np.asarray(sgd.coef_, dtype=np.float64).reshape(K, d).ravel()

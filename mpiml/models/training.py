@@ -289,8 +289,11 @@ class Trainer(BaseEstimator):
                              validation=validation, callbacks=callbacks,
                              sample_weight=sample_weight, hooks=hooks.current(),
                              overwrite=overwrite, signal_checkpoint_dir=signal_checkpoint_dir)
-        session.run()
-        session.store()
+        try:
+            session.run()
+            session.store()
+        finally:
+            session.release()
         return self
 
     def _encode_agreed(self, y):
