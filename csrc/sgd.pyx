@@ -353,11 +353,15 @@ cdef inline void _accumulate(const floating* X, Py_ssize_t nb, Py_ssize_t d, con
 cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo, Py_ssize_t hi,
                         const floating* W, const double* b, Py_ssize_t K, Loss loss,
                         floating* Mf, double* Md, double* Gd, floating* gW, double* gb,
-                        const double* sw) noexcept nogil:
+                        const double* sw, int* bad) noexcept nogil:
     """Summed loss over rows [lo, hi); gW += dW (in the data's precision), gb += db.
-    ``sw``: per-row weights (class or sample weights) or NULL."""
+    ``sw``: per-row weights (class or sample weights) or NULL. ``bad`` is set when a
+    margin is NaN or infinite: with finite parameters, only a row holding a NaN or an
+    infinity (or values so large that the margin overflows) gives one, so this is the
+    first epoch's finiteness check of rows visited in place (the caller confirms it)."""
     cdef Py_ssize_t d = X.shape[1], r0, nb, i, k, nk
     cdef double s = 0.0
+    cdef int flag = 0
     r0 = lo
     while r0 < hi:
         nb = hi - r0
@@ -368,6 +372,7 @@ cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo
         for i in range(nb):
             for k in range(K):
                 Md[i * K + k] = Mf[i * K + k] + b[k]
+                flag |= (Md[i * K + k] - Md[i * K + k]) != 0.0     # NaN or infinite
         if sw == NULL:
             s += loss.batch(Md, y + r0, Gd, nb, K)
         else:
@@ -382,6 +387,7 @@ cdef double _grad_range(const floating[:, ::1] X, const double* y, Py_ssize_t lo
                 gb[k] += Gd[i * K + k]
         _accumulate(&X[r0, 0], nb, d, Mf, K, gW)
         r0 += nb
+    bad[0] |= flag
     return s
 
 
@@ -503,6 +509,8 @@ cdef class Engine:
     cdef public bint fit_intercept
     cdef public double t
     cdef public double epoch_loss, epoch_count
+    # set when a step met a NaN or infinite margin (see _grad_range); the caller resets it
+    cdef public int margins_bad
     cdef const Py_ssize_t[::1] plan_lo, plan_hi, plan_ptr
     cdef readonly Py_ssize_t n_control
     cdef public long long checkpoint_every
@@ -649,11 +657,11 @@ cdef class Engine:
             if self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
                                  self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
-                                 &self.buf[0], &self.buf[Kd], swp)
+                                 &self.buf[0], &self.buf[Kd], swp, &self.margins_bad)
             else:
                 s += _grad_range(self.X32, &self.y[0], lo[r], hi[r], &self.w32[0], &self.w[Kd],
                                  self.K, self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
-                                 &self.g32[0], &self.buf[Kd], swp)
+                                 &self.g32[0], &self.buf[Kd], swp, &self.margins_bad)
         if not self.is64:
             for j in range(Kd):
                 self.buf[j] = self.g32[j]

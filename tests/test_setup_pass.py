@@ -55,7 +55,7 @@ def _all(ok):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("copy_X", [True, False])
-@pytest.mark.parametrize("batch", [32, "full"])
+@pytest.mark.parametrize("batch", [32, "full", 1024], ids=["copied", "one step", "in place"])
 def test_a_bad_row_found_by_the_layout_is_the_agreed_error_and_the_model_stays(copy_X, batch):
     comm = MPI.COMM_WORLD
     X, y = _shard(3000, 1)
@@ -235,3 +235,79 @@ def test_a_fit_frees_its_copy_of_the_rows_when_it_returns(kw, capsys):
         gc.enable()
     assert est.coef_.shape == (1, 50)
     assert kept < X.nbytes / 8, (kept, peak)
+
+
+def _count_scans(monkeypatch):
+    from mpiml.models import session
+    calls = []
+    real = session.first_nonfinite_row
+    monkeypatch.setattr(session, "first_nonfinite_row", lambda a: calls.append(a.shape) or real(a))
+    return calls
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("model", ["binary", "multiclass", "regressor", "partial_fit"])
+@pytest.mark.parametrize("where", ["nan", "inf", "-inf in a later block"])
+def test_the_first_epoch_stands_for_the_scan_of_rows_visited_in_place(model, where, monkeypatch):
+    """A short fit visiting the rows in place makes no scan of its own: the first epoch's
+    margins stand for it. Clean rows: not scanned at all, and the model of a fit that
+    scans first. A NaN / infinity on one rank (whatever its column, also a column whose
+    weight is still zero): the same agreed DataError naming the caller's first bad row,
+    and a fitted model stays as it was."""
+    from mpiml.models import session
+    comm = MPI.COMM_WORLD
+    X, y = _shard(8000, 7, np.float64, classes=3 if model == "multiclass" else 2)
+    if model == "regressor":
+        y = X @ np.arange(1.0, 7.0)
+    Est = SGDRegressor if model == "regressor" else SGDClassifier
+    kw = dict(max_iter=1, batch_size=1024, tol=None, random_state=0)
+    assert session.visit_in_place(1024, 1)
+    calls = _count_scans(monkeypatch)
+    a = Est(**kw).fit(X, y)
+    _all(calls == [])
+    monkeypatch.setattr(session, "IN_PLACE_EXTRA", 1e9)     # the copied layout, scanned
+    b = Est(**kw).fit(X, y)
+    monkeypatch.undo()
+    _all(np.allclose(a.coef_, b.coef_, rtol=1e-10, atol=1e-12))
+    est = Est(**kw).fit(X, y)
+    coef = est.coef_.copy()
+    last = comm.size - 1
+    bad = X.copy()
+    row = len(X) // 3 if where != "-inf in a later block" else len(X) - 5
+    if comm.rank == last:
+        bad[row, {"nan": 5, "inf": 0}.get(where, 2)] = {"nan": np.nan, "inf": np.inf}.get(where, -np.inf)
+        bad[row + 2, 1] = np.nan
+    calls = _count_scans(monkeypatch)
+    with pytest.raises(DataError) as info:
+        if model == "partial_fit":
+            est.partial_fit(bad, y)
+        else:
+            est.fit(bad, y)
+    _all(len(set(comm.allgather(str(info.value)))) == 1)
+    msg = str(info.value)
+    _all("NaN or infinity" in msg and (comm.rank != last or f"local row {row}" in msg))
+    _all(np.array_equal(est.coef_, coef))
+    # scanned where flagged: the rank holding the bad row, and ranks whose later margins
+    # met the NaN the Allreduce spread into the weights
+    _all(len(calls) == 1 if comm.rank == last else len(calls) <= 1)
+
+
+@pytest.mark.mpi
+def test_margins_that_overflow_are_not_bad_rows(monkeypatch):
+    """Finite values so large that a float32 margin overflows are flagged by the kernel,
+    scanned, found finite: no DataError; the fit goes on and ends as the fit that scans
+    first does (here: diverged, the overflowing margins' losses being infinite)."""
+    from mpiml.errors import TrainingError
+    from mpiml.models import session
+    X, y = _shard(6000, 8, np.float32)
+    X[::7, 0] = 3e38
+    kw = dict(max_iter=1, batch_size=1024, tol=None, random_state=0, learning_rate="constant",
+              eta0=1e-3, alpha=0.0)
+    calls = _count_scans(monkeypatch)
+    with pytest.raises(TrainingError, match="diverged") as a:
+        SGDClassifier(**kw).fit(X, y)
+    _all(len(calls) == 1)
+    monkeypatch.setattr(session, "IN_PLACE_EXTRA", 1e9)
+    with pytest.raises(TrainingError, match="diverged") as b:
+        SGDClassifier(**kw).fit(X, y)
+    _all(str(a.value) == str(b.value))

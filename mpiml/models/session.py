@@ -34,6 +34,7 @@ import os
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 from .._kernels.stats import permute_rows, take_rows
 from ..checkpoint import CheckpointPolicy, write_checkpoint
@@ -174,7 +175,7 @@ class Layout:
     the epoch plans over them."""
 
     def __init__(self, X, y, sw, n_global, offset, batch, own, ranges=True, check=False,
-                 epochs=None):
+                 epochs=None, check_in_epoch=False):
         self.n_global, self.offset, self.own = n_global, offset, own
         self.X, self.y, self.sw, self.batch = X, y, sw, batch
         # CSR rows stay where they are when the engine visits several ranges per step
@@ -196,7 +197,10 @@ class Layout:
             self.own = True
             y = y[self.perm]
             sw = sw[self.perm] if sw is not None else None
-        elif check and X.size:
+        # dense rows visited in place: the first epoch's margins can stand for the scan
+        # (``check_in_epoch``, see FitSession._check_first_epoch)
+        self.scan_deferred = bool(check and check_in_epoch and self.in_place and not self.sparse)
+        if self.perm is None and check and X.size and not self.scan_deferred:
             bad = first_nonfinite_row(X) is not None
         if bad:
             # the caller's first such row (its order, as the check before the layout named it)
@@ -277,17 +281,20 @@ class FitSession:
             fit_scaler(est, grid, data.X, data.columns)
         self.K, y_enc, self.loss = est._encode_agreed(data.y)
         sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
+        self.prior = prior
+        # no state of the first epoch can be saved (no checkpoint or run directory), so
+        # that epoch may stand for the finiteness scan of rows visited in place
+        in_epoch = not (est.checkpoint_dir or est.run_dir or signal_checkpoint_dir) and \
+            getattr(est, "sync", None) == "allreduce" and not getattr(est, "overlap", False) and \
+            str(getattr(est, "compress", None)) in ("none", "None")
         try:
             self.layout = c.run(Layout, data.X, y_enc, sw, n_global, data.offset, batch,
                                 data.own, ranges=self.grid.K == 1 and est._engine_ranges,
                                 check=not data.checked,
                                 epochs=(est.max_iter if epochs is None else epochs)
-                                if in_place else None)
+                                if in_place else None, check_in_epoch=in_epoch)
         except DataError:
-            # bad rows found by the layout's scan: a fitted model stays as it was
-            for name in ("n_features_in_", "classes_"):
-                est.__dict__.pop(name, None)
-            est.__dict__.update(prior)
+            self._restore_prior()       # bad rows found by the layout's scan
             raise
         if hasattr(est, "scale_offset_"):
             self.layout.scale(est, data.columns)
@@ -310,6 +317,7 @@ class FitSession:
         if est.run_dir is not None:
             self._open_run_dir()
         self.pending_batch = None
+        self.scan_pending = self.layout.scan_deferred
 
     def _make_synchronizer(self, signal_checkpoint_dir):
         est, c = self.est, self.c
@@ -474,6 +482,8 @@ class FitSession:
                     epoch = st.n_iter
                     control.where = f"epoch {epoch + 1} (step Allreduce)"
                     stats = self.sync.run_epoch(self.engine, epoch, start)
+                    if self.scan_pending:
+                        self._check_first_epoch()
                     start = 0
                     st.n_iter += 1
                     mean_loss = stats.loss / stats.count
@@ -558,6 +568,37 @@ class FitSession:
         return logs
 
     # ------------------------------------------------------------ the result
+    def _restore_prior(self):
+        """Bad rows: a fitted model stays as it was (nothing else was stored yet)."""
+        for name in ("n_features_in_", "classes_"):
+            self.est.__dict__.pop(name, None)
+        self.est.__dict__.update(self.prior)
+
+    def _check_first_epoch(self):
+        """The finiteness check of rows visited in place, folded into the first epoch's
+        read of them: with finite parameters a margin is NaN or infinite only for a row
+        holding a NaN or an infinity (or for values so large that the margin overflows),
+        so the kernel flags such margins, and only then are the rows scanned. A bad row
+        is the DataError the scan before the fit would have raised (agreed, naming the
+        caller's first bad row); nothing of the epoch is stored, a fitted model stays as
+        it was. One extra Allreduce of one integer per fit."""
+        self.scan_pending = False
+        flagged = bool(self.engine.margins_bad)
+        self.engine.margins_bad = 0
+        if not self.c.allreduce(int(flagged), op=MPI.MAX):
+            return
+        X = self.layout.X
+
+        def scan():
+            row = first_nonfinite_row(X) if flagged and X.size else None
+            if row is not None:
+                raise DataError(f"Input X contains NaN or infinity (local row {row})")
+        try:
+            self.c.run(scan)
+        except DataError:
+            self._restore_prior()
+            raise
+
     def release(self):
         """Drop the rows and what holds them (layout, data, engine, synchronizer). The
         session's parts refer to each other (bound methods and callbacks), so without this
