@@ -69,6 +69,18 @@ def epochs_of(clf_kwargs, X, y, comm, epochs):
     return float(np.median(clf.epoch_times_[1:])), clf
 
 
+def read_pass(c, X, reps):
+    """Median seconds of one numpy read pass ``X @ w`` over the rank's rows (slowest rank)."""
+    w = np.ones(X.shape[1], dtype=X.dtype)
+    reads = []
+    for _ in range(reps):
+        c.barrier()
+        t0 = MPI.Wtime()
+        X @ w
+        reads.append(c.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
+    return float(np.median(reads))
+
+
 def whole_fit(args, c):
     """Part 3: the whole ``fit()`` call for one epoch (input validation and agreement,
     layout, the epoch, storing the model) on all ranks, and what it costs beyond the
@@ -84,14 +96,7 @@ def whole_fit(args, c):
         walls.append(c.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
         epochs.append(c.allreduce(clf.epoch_times_[0], op=MPI.MAX))
     wall, epoch = float(np.median(walls[1:])), float(np.median(epochs[1:]))
-    w = np.ones(X.shape[1], dtype=X.dtype)
-    reads = []
-    for _ in range(args.reps):
-        c.barrier()
-        t0 = MPI.Wtime()
-        X @ w
-        reads.append(c.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
-    read = float(np.median(reads))
+    read = read_pass(c, X, args.reps)
     c.print0(f"\n{c.size} rank(s): whole fit() of one epoch (batch 256)  {wall * 1e3:8.1f} ms "
              f"= {wall / read:.2f}x the read pass ({read * 1e3:.1f} ms; target <= 2.5x); "
              f"epoch loop {epoch * 1e3:8.1f} ms; the rest {(wall - epoch) * 1e3:7.1f} ms")
@@ -121,13 +126,7 @@ def train_run(args, c):
             t0 = MPI.Wtime()
             X = h5read()
             h5.append(c.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
-    w = np.ones(d, dtype=X.dtype)
-    reads = []
-    for _ in range(args.reps):
-        c.barrier()
-        t0 = MPI.Wtime()
-        X @ w
-        reads.append(c.allreduce(MPI.Wtime() - t0, op=MPI.MAX))
+    read = read_pass(c, X, args.reps)
     del X
     kw = dict(max_iter=1, tol=None, batch_size=256, learning_rate="constant", eta0=0.05,
               random_state=0, comm=c)
@@ -136,7 +135,7 @@ def train_run(args, c):
         c.barrier()
         _, info = train_from_file(SGDClassifier(**kw), args.data)
         runs.append(c.allreduce(info["load_seconds"] + info["fit_seconds"], op=MPI.MAX))
-    h5, read, run = float(np.median(h5[1:])), float(np.median(reads)), float(np.median(runs[1:]))
+    h5, run = float(np.median(h5[1:])), float(np.median(runs[1:]))
     bound = h5 + 1.5 * read
     c.print0(f"\n{c.size} rank(s): mpiml train, 1 epoch: load + fit {run * 1e3:8.1f} ms = "
              f"{run / bound:.2f}x the bound (h5py read {h5 * 1e3:.1f} ms + 1.5 x read pass "
