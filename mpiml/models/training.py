@@ -322,7 +322,7 @@ class Trainer(BaseEstimator):
         # rows are counted once per replica: over the data-parallel communicator
         meta = grid.data.allgather((Xl.shape[0], Xl.shape[1], Xl.dtype.str,
                                     None if local_classes is None else local_classes.tolist(),
-                                    ysig[0], self._feature_names(), is_sparse(Xl)))
+                                    ysig[0], self._feature_names(), is_sparse(Xl), scanned))
         group = grid.model.allgather((Xl.shape[0], ysig[1], Xl.shape[1]))
         d, cls = c.run(self._check_global, c, meta, group, Xl, reset, classes, columns)
         if cls is not None:
@@ -350,7 +350,8 @@ class Trainer(BaseEstimator):
                 Xl = np.zeros((0, Xl.shape[1] if columns is not None else d), dtype=dtype)
         n_global = sum(m[0] for m in meta)
         offset = sum(m[0] for m in meta[:grid.data.rank])
-        checked = scanned or not defer_finite or any(m[6] for m in meta)   # CSR rows: checked above
+        # agreed: whether the fit's first epoch makes one more Allreduce depends on it
+        checked = all(m[7] for m in meta) or not defer_finite or any(m[6] for m in meta)
         return FitData(c, grid, Xl, yl, meta, n_global, offset, d, cls, own, columns, seed, checked)
 
     def _check_sparse_fit(self, columns):
