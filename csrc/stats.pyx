@@ -101,16 +101,22 @@ def permute_rows(unsigned char[:, ::1] X, const Py_ssize_t[::1] perm):
     free(tmp)
 
 
+cdef inline int _any_bad(const floating* p, Py_ssize_t n) noexcept nogil:
+    """Whether any of the ``n`` values at ``p`` is NaN or infinite (an integer OR
+    reduction over ``x - x != 0``, which the compiler vectorises)."""
+    cdef Py_ssize_t k
+    cdef int flag = 0
+    for k in range(n):
+        flag |= (p[k] - p[k]) != 0.0
+    return flag
+
+
 cdef inline Py_ssize_t _first_bad_row(const floating* p, Py_ssize_t rows,
                                      Py_ssize_t d) noexcept nogil:
     """The first of ``rows`` rows of ``d`` values at ``p`` holding NaN or infinity, or -1."""
-    cdef Py_ssize_t i, k
-    cdef int flag
+    cdef Py_ssize_t i
     for i in range(rows):
-        flag = 0
-        for k in range(d):
-            flag |= (p[i * d + k] - p[i * d + k]) != 0.0      # NaN or infinite
-        if flag:
+        if _any_bad(p + i * d, d):
             return i
     return -1
 
@@ -142,16 +148,6 @@ def take_rows(const floating[:, ::1] X, const Py_ssize_t[::1] perm, floating[:, 
                     bad = i + r
             i += m
     return bad
-
-
-cdef inline int _any_bad(const floating* p, Py_ssize_t n) noexcept nogil:
-    """Whether any of the ``n`` values at ``p`` is NaN or infinite (an integer OR
-    reduction over ``x - x != 0``, which the compiler vectorises)."""
-    cdef Py_ssize_t k
-    cdef int flag = 0
-    for k in range(n):
-        flag |= (p[k] - p[k]) != 0.0
-    return flag
 
 
 def first_nonfinite_row(const floating[:, ::1] X):

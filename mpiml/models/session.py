@@ -285,8 +285,7 @@ class FitSession:
         # no state of the first epoch can be saved (no checkpoint or run directory), so
         # that epoch may stand for the finiteness scan of rows visited in place
         in_epoch = not (est.checkpoint_dir or est.run_dir or signal_checkpoint_dir) and \
-            getattr(est, "sync", None) == "allreduce" and not getattr(est, "overlap", False) and \
-            str(getattr(est, "compress", None)) in ("none", "None")
+            mode_of(est.sync, est.compress, est.overlap, False)[0] == "allreduce"
         try:
             self.layout = c.run(Layout, data.X, y_enc, sw, n_global, data.offset, batch,
                                 data.own, ranges=self.grid.K == 1 and est._engine_ranges,
