@@ -14,7 +14,8 @@ Stopping (the rule scipy's L-BFGS-B applies for scikit-learn's ``lbfgs``):
 * ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= 64 * machine epsilon``
   (no more progress to be made in float64); or
 * the line search finds no acceptable step (rounding limits progress): reported as not
-  converged, as scipy does; or ``max_iter`` iterations.
+  converged, as scipy does (L-BFGS first drops its curvature pairs and tries once more
+  along the steepest descent); or ``max_iter`` iterations.
 """
 from collections import deque, namedtuple
 
@@ -187,6 +188,12 @@ def lbfgs(fun, x0, tol, max_iter, memory=10, start=None, on_iter=None):
             p = -g
         step = 1.0 if pairs else min(1.0, 1.0 / np.linalg.norm(g))
         found = wolfe_search(fun, x, f, g, p, step)
+        if found is None and pairs:
+            # the quasi-Newton direction failed (its curvature pairs can be stale near the
+            # optimum): restart once from steepest descent before giving up
+            pairs.clear()
+            p = -g
+            found = wolfe_search(fun, x, f, g, p, min(1.0, 1.0 / np.linalg.norm(g)))
         if found is None:
             return Result(x, f, it, "line_search", fun.calls)
         a, f_new, g_new = found
