@@ -13,9 +13,13 @@ Stopping (the rule scipy's L-BFGS-B applies for scikit-learn's ``lbfgs``):
   coefficient is at zero and the penalty dominates); or
 * ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= 64 * machine epsilon``
   (no more progress to be made in float64); or
-* the line search finds no acceptable step (rounding limits progress): reported as not
-  converged, as scipy does (L-BFGS first drops its curvature pairs and tries once more
-  along the steepest descent); or ``max_iter`` iterations.
+* the line search finds no acceptable step: reported as not converged, as scipy does
+  (L-BFGS first drops its curvature pairs and tries once more along the steepest
+  descent); or ``max_iter`` iterations.
+
+The line search takes strong-Wolfe steps, and also Hager & Zhang's approximate-Wolfe
+steps where the decrease is below the rounding of ``f`` (:func:`_within_rounding`): a
+gradient tolerance the loss alone cannot resolve is still reached.
 """
 from collections import deque, namedtuple
 
@@ -100,13 +104,25 @@ def _interpolate(lo, hi):
     return a
 
 
+def _within_rounding(f, f0, d, d0, c2):
+    """Hager & Zhang's approximate Wolfe conditions: ``f`` no higher than ``f0`` by more
+    than float64 can resolve in a sum of this size (:data:`FTOL` relative) and the slope
+    ``d`` down to ``c2`` of ``d0`` in magnitude. Near the optimum the decrease a step can
+    make falls below rounding (``|g| ~ 1e-9`` predicts ``1e-17`` on ``f ~ 0.3``): the
+    sufficient-decrease test then compares noise, and the slope decides alone."""
+    return bool(np.isfinite(f) and f <= f0 + FTOL * max(abs(f0), 1.0) and abs(d) <= -c2 * d0)
+
+
 def _zoom(fun, x, p, f0, d0, lo, hi, c1, c2, evals):
     """Nocedal & Wright's zoom: a step between ``lo`` and ``hi`` (tuples step, f, slope,
-    gradient) satisfying the strong Wolfe conditions, or None."""
+    gradient) satisfying the strong Wolfe conditions (or their approximate form,
+    :func:`_within_rounding`), or None."""
     for _ in range(evals):
         a = _interpolate(lo, hi)
         f, g = fun(x + a * p)
         d = g @ p
+        if _within_rounding(f, f0, d, d0, c2):
+            return a, f, g
         if not np.isfinite(f) or f > f0 + c1 * a * d0 or f >= lo[1]:
             hi = (a, f, d, g)
             continue
@@ -123,13 +139,16 @@ def _zoom(fun, x, p, f0, d0, lo, hi, c1, c2, evals):
 
 def wolfe_search(fun, x, f0, g0, p, step=1.0, c1=1e-4, c2=0.9, evals=40):
     """A step ``a`` along the descent direction ``p`` satisfying the strong Wolfe
-    conditions (bracketing, then :func:`_zoom`); returns ``(a, f, g)`` or None."""
+    conditions (bracketing, then :func:`_zoom`), or their approximate form where the
+    decrease is below rounding (:func:`_within_rounding`); returns ``(a, f, g)`` or None."""
     d0 = g0 @ p
     prev = (0.0, f0, d0, g0)
     a = step
     for i in range(evals):
         f, g = fun(x + a * p)
         d = g @ p
+        if _within_rounding(f, f0, d, d0, c2):
+            return a, f, g
         if not np.isfinite(f) or f > f0 + c1 * a * d0 or (i > 0 and f >= prev[1]):
             return _zoom(fun, x, p, f0, d0, prev, (a, f, d, g), c1, c2, evals)
         if abs(d) <= -c2 * d0:
