@@ -192,3 +192,122 @@ def integral_labels(const floating[::1] y, Py_ssize_t[::1] out, Py_ssize_t max_r
                 out[i] = <Py_ssize_t>v
                 ok &= (<double>out[i] == v)       # NaN, a fraction: not equal
     return (lo, hi) if ok else None
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t preadv(int fd, const iovec* iov, int iovcnt, long long offset)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EINTR
+
+# iovecs per preadv call (POSIX guarantees IOV_MAX >= 16; Linux has 1024) and bytes per
+# call: the rows a call has just written are scanned while they are still in cache
+cdef int READ_IOVS = 1024
+cdef Py_ssize_t READ_BYTES = 4 << 20
+
+
+cdef Py_ssize_t _pread_full(int fd, iovec* iov, int n, long long off) noexcept nogil:
+    """preadv of all ``n`` iovecs (short reads continued, EINTR retried): 0, or -errno,
+    or -1000000 at the end of the file."""
+    cdef ssize_t got
+    while n > 0:
+        got = preadv(fd, iov, n, off)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return -errno
+        if got == 0:
+            return -1000000
+        off += got
+        while n > 0 and <size_t>got >= iov[0].iov_len:
+            got -= iov[0].iov_len
+            iov += 1
+            n -= 1
+        if n > 0:
+            iov[0].iov_base = <char*>iov[0].iov_base + got
+            iov[0].iov_len -= got
+    return 0
+
+
+def pread_rows(int fd, const long long[::1] ext_at, const Py_ssize_t[::1] ext_rows,
+               floating[:, ::1] out, where=None):
+    """Read ``n = out.shape[0]`` rows from the file ``fd`` straight into ``out``: file
+    row ``r`` goes to ``out[where[r]]`` (``out[r]`` when ``where`` is None). The rows
+    are stored (native-endian, C order) in extents: extent ``e`` holds the next
+    ``ext_rows[e]`` rows, contiguous from byte ``ext_at[e]`` (one extent for a contiguous HDF5 dataset, one per chunk for a chunked
+    unfiltered one). Each run of rows whose places are consecutive is one iovec, so the
+    kernel copies from the page cache into the final order (no second copy of the rows);
+    up to ``READ_IOVS`` runs and ~``READ_BYTES`` per call, and the rows a call has just
+    written are scanned for NaN / infinity while they are in cache. Returns the first
+    file row holding one, or -1; raises OSError (EOFError for a file that ends early)."""
+    cdef Py_ssize_t n = out.shape[0], d = out.shape[1], r, m, k, nio, row = d * sizeof(floating)
+    cdef Py_ssize_t first, bytes_, bad = -1, err = 0, e = 0, e_end, total = 0
+    cdef long long at
+    if where is None:
+        where = np.arange(n, dtype=np.intp)
+    cdef const Py_ssize_t[::1] place = where
+    if place.shape[0] != n:
+        raise ValueError(f"where has {place.shape[0]} entries for {n} rows")
+    if ext_at.shape[0] != ext_rows.shape[0]:
+        raise ValueError("ext_at and ext_rows differ in length")
+    for e in range(ext_rows.shape[0]):
+        if ext_rows[e] <= 0 or ext_at[e] < 0:
+            raise ValueError("an extent is empty or before the file's start")
+        total += ext_rows[e]
+    if total != n:
+        raise ValueError(f"the extents hold {total} rows, not {n}")
+    seen = np.zeros(n if where is not None else 0, dtype=np.uint8)
+    cdef unsigned char[::1] taken = seen
+    for r in range(n if where is not None else 0):
+        if place[r] < 0 or place[r] >= n or taken[place[r]]:
+            raise ValueError("where is not a permutation of the rows")
+        taken[place[r]] = 1
+    if n == 0 or d == 0:
+        return -1
+    cdef iovec* iov = <iovec*> malloc(READ_IOVS * sizeof(iovec))
+    cdef Py_ssize_t* runs = <Py_ssize_t*> malloc(READ_IOVS * 2 * sizeof(Py_ssize_t))
+    if iov == NULL or runs == NULL:
+        free(iov)
+        free(runs)
+        raise MemoryError()
+    with nogil:
+        r, e, e_end = 0, 0, ext_rows[0]
+        while r < n and err == 0:
+            if r == e_end:
+                e += 1
+                e_end += ext_rows[e]
+            # one call: runs of this extent's rows from r on
+            first, nio, bytes_ = r, 0, 0
+            while r < e_end and nio < READ_IOVS and bytes_ < READ_BYTES:
+                m = 1
+                while r + m < e_end and place[r + m] == place[r] + m:
+                    m += 1
+                iov[nio].iov_base = <void*>&out[place[r], 0]
+                iov[nio].iov_len = m * row
+                runs[2 * nio] = place[r]
+                runs[2 * nio + 1] = m
+                nio += 1
+                bytes_ += m * row
+                r += m
+            at = ext_at[e] + <long long>(first - (e_end - ext_rows[e])) * row
+            err = _pread_full(fd, iov, <int>nio, at)
+            if err == 0 and bad < 0:
+                # in file order: the first run holding a bad row holds the first bad row
+                m = first
+                for k in range(nio):
+                    if _any_bad(&out[runs[2 * k], 0], runs[2 * k + 1] * d):
+                        bad = m + _first_bad_row(&out[runs[2 * k], 0], runs[2 * k + 1], d)
+                        break
+                    m += runs[2 * k + 1]
+    free(iov)
+    free(runs)
+    if err == -1000000:
+        raise EOFError("the file ends before the rows it should hold")
+    if err != 0:
+        import os
+        raise OSError(-err, os.strerror(-err))
+    return bad

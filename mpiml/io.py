@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from ._kernels.stats import first_nonfinite_row as first_nonfinite_rows_kernel
+from ._kernels.stats import pread_rows
 from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 # the file-safety rules io and sparse_io share (re-exported: other modules import them from here)
@@ -295,13 +296,85 @@ def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_extern
         dX = _dataset(f, path, X, "the features", allow_external)
         yl = _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external)
         Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
-        if hi > lo:
-            if dX.dtype == out_dtype:
-                dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
-            else:
-                Xl[...] = dX[lo:hi, c0:c1]
-        _check_finite(Xl, path, X, lo)
+        bad = _read_stored_rows(f, dX, path, X, lo, hi, Xl) if (c0, c1) == (0, dX.shape[1]) \
+            else None
+        if bad is None:
+            if hi > lo:
+                if dX.dtype == out_dtype:
+                    dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
+                else:
+                    Xl[...] = dX[lo:hi, c0:c1]
+            bad = first_nonfinite_row(Xl)
+        if bad is not None and bad >= 0:
+            raise DataError(f"{path}: dataset '{X}' has a NaN or infinite value at row {lo + bad}")
         return Xl, yl
+
+
+def _stored_extents(dX, lo, hi):
+    """Where rows ``lo:hi`` of ``dX`` lie in its file, when they lie there as they are
+    (no filter, native byte order, whole rows): ``(byte offsets, rows)`` of the runs of
+    contiguous rows (one for a contiguous dataset, one per chunk of whole rows, adjacent
+    chunks merged), or None."""
+    dcpl = dX.id.get_create_plist()
+    row = dX.shape[1] * dX.dtype.itemsize
+    if not dX.dtype.isnative or dX.dtype.kind != "f" or dcpl.get_nfilters() or hi <= lo:
+        return None
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        base = dX.id.get_offset()
+        return None if base is None else ([base + lo * row], [hi - lo])
+    if layout != h5py.h5d.CHUNKED or dX.chunks[1] != dX.shape[1]:
+        return None
+    cr = dX.chunks[0]
+    stored = {}
+    keep = lambda info: stored.__setitem__(info.chunk_offset[0], info)   # noqa: E731
+    if hasattr(dX.id, "chunk_iter"):
+        dX.id.chunk_iter(keep)
+    else:
+        for i in range(dX.id.get_num_chunks()):
+            keep(dX.id.get_chunk_info(i))
+    at, rows = [], []
+    for c in range(lo // cr * cr, hi, cr):
+        info = stored.get(c)
+        if info is None or info.filter_mask or info.byte_offset is None or info.size != cr * row:
+            return None           # a chunk never written (fill values) or filtered
+        first, last = max(lo, c), min(hi, c + cr)
+        start = info.byte_offset + (first - c) * row
+        if at and at[-1] + rows[-1] * row == start:
+            rows[-1] += last - first
+        else:
+            at.append(start)
+            rows.append(last - first)
+    return at, rows
+
+
+def _read_stored_rows(f, dX, path, name, lo, hi, out):
+    """Rows ``lo:hi`` of ``dX`` read with ``pread`` from where the file stores them, the
+    NaN / infinity scan fused into the read (:func:`mpiml._kernels.stats.pread_rows`:
+    one pass, against h5py's read plus a scan), when they are stored as ``out`` holds
+    them (:func:`_stored_extents`) in the file ``path`` itself; the first bad row (or -1),
+    or None to read them with h5py. The first and last rows are compared with h5py's."""
+    if f.driver != "sec2" or dX.dtype != out.dtype or dX.file.filename != f.filename:
+        return None
+    extents = _stored_extents(dX, lo, hi)
+    if extents is None:
+        return None
+    row = out.shape[1] * out.itemsize
+    size = os.path.getsize(path)
+    if any(not 0 <= at <= size - m * row for at, m in zip(*extents)):
+        return None       # an offset outside the file (a damaged file): h5py reports it
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        bad = pread_rows(fd, np.asarray(extents[0], dtype=np.int64),
+                         np.asarray(extents[1], dtype=np.intp), out)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read dataset '{name}': {exc}") from None
+    finally:
+        os.close(fd)
+    if not (np.array_equal(dX[lo], out[0], equal_nan=True) and
+            np.array_equal(dX[hi - 1], out[-1], equal_nan=True)):
+        return None       # the file's offsets mean something else here: h5py reads them
+    return bad
 
 
 def _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external=False):

@@ -73,6 +73,74 @@ def test_load_hdf5_without_y(comm, shared_tmp):
         load_hdf5(path, require_y=True)
 
 
+# how X is stored: (h5py dataset options, file options, whether load_hdf5 reads the rows
+# with pread from where the file stores them -- else through h5py)
+STORED = {
+    "contiguous": (dict(), {}, True),
+    "chunks of whole rows": (dict(chunks=(9, 7)), {}, True),
+    "userblock": (dict(), dict(userblock_size=1024), True),
+    "chunks of some columns": (dict(chunks=(9, 3)), {}, False),
+    "compressed": (dict(chunks=(9, 7), compression="gzip"), {}, False),
+    "float64 read as float32": (dict(dtype="f8"), {}, False),
+    "big-endian": (dict(dtype=">f4"), {}, False),
+    "chunks never written": (dict(chunks=(9, 7), fill="half"), {}, False),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("layout", list(STORED))
+def test_rows_read_where_the_file_stores_them_equal_h5pys(comm, shared_tmp, layout, monkeypatch):
+    import mpiml.io as io
+    kw, file_kw, direct = STORED[layout]
+    kw = dict(kw)
+    path = os.path.join(shared_tmp, "stored.h5")
+    X = np.random.default_rng(1).normal(size=(103, 7)).astype(np.float32)
+    if comm.rank == 0:
+        half = kw.pop("fill", None)
+        with h5py.File(path, "w", **file_kw) as f:
+            dt = kw.pop("dtype", "f4")
+            ds = f.create_dataset("X", shape=X.shape, dtype=dt, **kw)
+            ds[: 9 if half else None] = X[: 9 if half else None]     # one chunk
+            f["y"] = np.arange(103.0)
+        before = open(path, "rb").read()
+    comm.barrier()
+    preads = []
+    real = io.pread_rows
+    monkeypatch.setattr(io, "pread_rows", lambda *a: preads.append(1) or real(*a))
+    Xl, yl = load_hdf5(path, dtype="float32")
+    with h5py.File(path, "r") as f:
+        expect = f["X"][:].astype(np.float32)
+    _check_shards(comm, Xl, expect)
+    assert comm.allgather(bool(preads)) == [direct] * comm.size
+    lo, hi = comm.chunk(103)
+    np.testing.assert_array_equal(yl, np.arange(103.0)[lo:hi])
+    comm.barrier()
+    if comm.rank == 0:
+        assert open(path, "rb").read() == before
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("chunks", [None, (4, 5)])
+@pytest.mark.parametrize("bad", [[0], [13, 40], [40, 13], [102]])
+def test_the_first_bad_row_is_named_whichever_run_holds_it(comm, shared_tmp, chunks, bad):
+    """The scan fused into the direct read names the shard's first bad row (in file order,
+    across chunks and reads), as the scan after an h5py read does; every rank raises."""
+    path = os.path.join(shared_tmp, "bad.h5")
+    X = np.ones((103, 5), dtype=np.float32)
+    for i, r in enumerate(bad):
+        X[r, (r + 2) % 5] = np.inf if i else np.nan
+    if comm.rank == 0:
+        _write(path, X=(X, dict(chunks=chunks)), y=(np.zeros(103), {}))
+    comm.barrier()
+    from mpiml.comm import chunk
+    owner = [r for r in range(comm.size) if chunk(103, comm.size, r)[0] <= min(bad) <
+             chunk(103, comm.size, r)[1]]
+    message = rf"NaN or infinite value at row {min(bad)}( \(on rank [\d, ]+\))?$"
+    with pytest.raises(DataError, match=message) as info:
+        load_hdf5(path)
+    assert owner[0] in info.value.ranks
+
+
 @pytest.mark.mpi
 def test_nan_on_one_shard_fails_everywhere(comm, shared_tmp):
     path = os.path.join(shared_tmp, "nan.h5")

@@ -3,6 +3,8 @@ copied into step order run by run with the NaN / infinity scan fused into the co
 (``mpiml._kernels.stats.take_rows``), and a bad row found there is the same agreed
 DataError, naming the same local row, before any update, with a fitted model left as
 it was. Runs plain and under mpiexec (1, 2, 3 ranks)."""
+import os
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -30,6 +32,58 @@ def test_take_rows_is_numpys_take_and_finds_the_first_bad_row(dtype, n, batch, o
         got = stats.take_rows(bad, perm, out)
         expect = np.flatnonzero(~np.isfinite(np.take(bad, perm, axis=0)).all(axis=1))[0]
         assert got == expect
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("extents", [[1000], [1, 999], [300, 300, 400], [7] * 142 + [6]])
+@pytest.mark.parametrize("order", ["file", "step"])
+def test_pread_rows_reads_each_extent_into_its_place_and_finds_the_first_bad_row(
+        tmp_path, dtype, extents, order):
+    """``pread_rows``: rows stored in extents anywhere in a file (chunks in any order, gaps
+    between them) land in their places, as numpy reads them; the first bad row in file
+    order is found whichever read and run holds it."""
+    rng = np.random.default_rng(len(extents))
+    X = rng.standard_normal((1000, 5)).astype(dtype)
+    starts = np.cumsum([0] + extents[:-1])
+    # the extents stored in reverse order with 13 bytes of gap before each
+    blob, at = b"", {}
+    for s, m in reversed(list(zip(starts, extents))):
+        blob += b"x" * 13
+        at[s] = len(blob)
+        blob += X[s:s + m].tobytes()
+    path = tmp_path / "rows.bin"
+    path.write_bytes(blob)
+    where = None
+    expect = X
+    if order == "step":
+        perm, _ = group_layout(1000, 64, 0, 1000)
+        where = np.empty(1000, dtype=np.intp)
+        where[perm] = np.arange(1000)
+        expect = X[perm]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ext_at = np.array([at[s] for s in starts], dtype=np.int64)
+        ext_rows = np.array(extents, dtype=np.intp)
+        out = np.empty_like(X)
+        assert stats.pread_rows(fd, ext_at, ext_rows, out, where) == -1
+        assert np.array_equal(out, expect)
+        for rows in ([999], [0], [640, 3], [3, 640]):
+            bad = X.copy()
+            bad[rows, 2] = np.nan
+            bad[rows[-1], 4] = -np.inf
+            path.write_bytes(b"".join(b"x" * 13 + bad[s:s + m].tobytes()
+                                      for s, m in reversed(list(zip(starts, extents)))))
+            assert stats.pread_rows(fd, ext_at, ext_rows, out, where) == min(rows)
+        # a file that ends before its rows
+        os.truncate(path, len(blob) - 1)
+        with pytest.raises(EOFError):
+            stats.pread_rows(fd, ext_at, ext_rows, out, where)
+        with pytest.raises(ValueError):
+            stats.pread_rows(fd, ext_at, ext_rows, out, np.zeros(1000, dtype=np.intp))
+        with pytest.raises(ValueError):
+            stats.pread_rows(fd, ext_at, ext_rows - 1, out)
+    finally:
+        os.close(fd)
 
 
 def test_take_rows_refuses_bad_indices():
@@ -193,6 +247,10 @@ def test_train_scans_the_rows_once_when_it_loads_them(tmp_path, monkeypatch, epo
         return scan
 
     monkeypatch.setattr(io, "first_nonfinite_row", counting("load", io.first_nonfinite_row))
+    # the read from where the file stores the rows scans them as it reads them
+    real_pread = io.pread_rows
+    monkeypatch.setattr(io, "pread_rows", lambda fd, at, rows, out, *a: scans.append(
+        ("load", out.shape)) or real_pread(fd, at, rows, out, *a))
     monkeypatch.setattr(session, "first_nonfinite_row", counting("fit", session.first_nonfinite_row))
     monkeypatch.setattr(training, "first_nonfinite_row", counting("fit", training.first_nonfinite_row))
     fused = []
