@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ._kernels.stats import first_nonfinite_row as first_nonfinite_rows_kernel
-from ._kernels.stats import pread_rows
+from ._kernels.stats import permute_rows, pread_rows
 from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
 # the file-safety rules io and sparse_io share (re-exported: other modules import them from here)
@@ -172,7 +172,7 @@ def _row_part(c, grid, sync):
 
 
 def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
-              split_features=False, sync="allreduce", allow_external=False):
+              split_features=False, sync="allreduce", allow_external=False, step_order=None):
     """Read this rank's rows of ``X`` (and ``y``) from an HDF5 file.
 
     Collective. Rows are split by :func:`mpiml.comm.chunk`; no rank reads rows
@@ -200,6 +200,13 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
         Follow HDF5 external links to the datasets (refused by default: mpiml reads only
         the file it is given). External raw storage and virtual datasets are always
         refused.
+    step_order : int or callable, optional
+        A global batch size (or a function of the global row count giving one, or None):
+        dense rows (and ``y``) come in the order a fit at that batch size visits them,
+        row ``i`` the shard's row ``perm[i]`` of :func:`mpiml.parallel.data.group_layout`
+        (``n``, the batch size, the shard's first row, its rows); read straight into that
+        order where the file stores the rows as they are. ``mpiml train`` loads so when
+        its fit would copy the rows into step order. Dense rows, no ``split_features``.
 
     ``X`` may also name a CSR group in anndata's on-disk layout (:mod:`mpiml.sparse_io`,
     docs/sparse.md): then each rank reads only its rows' range of the stored values
@@ -241,8 +248,19 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     n, out_dtype, lo, hi, c0, c1 = c.run(plan)
     check_node_memory(c, (hi - lo) * (c1 - c0) * out_dtype.itemsize, f"{path}: '{X}'")
 
+    order = None if split_features else _step_permutation(step_order, n, lo, hi)
     return c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
-                 allow_external)
+                 allow_external, order)
+
+
+def _step_permutation(step_order, n, lo, hi):
+    """The shard ``lo:hi``'s rows in the step order of :func:`load_hdf5`'s ``step_order``
+    (a permutation), or None (file order)."""
+    batch = step_order(n) if callable(step_order) else step_order
+    if batch is None:
+        return None
+    from .parallel.data import group_layout
+    return group_layout(n, int(batch), lo, hi - lo)[0]
 
 
 def _my_block(c, grid, parts, part, path, n, d, split_features):
@@ -290,14 +308,20 @@ def _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y, split_fe
     return c.run(read)
 
 
-def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_external):
-    """This rank's hyperslab ``[lo:hi, c0:c1]`` of ``X`` and rows of ``y`` (checked)."""
+def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_external,
+               order=None):
+    """This rank's hyperslab ``[lo:hi, c0:c1]`` of ``X`` and rows of ``y`` (checked); with
+    ``order`` (a permutation of the shard's rows) row ``i`` is the shard's ``order[i]``."""
     with _open_read(path) as f:
         dX = _dataset(f, path, X, "the features", allow_external)
         yl = _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external)
         Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
-        bad = _read_stored_rows(f, dX, path, X, lo, hi, Xl) if (c0, c1) == (0, dX.shape[1]) \
-            else None
+        where = None
+        if order is not None:
+            where = np.empty(hi - lo, dtype=np.intp)
+            where[order] = np.arange(hi - lo, dtype=np.intp)
+        bad = _read_stored_rows(f, dX, path, X, lo, hi, Xl, where) \
+            if (c0, c1) == (0, dX.shape[1]) else None
         if bad is None:
             if hi > lo:
                 if dX.dtype == out_dtype:
@@ -305,9 +329,11 @@ def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_extern
                 else:
                     Xl[...] = dX[lo:hi, c0:c1]
             bad = first_nonfinite_row(Xl)
+            if order is not None and bad is None:
+                permute_rows(Xl.view(np.uint8), order)     # in place: no second copy
         if bad is not None and bad >= 0:
             raise DataError(f"{path}: dataset '{X}' has a NaN or infinite value at row {lo + bad}")
-        return Xl, yl
+        return Xl, (yl[order] if order is not None and yl is not None else yl)
 
 
 def _stored_extents(dX, lo, hi):
@@ -348,12 +374,13 @@ def _stored_extents(dX, lo, hi):
     return at, rows
 
 
-def _read_stored_rows(f, dX, path, name, lo, hi, out):
+def _read_stored_rows(f, dX, path, name, lo, hi, out, where=None):
     """Rows ``lo:hi`` of ``dX`` read with ``pread`` from where the file stores them, the
     NaN / infinity scan fused into the read (:func:`mpiml._kernels.stats.pread_rows`:
     one pass, against h5py's read plus a scan), when they are stored as ``out`` holds
     them (:func:`_stored_extents`) in the file ``path`` itself; the first bad row (or -1),
-    or None to read them with h5py. The first and last rows are compared with h5py's."""
+    or None to read them with h5py. The first and last rows are compared with h5py's.
+    ``where``: row ``r`` goes to ``out[where[r]]`` (a step order)."""
     if f.driver != "sec2" or dX.dtype != out.dtype or dX.file.filename != f.filename:
         return None
     extents = _stored_extents(dX, lo, hi)
@@ -366,13 +393,14 @@ def _read_stored_rows(f, dX, path, name, lo, hi, out):
     fd = os.open(path, os.O_RDONLY)
     try:
         bad = pread_rows(fd, np.asarray(extents[0], dtype=np.int64),
-                         np.asarray(extents[1], dtype=np.intp), out)
+                         np.asarray(extents[1], dtype=np.intp), out, where)
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: cannot read dataset '{name}': {exc}") from None
     finally:
         os.close(fd)
-    if not (np.array_equal(dX[lo], out[0], equal_nan=True) and
-            np.array_equal(dX[hi - 1], out[-1], equal_nan=True)):
+    first, last = (0, out.shape[0] - 1) if where is None else (where[0], where[-1])
+    if not (np.array_equal(dX[lo], out[first], equal_nan=True) and
+            np.array_equal(dX[hi - 1], out[last], equal_nan=True)):
         return None       # the file's offsets mean something else here: h5py reads them
     return bad
 

@@ -83,16 +83,52 @@ def _check_outputs(est, c, out, inputs):
             check_output_dir(directory, comm=c, inputs=inputs + (out,))
 
 
-def _read(est, c, grid, data, X, y, split_features, allow_external):
+def _read(est, c, grid, data, X, y, split_features, allow_external, in_step_order=False):
+    """This rank's rows, their columns (a feature split), the load's seconds, and the
+    step order they were read in (``in_step_order``: when the fit would copy them into
+    it; :func:`_step_order`) or None."""
     t0 = time.perf_counter()
+    chosen = []
+
+    def step_order(n):
+        from .models.session import resolve_batch, visit_in_place
+        try:
+            batch = resolve_batch(est.batch_size, n)
+            if not 1 <= batch or visit_in_place(batch, est.max_iter):
+                return None  # a short fit visits the rows where they are: file order
+        except (TypeError, ValueError):
+            return None      # settings the fit refuses, with its own message
+        chosen.append((n, batch))
+        return batch
     Xl, yl = load_hdf5(data, X=X, y=y, comm=c, dtype=est.dtype, require_y=True,
                        model_parallel=grid.K, split_features=split_features, sync=est.sync,
-                       allow_external=allow_external)
+                       allow_external=allow_external,
+                       step_order=step_order if in_step_order else None)
     columns = None
     if split_features:
         d = c.run(dataset_info, data, X=X, y=y)["shape"][1]
         columns = (*chunk(d, grid.K, grid.model_rank), d)
-    return Xl, yl, columns, time.perf_counter() - t0
+    order = None
+    if chosen and getattr(Xl, "format", None) != "csr":
+        from .parallel.data import group_layout
+        offset = sum(c.allgather(Xl.shape[0])[:c.rank])
+        order = group_layout(chosen[0][0], chosen[0][1], offset, Xl.shape[0])[0]
+    return Xl, yl, columns, time.perf_counter() - t0, order
+
+
+def _step_order(est, grid, val_fraction, resample, sample_weight, split_features):
+    """Whether ``mpiml train`` reads the rows straight into the fit's step order: for the
+    linear SGD models in the plain allreduce mode, when nothing reorders, splits or
+    scales the rows after the load (scaler statistics are sums: their last bits would
+    follow the order). The fit then starts from that order and copies nothing."""
+    from .parallel.synchronizers import mode_of
+    try:
+        plain = mode_of(est.sync, est.compress, est.overlap, False)[0] == "allreduce"
+    except Exception:        # settings the fit refuses, with its own message
+        return False
+    return (plain and grid.K == 1 and not split_features and val_fraction is None
+            and not resample and not sample_weight and getattr(est, "_engine_ranges", False)
+            and getattr(est, "solver", "sgd") == "sgd" and getattr(est, "scaler", None) is None)
 
 
 def _check_sparse(est, c, Xl, data, X, describe):
@@ -149,7 +185,9 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
     est, callbacks = _early_stopping(est) if early_stopping else (est, None)
     grid = c.grid(est.model_parallel)
     _check_outputs(est, c, out, (data, val))
-    Xl, yl, columns, t_load = _read(est, c, grid, data, X, y, split_features, allow_external)
+    Xl, yl, columns, t_load, order = _read(
+        est, c, grid, data, X, y, split_features, allow_external,
+        _step_order(est, grid, val_fraction, resample, sample_weight, split_features))
     _check_sparse(est, c, Xl, data, X, describe)
     held_out = held_out_rows(grid, Xl.shape[0], val_fraction, seed) \
         if val_fraction is not None else None
@@ -178,8 +216,9 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
         est = _resumable(est, c, resume)
     rows = grid.data.allreduce(Xl.shape[0])     # the training rows (after split, resampling)
     t0 = time.perf_counter()
-    # the fit reorders the rows read above in place (no second copy); they are scanned
-    with rows_scanned(Xl):
+    # the fit reorders the rows read above in place (no second copy), or finds them in
+    # its step order already (``order``); they are scanned
+    with rows_scanned(Xl, order=order):
         est.fit(Xl, yl, resume=resume, columns=columns, validation=validation,
                 sample_weight=weights, callbacks=callbacks, copy_X=False, overwrite=overwrite,
                 signal_checkpoint_dir=_signal_dir(est, out))

@@ -369,3 +369,106 @@ def test_margins_that_overflow_are_not_bad_rows(monkeypatch):
     with pytest.raises(TrainingError, match="diverged") as b:
         SGDClassifier(**kw).fit(X, y)
     _all(str(a.value) == str(b.value))
+
+
+# ------------------------------------------------------------------ rows read in step order
+def _write_rows(path, X, y, **kw):
+    import h5py
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X, **kw)
+        f["y"] = y
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("stored", [dict(chunks=(37, 6)), dict(), dict(chunks=(37, 6),
+                                                                        compression="gzip")],
+                         ids=["chunks", "contiguous", "compressed (h5py, then permuted)"])
+@pytest.mark.parametrize("batch", [64, 1000])
+def test_load_in_step_order_is_the_layouts_order_of_the_shard(comm, shared_tmp, stored, batch):
+    from mpiml import load_hdf5
+    path = os.path.join(shared_tmp, "rows.h5")
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((997, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 997).astype(np.float64)
+    if comm.rank == 0:
+        _write_rows(path, X, y, **stored)
+    comm.barrier()
+    Xf, yf = load_hdf5(path)
+    Xs, ys = load_hdf5(path, step_order=batch)
+    offset = sum(comm.allgather(Xf.shape[0])[:comm.rank])
+    perm, _ = group_layout(997, batch, offset, Xf.shape[0])
+    perm = np.arange(Xf.shape[0]) if perm is None else perm
+    assert np.array_equal(Xs, Xf[perm]) and np.array_equal(ys, yf[perm])
+    # a bad row is named by its row in the file, as in file order
+    if comm.rank == 0:
+        X[[700, 650], [1, 4]] = [np.inf, np.nan]
+        _write_rows(path, X, y, **stored)
+    comm.barrier()
+    with pytest.raises(DataError, match=r"at row 650( \(on rank [\d, ]+\))?$"):
+        load_hdf5(path, step_order=batch)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("model,kw", [
+    ("classifier", dict(max_iter=5, batch_size=32)),
+    ("classifier", dict(max_iter=3, batch_size=64, class_weight="balanced", momentum=0.9)),
+    ("regressor", dict(max_iter=4, batch_size=16, penalty="elasticnet")),
+    ("classifier", dict(max_iter=1, batch_size=1024))],
+    ids=["5 epochs", "class weights", "regressor", "1 epoch (in place, file order)"])
+def test_train_reads_into_step_order_and_trains_the_file_orders_model(
+        comm, shared_tmp, model, kw, monkeypatch):
+    """``mpiml train`` reads the rows straight into the fit's step order when the fit would
+    copy them: the model is the one of ``fit`` on the rows in file order, bit for bit, and
+    the fit moves no row (no copy, no in-place permutation)."""
+    from mpiml import io, load_hdf5
+    from mpiml.models import session
+    from mpiml.pipeline import train_from_file
+    path = os.path.join(shared_tmp, "rows.h5")
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((1201, 5)).astype(np.float32)
+    y = (X @ rng.standard_normal(5) > 0).astype(np.float64) if model == "classifier" else \
+        X @ rng.standard_normal(5)
+    if comm.rank == 0:
+        _write_rows(path, X, y, chunks=(64, 5))
+    comm.barrier()
+    Est = SGDClassifier if model == "classifier" else SGDRegressor
+    kw = dict(kw, tol=None, random_state=3, learning_rate="constant", eta0=0.01)
+    orders = []
+    real_load = io.load_hdf5
+    monkeypatch.setattr("mpiml.pipeline.load_hdf5", lambda *a, **k: orders.append(
+        k.get("step_order")) or real_load(*a, **k))
+    moved = []
+    for name in ("take_rows", "permute_rows"):
+        real = getattr(session, name)
+        monkeypatch.setattr(session, name, lambda *a, real=real: moved.append(1) or real(*a))
+    est, _ = train_from_file(Est(**kw), path)
+    assert orders and callable(orders[0])
+    copies = not session.visit_in_place(kw["batch_size"], kw["max_iter"])
+    assert copies == (kw["batch_size"] < 1024)
+    assert comm.allgather(bool(moved)) == [False] * comm.size
+    Xl, yl = load_hdf5(path)
+    moved.clear()
+    ref = Est(**kw).fit(Xl, yl)
+    assert bool(moved) == copies          # the same fit of file-order rows copies them
+    np.testing.assert_array_equal(est.coef_, ref.coef_)
+    np.testing.assert_array_equal(est.intercept_, ref.intercept_)
+
+
+@pytest.mark.parametrize("b_read,b_fit", [(32, 32), (32, 64), (64, 1000), (16, 4000)])
+def test_a_layout_starts_from_rows_in_any_step_order(b_read, b_fit):
+    """Rows held in one step order (read so) are laid out for another batch size (a resume
+    whose checkpoint changed it, a rebatch): the layout of the rows in their own order."""
+    from mpiml.models.checkpointing import fingerprint
+    from mpiml.models.session import Layout
+    from mpiml.comm import get_comm
+    rng = np.random.default_rng(b_fit)
+    X = rng.standard_normal((1500, 4))
+    y = rng.standard_normal(1500)
+    order, _ = group_layout(4000, b_read, 1000, 1500)
+    order = np.arange(1500) if order is None else order
+    held = Layout(X[order].copy(), y[order], None, 4000, 1000, b_fit, own=True, order=order)
+    ref = Layout(X.copy(), y, None, 4000, 1000, b_fit, own=True)
+    assert np.array_equal(held.X, ref.X) and np.array_equal(held.y, ref.y)
+    grid = get_comm(MPI.COMM_SELF).grid(1)
+    assert fingerprint(grid, X[order], 1000, 4000, 4, None, order) == \
+        fingerprint(grid, X, 1000, 4000, 4, None)

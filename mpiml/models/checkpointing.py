@@ -106,14 +106,20 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-def fingerprint(grid, X, offset, n_global, d, columns):
+def fingerprint(grid, X, offset, n_global, d, columns, order=None):
     """Collective: a fingerprint of the training rows -- global shape, dtype and a hash of
     up to 64 rows sampled by global index -- the same at any rank count, grid or feature
     split (each sampled value is hashed with its global row and column), so a resumed
-    run can check that it trains on the data its checkpoint was made on."""
+    run can check that it trains on the data its checkpoint was made on. ``order``:
+    dense rows held in a step order (row ``i`` is the local row ``order[i]``)."""
     m = min(int(n_global), 64)
     sample = (np.arange(m, dtype=np.int64) * int(n_global)) // m
     mine = sample[(sample >= offset) & (sample < offset + X.shape[0])]
+    at = mine - offset
+    if order is not None:
+        inv = np.empty(len(order), dtype=np.intp)       # where the local rows are held
+        inv[order] = np.arange(len(order), dtype=np.intp)
+        at = inv[at]
     c0 = int(columns[0]) if columns is not None else 0
     with np.errstate(over="ignore"):
         if getattr(X, "format", None) == "csr":
@@ -123,7 +129,7 @@ def fingerprint(grid, X, offset, n_global, d, columns):
             rows = mine.astype(np.uint64)[part.row] * np.uint64(0x9E3779B97F4A7C15)
             cols = part.col.astype(np.uint64) + np.uint64(c0)
         else:
-            values = np.ascontiguousarray(X[mine - offset], dtype=np.float64).view(np.uint64)
+            values = np.ascontiguousarray(X[at], dtype=np.float64).view(np.uint64)
             rows = mine.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
             cols = np.arange(c0, c0 + X.shape[1], dtype=np.uint64)[None, :]
         local = int(np.sum(_mix(values ^ _mix(rows + cols)), dtype=np.uint64))

@@ -175,15 +175,16 @@ class Layout:
     the epoch plans over them."""
 
     def __init__(self, X, y, sw, n_global, offset, batch, own, ranges=True, check=False,
-                 epochs=None, check_in_epoch=False):
+                 epochs=None, check_in_epoch=False, order=None):
         self.n_global, self.offset, self.own = n_global, offset, own
         self.X, self.y, self.sw, self.batch = X, y, sw, batch
         # CSR rows stay where they are when the engine visits several ranges per step
         # (``ranges``; the model-parallel engines take one range per step)
         self.sparse = is_sparse(X) and ranges
         # dense rows too, for a short fit (whether or not the rows are the fit's own to
-        # reorder: copy_X never changes the model)
-        self.in_place = self.sparse or (ranges and epochs is not None and
+        # reorder: copy_X never changes the model); rows that come in a step order
+        # (``order``, read so by ``mpiml train``) are visited in step order
+        self.in_place = self.sparse or (order is None and ranges and epochs is not None and
                                         visit_in_place(batch, epochs))
         if self.in_place:
             # CSR rows: a copy would double the memory and buys little, the weights
@@ -192,15 +193,27 @@ class Layout:
         else:
             self.perm, self.gptr = group_layout(n_global, batch, offset, X.shape[0])
         bad = False
-        if self.perm is not None:
-            X, bad = _reorder(X, self.perm, own, check)
+        idx = self.perm
+        if order is not None:
+            # row i holds the local row order[i]: the layout's row i is then its row
+            # inv[perm[i]] (nothing to move when the order is this layout's)
+            want = self.perm if self.perm is not None else np.arange(X.shape[0], dtype=np.intp)
+            idx = None
+            if not np.array_equal(order, want):
+                inv = np.empty(len(order), dtype=np.intp)
+                inv[order] = np.arange(len(order), dtype=np.intp)
+                idx = inv[want]
+            elif check and X.size:
+                bad = first_nonfinite_row(X) is not None
+        if idx is not None:
+            X, bad = _reorder(X, idx, own, check)
             self.own = True
-            y = y[self.perm]
-            sw = sw[self.perm] if sw is not None else None
+            y = y[idx]
+            sw = sw[idx] if sw is not None else None
         # dense rows visited in place: the first epoch's margins can stand for the scan
         # (``check_in_epoch``, see FitSession._check_first_epoch)
         self.scan_deferred = bool(check and check_in_epoch and self.in_place and not self.sparse)
-        if self.perm is None and check and X.size and not self.scan_deferred:
+        if self.perm is None and order is None and check and X.size and not self.scan_deferred:
             bad = first_nonfinite_row(X) is not None
         if bad:
             # the caller's first such row (its order, as the check before the layout named it)
@@ -264,7 +277,8 @@ class FitSession:
         # now, while the rows are in the caller's order, and only when it can be needed
         self.fingerprint = None
         if resume is not None or est.checkpoint_dir or est.run_dir or signal_checkpoint_dir:
-            self.fingerprint = fingerprint(grid, data.X, data.offset, n_global, d, data.columns)
+            self.fingerprint = fingerprint(grid, data.X, data.offset, n_global, d, data.columns,
+                                           data.order)
         start_step, saved = 0, None
         if resume is not None:
             saved, arrays = read_resume(est, c, resume, d, n_global, self.fingerprint)
@@ -291,7 +305,8 @@ class FitSession:
                                 data.own, ranges=self.grid.K == 1 and est._engine_ranges,
                                 check=not data.checked,
                                 epochs=(est.max_iter if epochs is None else epochs)
-                                if in_place else None, check_in_epoch=in_epoch)
+                                if in_place else None, check_in_epoch=in_epoch,
+                                order=data.order)
         except DataError:
             self._restore_prior()       # bad rows found by the layout's scan
             raise

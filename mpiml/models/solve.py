@@ -66,7 +66,8 @@ class SolveSession:
             est.classes_ = data.classes
         self.fingerprint = None
         if resume is not None or est.checkpoint_dir or est.run_dir or signal_checkpoint_dir:
-            self.fingerprint = fingerprint(grid, data.X, data.offset, n, d, data.columns)
+            self.fingerprint = fingerprint(grid, data.X, data.offset, n, d, data.columns,
+                                           data.order)
         self.start, self.curve = None, []
         if resume is not None:
             saved, arrays = read_resume(est, c, resume, d, n, self.fingerprint)

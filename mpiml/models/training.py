@@ -53,8 +53,10 @@ __all__ = ["Trainer", "FitData"]
 # features, classes, whether X may be changed in place, the feature columns held, seed
 # ``checked``: the rows were scanned for NaN / infinity here; False: the fit session's
 # layout scans them while it copies them into step order (no pass of its own)
+# ``order``: the rows (and targets) come in a step order, row ``i`` being the caller's
+# local row ``order[i]`` (rows_scanned(X, order=...)), else None
 FitData = namedtuple("FitData", "comm grid X y meta n_global offset d classes own columns seed "
-                     "checked", defaults=(True,))
+                     "checked order", defaults=(True, None))
 
 def _positive_int(v):
     return not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
@@ -98,20 +100,24 @@ def _unique_labels(y):
 
 
 _scanned_rows = None     # the X that rows_scanned() vouches for, while it runs
+_scanned_order = None    # and the step order its rows come in, if any
 
 
 @contextmanager
-def rows_scanned(X):
+def rows_scanned(X, order=None):
     """Within: a fit given exactly the array ``X`` (this object, on this rank) makes no
     NaN / infinity scan of its rows: its caller has scanned them. ``mpiml train`` fits
     the rows ``load_hdf5`` read and scanned (or views and resampled copies of them), so
-    they are not scanned a second time."""
-    global _scanned_rows
-    _scanned_rows = X
+    they are not scanned a second time. ``order``: ``X`` and the targets hold the local
+    rows in this order (``load_hdf5(..., step_order=B)``): the fit's layout starts from
+    it (no copy when it is the fit's step order), and the model is the one of the rows
+    in their own order."""
+    global _scanned_rows, _scanned_order
+    _scanned_rows, _scanned_order = X, order
     try:
         yield
     finally:
-        _scanned_rows = None
+        _scanned_rows = _scanned_order = None
 
 
 class Trainer(BaseEstimator):
@@ -283,8 +289,14 @@ class Trainer(BaseEstimator):
         # the layout: the layout's copy can scan them (the same agreed error, before any
         # update), so the fit makes no pass over X of its own for that
         defer = resume is None and getattr(self, "scaler", None) is None
+        scanned = _scanned_rows is not None and X is _scanned_rows
+        order = _scanned_order if scanned else None
+        if order is not None and sample_weight is not None:
+            sample_weight = np.asarray(sample_weight)[order]     # in the rows' order
         data = self._agree_data(X, y, reset, classes, columns, copy_X, defer_finite=defer,
-                                scanned=_scanned_rows is not None and X is _scanned_rows)
+                                scanned=scanned)
+        if order is not None:
+            data = data._replace(order=order)
         session = FitSession(self, data, epochs=epochs, reset=reset, resume=resume,
                              validation=validation, callbacks=callbacks,
                              sample_weight=sample_weight, hooks=hooks.current(),
