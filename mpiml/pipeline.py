@@ -116,18 +116,19 @@ def _read(est, c, grid, data, X, y, split_features, allow_external, in_step_orde
     return Xl, yl, columns, time.perf_counter() - t0, order
 
 
-def _step_order(est, grid, val_fraction, resample, sample_weight, split_features):
+def _step_order(est, grid, val_fraction, resample, sample_weight, split_features, resume):
     """Whether ``mpiml train`` reads the rows straight into the fit's step order: for the
     linear SGD models in the plain allreduce mode, when nothing reorders, splits or
     scales the rows after the load (scaler statistics are sums: their last bits would
-    follow the order). The fit then starts from that order and copies nothing."""
+    follow the order; a resume may bring a scaler from its checkpoint). The fit then
+    starts from that order and copies nothing."""
     from .parallel.synchronizers import mode_of
     try:
         plain = mode_of(est.sync, est.compress, est.overlap, False)[0] == "allreduce"
     except Exception:        # settings the fit refuses, with its own message
         return False
     return (plain and grid.K == 1 and not split_features and val_fraction is None
-            and not resample and not sample_weight and getattr(est, "_engine_ranges", False)
+            and not resample and not sample_weight and resume is None and getattr(est, "_engine_ranges", False)
             and getattr(est, "solver", "sgd") == "sgd" and getattr(est, "scaler", None) is None)
 
 
@@ -187,7 +188,7 @@ def train_from_file(est, data, out=None, *, X="X", y="y", val=None, val_fraction
     _check_outputs(est, c, out, (data, val))
     Xl, yl, columns, t_load, order = _read(
         est, c, grid, data, X, y, split_features, allow_external,
-        _step_order(est, grid, val_fraction, resample, sample_weight, split_features))
+        _step_order(est, grid, val_fraction, resample, sample_weight, split_features, resume))
     _check_sparse(est, c, Xl, data, X, describe)
     held_out = held_out_rows(grid, Xl.shape[0], val_fraction, seed) \
         if val_fraction is not None else None
