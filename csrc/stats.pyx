@@ -204,8 +204,10 @@ cdef extern from "<errno.h>" nogil:
     int errno
     int EINTR
 
-# iovecs per preadv call (POSIX guarantees IOV_MAX >= 16; Linux has 1024) and bytes per
-# call: the rows a call has just written are scanned while they are still in cache
+# iovecs per preadv call (POSIX guarantees IOV_MAX >= 16; Linux has 1024), and the bytes
+# after which a call takes no further run. A run of consecutive places is never cut: in
+# file order one call reads a whole contiguous extent, then the scan follows (cutting it
+# into 4 MiB calls to scan each in cache took 193-197 ms against 180-184 ms for 400 MB)
 cdef int READ_IOVS = 1024
 cdef Py_ssize_t READ_BYTES = 4 << 20
 
@@ -242,8 +244,8 @@ def pread_rows(int fd, const long long[::1] ext_at, const Py_ssize_t[::1] ext_ro
     unfiltered one). Each run of rows whose places are consecutive is one iovec, so the
     kernel copies from the page cache into the final order (no second copy of the rows);
     up to ``READ_IOVS`` runs and ~``READ_BYTES`` per call, and the rows a call has just
-    written are scanned for NaN / infinity while they are in cache. Returns the first
-    file row holding one, or -1; raises OSError (EOFError for a file that ends early)."""
+    written are scanned for NaN / infinity after it. Returns the first file row holding
+    one, or -1; raises OSError (EOFError for a file that ends early)."""
     cdef Py_ssize_t n = out.shape[0], d = out.shape[1], r, m, k, nio, row = d * sizeof(floating)
     cdef Py_ssize_t first, bytes_, bad = -1, err = 0, e = 0, e_end, total = 0
     cdef long long at

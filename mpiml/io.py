@@ -375,10 +375,10 @@ def _stored_extents(dX, lo, hi):
 
 
 def _read_stored_rows(f, dX, path, name, lo, hi, out, where=None):
-    """Rows ``lo:hi`` of ``dX`` read with ``pread`` from where the file stores them, the
-    NaN / infinity scan fused into the read (:func:`mpiml._kernels.stats.pread_rows`:
-    one pass, against h5py's read plus a scan), when they are stored as ``out`` holds
-    them (:func:`_stored_extents`) in the file ``path`` itself; the first bad row (or -1),
+    """Rows ``lo:hi`` of ``dX`` read with ``preadv`` from where the file stores them and
+    scanned for NaN / infinity (:func:`mpiml._kernels.stats.pread_rows`: about as fast
+    as h5py's read alone), when they are stored as ``out`` holds them
+    (:func:`_stored_extents`) in the file ``path`` itself; the first bad row (or -1),
     or None to read them with h5py. The first and last rows are compared with h5py's.
     ``where``: row ``r`` goes to ``out[where[r]]`` (a step order)."""
     if f.driver != "sec2" or dX.dtype != out.dtype or dX.file.filename != f.filename:

@@ -86,6 +86,33 @@ def test_pread_rows_reads_each_extent_into_its_place_and_finds_the_first_bad_row
         os.close(fd)
 
 
+@pytest.mark.parametrize("where", [None, "step"])
+def test_pread_rows_splits_long_runs_into_reads_and_scans_each(tmp_path, where):
+    """Rows of 24 KB in one extent, runs longer than a read's ~4 MiB (174 rows): every
+    row lands in its place and the first bad row is found wherever it is."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((700, 3000))
+    path = tmp_path / "wide.bin"
+    order = group_layout(700, 400, 0, 700)[0] if where else np.arange(700)
+    place = None
+    if where:
+        place = np.empty(700, dtype=np.intp)
+        place[order] = np.arange(700)
+    for bad in ([], [174], [175], [699, 350], [0]):
+        Xb = X.copy()
+        Xb[bad, 7] = np.nan
+        path.write_bytes(Xb.tobytes())
+        out = np.empty_like(X)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = stats.pread_rows(fd, np.array([0], dtype=np.int64), np.array([700], dtype=np.intp),
+                                   out, place)
+        finally:
+            os.close(fd)
+        assert got == (min(bad) if bad else -1)
+        assert np.array_equal(out, Xb[order], equal_nan=True)
+
+
 def test_take_rows_refuses_bad_indices():
     X = np.zeros((4, 3))
     with pytest.raises(IndexError):
