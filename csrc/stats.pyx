@@ -240,8 +240,8 @@ def pread_rows(int fd, const long long[::1] ext_at, const Py_ssize_t[::1] ext_ro
     """Read ``n = out.shape[0]`` rows from the file ``fd`` straight into ``out``: file
     row ``r`` goes to ``out[where[r]]`` (``out[r]`` when ``where`` is None). The rows
     are stored (native-endian, C order) in extents: extent ``e`` holds the next
-    ``ext_rows[e]`` rows, contiguous from byte ``ext_at[e]`` (one extent for a contiguous HDF5 dataset, one per chunk for a chunked
-    unfiltered one). Each run of rows whose places are consecutive is one iovec, so the
+    ``ext_rows[e]`` rows, contiguous from byte ``ext_at[e]`` (one extent for a
+    contiguous HDF5 dataset, one per chunk for a chunked unfiltered one). Each run of rows whose places are consecutive is one iovec, so the
     kernel copies from the page cache into the final order (no second copy of the rows);
     up to ``READ_IOVS`` runs and ~``READ_BYTES`` per call, and the rows a call has just
     written are scanned for NaN / infinity after it. Returns the first file row holding
@@ -249,9 +249,8 @@ def pread_rows(int fd, const long long[::1] ext_at, const Py_ssize_t[::1] ext_ro
     cdef Py_ssize_t n = out.shape[0], d = out.shape[1], r, m, k, nio, row = d * sizeof(floating)
     cdef Py_ssize_t first, bytes_, bad = -1, err = 0, e = 0, e_end, total = 0
     cdef long long at
-    if where is None:
-        where = np.arange(n, dtype=np.intp)
-    cdef const Py_ssize_t[::1] place = where
+    cdef bint given = where is not None
+    cdef const Py_ssize_t[::1] place = where if given else np.arange(n, dtype=np.intp)
     if place.shape[0] != n:
         raise ValueError(f"where has {place.shape[0]} entries for {n} rows")
     if ext_at.shape[0] != ext_rows.shape[0]:
@@ -262,9 +261,10 @@ def pread_rows(int fd, const long long[::1] ext_at, const Py_ssize_t[::1] ext_ro
         total += ext_rows[e]
     if total != n:
         raise ValueError(f"the extents hold {total} rows, not {n}")
-    seen = np.zeros(n if where is not None else 0, dtype=np.uint8)
+    # a given order must be a permutation (the identity is one)
+    seen = np.zeros(n if given else 0, dtype=np.uint8)
     cdef unsigned char[::1] taken = seen
-    for r in range(n if where is not None else 0):
+    for r in range(n if given else 0):
         if place[r] < 0 or place[r] >= n or taken[place[r]]:
             raise ValueError("where is not a permutation of the rows")
         taken[place[r]] = 1

@@ -25,6 +25,7 @@ from ._kernels.stats import first_nonfinite_row as first_nonfinite_rows_kernel
 from ._kernels.stats import permute_rows, pread_rows
 from .comm import chunk, get_comm, get_grid
 from .errors import ConfigError, DataError, OutputError
+from .parallel.data import group_layout, inverse_permutation
 # the file-safety rules io and sparse_io share (re-exported: other modules import them from here)
 from .h5files import (_check_on_writer, _commit, _open_read, _refuse_inputs,  # noqa: F401
                       _resolve_dtype, _tmp_name, _write_in_turn, check_local, check_output_path,
@@ -222,14 +223,22 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     --------
     >>> X, y = load_hdf5("train.h5")            # doctest: +SKIP
     """
+    return load_rows(path, X, y, comm, dtype, require_y, model_parallel, split_features, sync,
+                     allow_external, step_order)[:2]
+
+
+def load_rows(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_parallel=1,
+              split_features=False, sync="allreduce", allow_external=False, step_order=None):
+    """:func:`load_hdf5`, and the step order the dense rows came in (the permutation of
+    ``step_order``: row ``i`` is the shard's row ``order[i]``) or None (the file's)."""
     c = get_comm(comm)
     grid = get_grid(c, model_parallel)
     parts, part = _row_part(c, grid, sync)
     from .sparse_io import csr_info
     info = c.run(csr_info, path, X, allow_external)
     if info is not None:
-        return _load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y,
-                         split_features, allow_external)
+        return (*_load_csr(c, grid, parts, part, info, path, X, y, dtype, require_y,
+                           split_features, allow_external), None)
 
     def plan():
         with _open_read(path) as f:
@@ -249,8 +258,8 @@ def load_hdf5(path, X="X", y="y", comm=None, dtype=None, require_y=False, model_
     check_node_memory(c, (hi - lo) * (c1 - c0) * out_dtype.itemsize, f"{path}: '{X}'")
 
     order = None if split_features else _step_permutation(step_order, n, lo, hi)
-    return c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
-                 allow_external, order)
+    return (*c.run(_read_rows, path, X, y, n, out_dtype, lo, hi, c0, c1, require_y,
+                   allow_external, order), order)
 
 
 def _step_permutation(step_order, n, lo, hi):
@@ -259,7 +268,6 @@ def _step_permutation(step_order, n, lo, hi):
     batch = step_order(n) if callable(step_order) else step_order
     if batch is None:
         return None
-    from .parallel.data import group_layout
     return group_layout(n, int(batch), lo, hi - lo)[0]
 
 
@@ -316,10 +324,7 @@ def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_extern
         dX = _dataset(f, path, X, "the features", allow_external)
         yl = _read_targets(f, path, X, y, n, lo, hi, require_y, allow_external)
         Xl = np.empty((hi - lo, c1 - c0), dtype=out_dtype)
-        where = None
-        if order is not None:
-            where = np.empty(hi - lo, dtype=np.intp)
-            where[order] = np.arange(hi - lo, dtype=np.intp)
+        where = inverse_permutation(order) if order is not None else None
         bad = _read_stored_rows(f, dX, path, X, lo, hi, Xl, where) \
             if (c0, c1) == (0, dX.shape[1]) else None
         if bad is None:

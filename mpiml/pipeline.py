@@ -21,7 +21,8 @@ from mpi4py import MPI
 from . import hooks
 from .comm import chunk, get_comm
 from .errors import ConfigError
-from .io import check_output_dir, check_output_path, dataset_info, load_hdf5, load_vector
+from .io import (check_output_dir, check_output_path, dataset_info, load_hdf5, load_rows,
+                 load_vector)
 from .model_selection import split_rows, validation_mask
 from .models.training import rows_scanned
 
@@ -88,7 +89,6 @@ def _read(est, c, grid, data, X, y, split_features, allow_external, in_step_orde
     step order they were read in (``in_step_order``: when the fit would copy them into
     it; :func:`_step_order`) or None."""
     t0 = time.perf_counter()
-    chosen = []
 
     def step_order(n):
         from .models.session import resolve_batch, visit_in_place
@@ -98,21 +98,15 @@ def _read(est, c, grid, data, X, y, split_features, allow_external, in_step_orde
                 return None  # a short fit visits the rows where they are: file order
         except (TypeError, ValueError):
             return None      # settings the fit refuses, with its own message
-        chosen.append((n, batch))
         return batch
-    Xl, yl = load_hdf5(data, X=X, y=y, comm=c, dtype=est.dtype, require_y=True,
-                       model_parallel=grid.K, split_features=split_features, sync=est.sync,
-                       allow_external=allow_external,
-                       step_order=step_order if in_step_order else None)
+    Xl, yl, order = load_rows(data, X=X, y=y, comm=c, dtype=est.dtype, require_y=True,
+                              model_parallel=grid.K, split_features=split_features,
+                              sync=est.sync, allow_external=allow_external,
+                              step_order=step_order if in_step_order else None)
     columns = None
     if split_features:
         d = c.run(dataset_info, data, X=X, y=y)["shape"][1]
         columns = (*chunk(d, grid.K, grid.model_rank), d)
-    order = None
-    if chosen and getattr(Xl, "format", None) != "csr":
-        from .parallel.data import group_layout
-        offset = sum(c.allgather(Xl.shape[0])[:c.rank])
-        order = group_layout(chosen[0][0], chosen[0][1], offset, Xl.shape[0])[0]
     return Xl, yl, columns, time.perf_counter() - t0, order
 
 
@@ -125,11 +119,12 @@ def _step_order(est, grid, val_fraction, resample, sample_weight, split_features
     from .parallel.synchronizers import mode_of
     try:
         plain = mode_of(est.sync, est.compress, est.overlap, False)[0] == "allreduce"
-    except Exception:        # settings the fit refuses, with its own message
+    except ConfigError:      # settings the fit refuses, with its own message
         return False
     return (plain and grid.K == 1 and not split_features and val_fraction is None
-            and not resample and not sample_weight and resume is None and getattr(est, "_engine_ranges", False)
-            and getattr(est, "solver", "sgd") == "sgd" and getattr(est, "scaler", None) is None)
+            and not resample and not sample_weight and resume is None
+            and getattr(est, "_engine_ranges", False) and getattr(est, "solver", "sgd") == "sgd"
+            and getattr(est, "scaler", None) is None)
 
 
 def _check_sparse(est, c, Xl, data, X, describe):

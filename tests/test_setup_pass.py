@@ -460,18 +460,23 @@ def test_train_reads_into_step_order_and_trains_the_file_orders_model(
     comm.barrier()
     Est = SGDClassifier if model == "classifier" else SGDRegressor
     kw = dict(kw, tol=None, random_state=3, learning_rate="constant", eta0=0.01)
-    orders = []
-    real_load = io.load_hdf5
-    monkeypatch.setattr("mpiml.pipeline.load_hdf5", lambda *a, **k: orders.append(
-        k.get("step_order")) or real_load(*a, **k))
+    loads = []
+    real_load = io.load_rows
+
+    def load(*a, **k):
+        loads.append((k.get("step_order"), real_load(*a, **k)))
+        return loads[-1][1]
+    monkeypatch.setattr("mpiml.pipeline.load_rows", load)
     moved = []
     for name in ("take_rows", "permute_rows"):
         real = getattr(session, name)
         monkeypatch.setattr(session, name, lambda *a, real=real: moved.append(1) or real(*a))
     est, _ = train_from_file(Est(**kw), path)
-    assert orders and callable(orders[0])
     copies = not session.visit_in_place(kw["batch_size"], kw["max_iter"])
     assert copies == (kw["batch_size"] < 1024)
+    # asked for the step order; read in it exactly when the fit would copy
+    assert len(loads) == 1 and callable(loads[0][0])
+    assert (loads[0][1][2] is not None) == copies
     assert comm.allgather(bool(moved)) == [False] * comm.size
     Xl, yl = load_hdf5(path)
     moved.clear()

@@ -16,6 +16,7 @@ import numpy as np
 from .. import _stopsignals
 from ..checkpoint import read_checkpoint
 from ..errors import ConfigError, DataError
+from ..parallel.data import inverse_permutation
 
 __all__ = ["signals", "read_resume", "checkpoint_settings", "claim_directory", "fingerprint"]
 
@@ -117,9 +118,7 @@ def fingerprint(grid, X, offset, n_global, d, columns, order=None):
     mine = sample[(sample >= offset) & (sample < offset + X.shape[0])]
     at = mine - offset
     if order is not None:
-        inv = np.empty(len(order), dtype=np.intp)       # where the local rows are held
-        inv[order] = np.arange(len(order), dtype=np.intp)
-        at = inv[at]
+        at = inverse_permutation(order)[at]             # where those local rows are held
     c0 = int(columns[0]) if columns is not None else 0
     with np.errstate(over="ignore"):
         if getattr(X, "format", None) == "csr":

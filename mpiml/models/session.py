@@ -41,7 +41,7 @@ from ..checkpoint import CheckpointPolicy, write_checkpoint
 from ..errors import DataError, Interrupted, TrainingError
 from ..imbalance import row_weights
 from ..io import first_nonfinite_row
-from ..parallel.data import block_rows, epoch_plan, group_layout, layout_plan
+from ..parallel.data import block_rows, epoch_plan, group_layout, inverse_permutation, layout_plan
 from ..parallel.protocol import StepControl, StopTraining
 from ..parallel.sparse import choose_exchange
 from ..parallel.sync import CommCounters, StatsWriter
@@ -198,13 +198,7 @@ class Layout:
             # row i holds the local row order[i]: the layout's row i is then its row
             # inv[perm[i]] (nothing to move when the order is this layout's)
             want = self.perm if self.perm is not None else np.arange(X.shape[0], dtype=np.intp)
-            idx = None
-            if not np.array_equal(order, want):
-                inv = np.empty(len(order), dtype=np.intp)
-                inv[order] = np.arange(len(order), dtype=np.intp)
-                idx = inv[want]
-            elif check and X.size:
-                bad = first_nonfinite_row(X) is not None
+            idx = None if np.array_equal(order, want) else inverse_permutation(order)[want]
         if idx is not None:
             X, bad = _reorder(X, idx, own, check)
             self.own = True
@@ -213,8 +207,8 @@ class Layout:
         # dense rows visited in place: the first epoch's margins can stand for the scan
         # (``check_in_epoch``, see FitSession._check_first_epoch)
         self.scan_deferred = bool(check and check_in_epoch and self.in_place and not self.sparse)
-        if self.perm is None and order is None and check and X.size and not self.scan_deferred:
-            bad = first_nonfinite_row(X) is not None
+        if idx is None and check and X.size and not self.scan_deferred:
+            bad = first_nonfinite_row(X) is not None      # rows not moved: not yet scanned
         if bad:
             # the caller's first such row (its order, as the check before the layout named it)
             rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
@@ -240,8 +234,7 @@ class Layout:
             return
         n_local = self.X.shape[0]
         perm2, gptr2 = group_layout(self.n_global, batch, self.offset, n_local)
-        inv = np.empty(n_local, dtype=np.intp)
-        inv[self.perm if self.perm is not None else np.arange(n_local)] = np.arange(n_local)
+        inv = inverse_permutation(self.perm) if self.perm is not None else np.arange(n_local)
         idx = inv[perm2] if perm2 is not None else inv
         self.X, self.y = _reorder(self.X, idx, self.own)[0], self.y[idx]
         self.sw = self.sw[idx] if self.sw is not None else None

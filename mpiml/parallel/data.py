@@ -34,7 +34,8 @@ from mpi4py import MPI
 from .compiled import run_compiled, usable
 from .protocol import N_WORDS, StepControl, StopTraining, Word  # noqa: F401  (re-exported)
 
-__all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "layout_plan",
+__all__ = ["block_rows", "visit_order", "epoch_plan", "group_layout", "inverse_permutation",
+           "layout_plan",
            "run_epoch", "EpochStats", "StepControl", "StopTraining"]
 
 
@@ -111,6 +112,13 @@ def group_layout(n_global, batch_size, offset, n_local):
     starts = np.cumsum(lens) - lens
     perm = np.arange(n_local, dtype=np.intp) + np.repeat(lo - starts, lens)
     return perm, gptr
+
+
+def inverse_permutation(perm):
+    """``inv`` with ``inv[perm[i]] = i``: where each row of a permutation's source went."""
+    inv = np.empty(len(perm), dtype=np.intp)
+    inv[perm] = np.arange(len(perm), dtype=np.intp)
+    return inv
 
 
 def layout_plan(gptr, seed, epoch):
