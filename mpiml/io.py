@@ -93,8 +93,11 @@ def first_nonfinite_row(a):
     return None
 
 
-def _check_finite(a, path, name, lo):
-    bad = first_nonfinite_row(a)
+def _check_finite(a, path, name, lo, bad=None):
+    """Raise the DataError naming the first row of ``a`` (rows ``lo..`` of the dataset
+    ``name``) holding a NaN or infinity; ``bad``: that row (-1: none) when the caller
+    has scanned ``a`` itself."""
+    bad = first_nonfinite_row(a) if bad is None else (bad if bad >= 0 else None)
     if bad is not None:
         raise DataError(f"{path}: dataset '{name}' has a NaN or infinite value at row {lo + bad}")
 
@@ -327,17 +330,15 @@ def _read_rows(path, X, y, n, out_dtype, lo, hi, c0, c1, require_y, allow_extern
         where = inverse_permutation(order) if order is not None else None
         bad = _read_stored_rows(f, dX, path, X, lo, hi, Xl, where) \
             if (c0, c1) == (0, dX.shape[1]) else None
-        if bad is None:
+        if bad is None:                 # not read where it is stored: h5py reads it
             if hi > lo:
                 if dX.dtype == out_dtype:
                     dX.read_direct(Xl, np.s_[lo:hi, c0:c1])
                 else:
                     Xl[...] = dX[lo:hi, c0:c1]
-            bad = first_nonfinite_row(Xl)
-            if order is not None and bad is None:
-                permute_rows(Xl.view(np.uint8), order)     # in place: no second copy
-        if bad is not None and bad >= 0:
-            raise DataError(f"{path}: dataset '{X}' has a NaN or infinite value at row {lo + bad}")
+        _check_finite(Xl, path, X, lo, bad)
+        if bad is None and order is not None:
+            permute_rows(Xl.view(np.uint8), order)     # in place: no second copy
         return Xl, (yl[order] if order is not None and yl is not None else yl)
 
 
