@@ -34,7 +34,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SBATCH = os.path.join(REPO, "slurm", "train.sbatch")
 SIGNAL = "B:USR1@22"        # with --time=1: arrives 8-38 s after the start
 EARLY_SHARE = 3             # the early-signalled job's fit: a third of the others'
-TRAIN_SECONDS = 60          # of 2-rank training while the fixture's four fits share 2 cores
+TRAIN_SECONDS = 100         # of 2-rank training while the fixture's four fits share 2 cores
+# (60 was too short: as the other jobs requeue, a job runs up to ~2x faster than under four
+# fits; a CI run's mpiexec job ended 36 s after its start, 1 s before Slurm's signal)
 CALIBRATION_EPOCHS = 1000   # each contender's: ~6 s here
 CONTENDERS = 4              # the fits that run at once: srun, mpiexec, reference, early
 
@@ -240,6 +242,7 @@ def signalled(slurm, data, tmp_path_factory):
     logs = {name: _read(d / f"{name}.out") for name in jobs}
     assert not left, f"jobs still queued after {took:.0f} s: {left}\n" + "\n".join(
         f"--- {k}\n{v}" for k, v in logs.items())
+    print(f"signalled fixture: {epochs} epochs, the jobs took {took:.0f} s")
     return dict(dir=d, jobs=jobs, info=info, logs=logs, epochs=epochs, seconds=took,
                 data=data / "train.h5")
 
