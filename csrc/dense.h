@@ -115,4 +115,37 @@ MPIML_CLONES static double mpiml_logloss_single(const float *m, const float *y, 
     return s;
 }
 
+/* The logistic, one-output, float32, unweighted rows [0, n) of one range: per
+ * sub-block of MPIML_SUB rows, the margins, the loss and its derivative, the
+ * intercept's gradient (float64) and grad += sum g_i x_i while the rows are in L1,
+ * in one compiled loop. The same arithmetic as the general path (a float32 margin
+ * plus the float64 intercept, rounded to float32 for the loss), so the model is
+ * the same bit for bit; this only removes the calls and conversions between the
+ * pieces. Sets *bad when a margin is NaN or infinite. Returns the summed loss. */
+#define MPIML_SUB 16
+MPIML_CLONES static double mpiml_logistic_rows_f(const float *X, ptrdiff_t n, ptrdiff_t d,
+                                                 const float *w, double b, const double *y,
+                                                 float *grad, double *gb, int *bad) {
+    float m[MPIML_SUB], yf[MPIML_SUB], g[MPIML_SUB], l[MPIML_SUB];
+    double s = 0.0, sb = *gb;   /* added row by row, in the general path's order */
+    int flag = 0;
+    for (ptrdiff_t r0 = 0; r0 < n; r0 += MPIML_SUB) {
+        const ptrdiff_t nb = n - r0 < MPIML_SUB ? n - r0 : MPIML_SUB;
+        const float *x = X + r0 * d;
+        mpiml_margins_f(x, nb, d, w, m, n - r0);
+        for (ptrdiff_t i = 0; i < nb; i++) {
+            const double md = (double)m[i] + b;
+            flag |= (md - md) != 0.0;
+            m[i] = (float)md;
+            yf[i] = (float)y[r0 + i];
+        }
+        s += mpiml_logloss_single(m, yf, g, l, nb);
+        for (ptrdiff_t i = 0; i < nb; i++) sb += (double)g[i];
+        mpiml_accumulate_f(x, nb, d, g, grad);
+    }
+    *gb = sb;
+    *bad |= flag;
+    return s;
+}
+
 #endif

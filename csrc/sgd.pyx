@@ -30,6 +30,9 @@ cdef extern from "dense.h" nogil:
     void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
     double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
+    double mpiml_logistic_rows_f(const float* X, Py_ssize_t n, Py_ssize_t d, const float* w, double b,
+                                 const double* y, float* grad, double* gb, int* bad)
+    Py_ssize_t MPIML_SUB
 
 from cpython.pycapsule cimport PyCapsule_New
 
@@ -59,7 +62,7 @@ COMPILE_FLAGS = MPIML_COMPILE_FLAGS.decode()
 DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
-cdef Py_ssize_t SUB = 16
+cdef Py_ssize_t SUB = MPIML_SUB
 # rows of the next range prefetched when a step visits several ranges (rows in place)
 cdef Py_ssize_t PREFETCH_ROWS = 8
 
@@ -499,6 +502,8 @@ cdef class Engine:
     cdef const double[::1] sw
     cdef readonly bint has_sw
     cdef readonly Loss loss
+    # float32 rows, one output, logistic loss: _grad runs each range in one C loop
+    cdef readonly bint fused
     cdef readonly Py_ssize_t n, d, K, P
     cdef readonly object w_arr, buf_arr, vel_arr
     cdef double[::1] w, buf, vel
@@ -540,6 +545,7 @@ cdef class Engine:
         self.P = K * self.d + K
         self.loss = loss
         loss.single = not self.is64
+        self.fused = not self.is64 and K == 1 and type(loss) is LogLoss
         self.w_arr = np.zeros(self.P)
         self.w = self.w_arr
         self.vel_arr = np.zeros(self.P)
@@ -654,7 +660,11 @@ cdef class Engine:
                 # hardware prefetcher restarts there; ask for its first rows now
                 self._prefetch_rows(lo[r + 1], hi[r + 1])
             count += hi[r] - lo[r]
-            if self.is64:
+            if self.fused and swp == NULL:
+                s += mpiml_logistic_rows_f(&self.X32[lo[r], 0], hi[r] - lo[r], self.d, &self.w32[0],
+                                           self.w[Kd], &self.y[lo[r]], &self.g32[0], &self.buf[Kd],
+                                           &self.margins_bad)
+            elif self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
                                  self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
                                  &self.buf[0], &self.buf[Kd], swp, &self.margins_bad)

@@ -218,6 +218,37 @@ def test_run_steps_equals_grad_apply_loop(dtype):
     assert a.epoch_loss == c.epoch_loss and a.epoch_count == c.epoch_count == 300
 
 
+
+def test_fused_logistic_rows_equal_the_general_path():
+    """float32 rows, one output, logistic loss: each range runs in one compiled loop
+    (dense.h mpiml_logistic_rows_f). It makes the general path's arithmetic, bit for bit
+    (the general path is what a per-row weight of 1 takes), over steps of several ranges
+    of odd lengths, and flags a NaN margin the same way."""
+    X, y, W, b = _problem(1, "pm1", n=300, d=37, dtype=np.float32)
+    kw = dict(eta0=0.1, alpha=1e-3, penalty=sgd.PENALTIES["l2"])
+    fused, general = _engine("log", X, y, 1, **kw), _engine("log", X, y, 1, **kw)
+    general.set_sample_weight(np.ones(300))
+    assert fused.fused and general.fused     # the weights alone select the general path
+    lo = np.array([200, 0, 103, 250, 41, 17], dtype=np.intp)
+    hi = np.array([250, 17, 200, 300, 103, 41], dtype=np.intp)
+    ptr = np.array([0, 2, 3, 6], dtype=np.intp)
+    for e in (fused, general):
+        e.set_params(np.concatenate([W.ravel(), b]))
+        e.set_plan(lo, hi, ptr)
+        e.run_plan()
+    np.testing.assert_array_equal(fused.w_arr, general.w_arr)
+    assert fused.epoch_count == general.epoch_count == 300
+    assert fused.epoch_loss == pytest.approx(general.epoch_loss, rel=1e-12)
+    assert not fused.margins_bad and not general.margins_bad
+    Xbad = X.copy()
+    Xbad[123, 5] = np.nan
+    for sw in (None, np.ones(300)):
+        e = _engine("log", Xbad, y, 1, **kw)
+        if sw is not None:
+            e.set_sample_weight(sw)
+        e.grad(100, 130)
+        assert e.margins_bad
+
 def test_empty_batch_is_a_no_op():
     X, y, W, b = _problem(1, "real", n=10, d=4)
     e = _engine("squared", X, y, 1, eta0=0.1)
