@@ -168,30 +168,75 @@ def first_nonfinite_row(const floating[:, ::1] X):
     return bad
 
 
-def integral_labels(const floating[::1] y, Py_ssize_t[::1] out, Py_ssize_t max_range):
-    """For float labels that all hold integers within ``max_range`` of each other:
-    ``out[i] = y[i] - min(y)`` and returns ``(min(y), max(y))``; None otherwise (a NaN,
-    an infinity, a fraction, or a wider range). Two streaming passes, no temporaries."""
-    cdef Py_ssize_t n = y.shape[0], i
-    cdef double lo, hi, v
+ctypedef fused label_t:
+    signed char
+    short
+    int
+    long long
+    unsigned char
+    unsigned short
+    unsigned int
+    unsigned long long
+    float
+    double
+
+
+def label_counts(const label_t[::1] y, Py_ssize_t max_range):
+    """Labels counted instead of sorted: for labels that all hold integers fewer than
+    ``max_range`` apart, ``(min(y), counts)`` with ``counts[v - min(y)]`` the rows whose
+    label is ``v``; None otherwise (a NaN, an infinity, a fraction, a wider range, no
+    rows). Two streaming passes (range, then counts), no temporaries of the rows' size."""
+    cdef Py_ssize_t n = y.shape[0], i, k, span
+    cdef label_t lo, hi, v
+    cdef double f
     cdef int ok = 1
-    if n == 0 or out.shape[0] != n:
+    if n == 0:
         return None
+    lo = y[0]
+    hi = y[0]
     with nogil:
-        lo = y[0]
-        hi = y[0]
         for i in range(n):
             v = y[i]
             lo = v if v < lo else lo
             hi = v if v > hi else hi
-        if not (lo == lo and hi == hi and hi - lo < <double>max_range):   # NaN or too wide
-            ok = 0
-        else:
-            for i in range(n):
-                v = y[i] - lo
-                out[i] = <Py_ssize_t>v
-                ok &= (<double>out[i] == v)       # NaN, a fraction: not equal
-    return (lo, hi) if ok else None
+    # the span in double first: integer labels may be up to 2^64 apart
+    if not (<double>hi - <double>lo < <double>max_range):     # also NaN
+        return None
+    span = <Py_ssize_t>(hi - lo)
+    counts = np.zeros(span + 1, dtype=np.intp)
+    cdef Py_ssize_t[::1] c = counts
+    with nogil:
+        for i in range(n):
+            if label_t is float or label_t is double:
+                f = <double>y[i] - <double>lo
+                if not (0.0 <= f <= <double>span):        # NaN or an infinity
+                    ok = 0
+                    break
+                k = <Py_ssize_t>f
+                if <double>k != f:                          # a fraction
+                    ok = 0
+                    break
+            else:
+                k = <Py_ssize_t>(y[i] - lo)
+            c[k] += 1
+    return (lo, counts) if ok else None
+
+
+def label_codes(const label_t[::1] y, lo, const double[::1] table, double[::1] out):
+    """``out[i] = table[y[i] - lo]`` for labels that :func:`label_counts` counted with
+    that ``lo`` (one streaming pass)."""
+    cdef Py_ssize_t n = y.shape[0], i, k, m = table.shape[0]
+    cdef label_t low = lo
+    cdef int bad = 0
+    if out.shape[0] != n:
+        raise ValueError("label_codes: out has the wrong length")
+    with nogil:
+        for i in range(n):
+            k = <Py_ssize_t>(y[i] - low)
+            bad |= k < 0 or k >= m
+            out[i] = table[k if 0 <= k < m else 0]
+    if bad:
+        raise ValueError("label_codes: a label outside the table")
 
 
 cdef extern from "<sys/uio.h>" nogil:

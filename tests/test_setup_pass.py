@@ -199,19 +199,42 @@ def test_a_short_fit_visits_the_rows_in_place_and_trains_the_copied_layouts_mode
                                np.array(["b", "a", "b"]), np.array([0.0, 1e9, 0.0]),
                                np.random.default_rng(3).integers(0, 3, 4000).astype(np.float64),
                                np.random.default_rng(4).integers(-7, 4, 500).astype(np.float32),
-                               np.array([-0.0, 2.0, 0.0, 65535.0]), np.array([-1.0, 65535.0])],
+                               np.array([-0.0, 2.0, 0.0, 65535.0]), np.array([-1.0, 65535.0]),
+                               np.array([2**64 - 1, 2**64 - 3, 2**64 - 1], dtype=np.uint64),
+                               np.array([-2**63, -2**63 + 5, 2**63 - 1]),
+                               np.array([1e9, 1e9 + 64, 1e9], dtype=np.float32),
+                               np.random.default_rng(5).integers(-3, 3, 700).astype(np.int16)],
                          ids=["int64", "int8", "bool", "one", "wide range", "str", "float wide range",
                               "float64 integers", "float32 integers", "float 2^16 - 1 apart",
-                              "float 2^16 apart"])
+                              "float 2^16 apart", "uint64 near 2^64", "int64 full range",
+                              "float32 1e9", "int16"])
 def test_label_counting_is_numpys_unique(y):
-    from mpiml.models.training import _counted_labels, _unique_labels
-    classes, inverse = _unique_labels(y)
+    """The classes and each row's index among them (as the fit spreads it, through a
+    table of codes, and the index sum a model-parallel group compares) are numpy's."""
+    from mpiml.models.training import _counted_labels, _index_sum, _spread_codes, _unique_labels
+    classes, codes = _unique_labels(y)
     ref_classes, ref_inverse = np.unique(y, return_inverse=True)
     assert np.array_equal(classes, ref_classes) and classes.dtype == ref_classes.dtype
-    assert np.array_equal(inverse, ref_inverse)
+    inverse = _spread_codes(codes, np.arange(classes.shape[0]))
+    assert inverse.dtype == np.float64 and np.array_equal(inverse, ref_inverse)
+    table = np.arange(classes.shape[0]) * 3.0 - 1.0
+    assert np.array_equal(_spread_codes(codes, table), table[ref_inverse])
+    assert _index_sum(codes) == float(ref_inverse.sum())
     # which labels are counted rather than sorted
     span = float(ref_classes[-1]) - float(ref_classes[0]) if y.dtype.kind != "U" else None
     assert (_counted_labels(y) is not None) == (span is not None and span < 1 << 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_counting_refuses_nan_and_infinity_anywhere(dtype):
+    """A NaN or an infinity among float labels, first or later, is not counted (the kernel
+    checks each value before it indexes its counts)."""
+    from mpiml._kernels.stats import label_counts
+    for y in ([0.0, 1.0, np.nan, 1.0], [np.nan, 0.0, 1.0], [0.0, np.inf], [-np.inf, 0.0],
+              [1.0, 0.0, np.nan]):
+        assert label_counts(np.array(y, dtype=dtype), 1 << 16) is None
+    lo, counts = label_counts(np.array([3.0, 1.0, 3.0], dtype=dtype), 1 << 16)
+    assert lo == 1.0 and counts.tolist() == [1, 0, 2]
 
 
 @pytest.mark.parametrize("y", [np.array([0.5, -1.0, 0.5]), np.array([0.0, 1.0, 1.5]),

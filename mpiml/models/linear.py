@@ -497,7 +497,9 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
             return len(self.classes_), idx.astype(np.float64), _k.Multinomial()
         loss = LOSSES[self.loss](self)
         if len(self.classes_) == 2:
-            return 1, np.where(idx == 1, 1.0, -1.0), loss
+            pm1 = idx * 2.0          # indices 0 / 1 to -1.0 / +1.0, two passes without a mask
+            pm1 -= 1.0
+            return 1, pm1, loss
         return len(self.classes_), idx.astype(np.float64), loss
 
     def decision_function(self, X):
