@@ -30,8 +30,9 @@ cdef extern from "dense.h" nogil:
     void mpiml_accumulate_f(const float* X, Py_ssize_t nb, Py_ssize_t d, const float* g, float* grad)
     void mpiml_accumulate_d(const double* X, Py_ssize_t nb, Py_ssize_t d, const double* g, double* grad)
     double mpiml_logloss_single(const float* m, const float* y, float* g, float* loss, Py_ssize_t n)
-    double mpiml_logistic_rows_f(const float* X, Py_ssize_t n, Py_ssize_t d, const float* w, double b,
-                                 const double* y, float* grad, double* gb, int* bad)
+    double mpiml_logistic_step_f(const float* X, Py_ssize_t d, const Py_ssize_t* lo, const Py_ssize_t* hi,
+                                 Py_ssize_t nr, const float* w, double b, const double* y, float* grad,
+                                 double* gb, int* bad)
     Py_ssize_t MPIML_SUB
 
 from cpython.pycapsule cimport PyCapsule_New
@@ -502,7 +503,7 @@ cdef class Engine:
     cdef const double[::1] sw
     cdef readonly bint has_sw
     cdef readonly Loss loss
-    # float32 rows, one output, logistic loss: _grad runs each range in one C loop
+    # float32 rows, one output, logistic loss: _grad runs the step in one C loop
     cdef readonly bint fused
     cdef readonly Py_ssize_t n, d, K, P
     cdef readonly object w_arr, buf_arr, vel_arr
@@ -652,6 +653,16 @@ cdef class Engine:
         memset(&self.buf[0], 0, (self.P + 2) * sizeof(double))
         if not self.is64:
             memset(&self.g32[0], 0, Kd * sizeof(float))
+        if self.fused and swp == NULL:
+            # the whole step in one compiled loop (dense.h), prefetches included
+            for r in range(nr):
+                if hi[r] > lo[r]:
+                    count += hi[r] - lo[r]
+            if count > 0:
+                s = mpiml_logistic_step_f(&self.X32[0, 0], self.d, lo, hi, nr, &self.w32[0],
+                                          self.w[Kd], &self.y[0], &self.g32[0], &self.buf[Kd],
+                                          &self.margins_bad)
+            nr = 0
         for r in range(nr):
             if hi[r] <= lo[r]:
                 continue
@@ -660,11 +671,7 @@ cdef class Engine:
                 # hardware prefetcher restarts there; ask for its first rows now
                 self._prefetch_rows(lo[r + 1], hi[r + 1])
             count += hi[r] - lo[r]
-            if self.fused and swp == NULL:
-                s += mpiml_logistic_rows_f(&self.X32[lo[r], 0], hi[r] - lo[r], self.d, &self.w32[0],
-                                           self.w[Kd], &self.y[lo[r]], &self.g32[0], &self.buf[Kd],
-                                           &self.margins_bad)
-            elif self.is64:
+            if self.is64:
                 s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
                                  self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
                                  &self.buf[0], &self.buf[Kd], swp, &self.margins_bad)

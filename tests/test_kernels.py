@@ -220,10 +220,11 @@ def test_run_steps_equals_grad_apply_loop(dtype):
 
 
 def test_fused_logistic_rows_equal_the_general_path():
-    """float32 rows, one output, logistic loss: each range runs in one compiled loop
-    (dense.h mpiml_logistic_rows_f). It makes the general path's arithmetic, bit for bit
-    (the general path is what a per-row weight of 1 takes), over steps of several ranges
-    of odd lengths, and flags a NaN margin the same way."""
+    """float32 rows, one output, logistic loss: a step runs in one compiled loop
+    (dense.h mpiml_logistic_step_f: margins of up to 64 rows, several ranges, then their
+    loss and gradient). It makes the general path's arithmetic, bit for bit (the general
+    path is what a per-row weight of 1 takes), over steps of several ranges of odd
+    lengths, and flags a NaN margin the same way."""
     X, y, W, b = _problem(1, "pm1", n=300, d=37, dtype=np.float32)
     kw = dict(eta0=0.1, alpha=1e-3, penalty=sgd.PENALTIES["l2"])
     fused, general = _engine("log", X, y, 1, **kw), _engine("log", X, y, 1, **kw)
