@@ -12,11 +12,14 @@ the (K, d) weight matrix row by row, then the K intercepts. ``buf`` holds the
 summed gradient (P values), the summed loss and the sample count, so a step
 needs exactly one reduction of ``P + 2`` doubles.
 
-Rows are processed in sub-blocks of ``SUB`` rows: the margins of a sub-block are
-one BLAS call, the loss derivative is computed on them, and the gradient is a
-second BLAS call over the same rows while they are still in cache. BLAS comes
-from scipy (OpenBLAS selects the CPU's vector instructions at run time, so the
-build stays portable).
+Rows are processed in sub-blocks of ``SUB`` rows: the margins of a sub-block, the
+loss derivative on them, and the gradient over the same rows while they are still in
+cache, so X is read from memory once per epoch. With one output the margins and the
+gradient are the vector loops of ``dense.h`` (compiled for several instruction sets,
+picked at run time); float32 logistic rows without weights run a whole step in one
+compiled loop there (``mpiml_logistic_step_f``). With several outputs they are BLAS
+calls (scipy's OpenBLAS). docs/performance.md ("The kernel's epoch") says which sums are
+float32 and which float64.
 """
 from libc.math cimport exp, log, log1p, fabs, pow, isfinite, fmod
 from libc.string cimport memset, memcpy

@@ -114,9 +114,11 @@ def _spread_codes(codes, table):
 
 
 def _unique_labels(y):
-    """``np.unique(y, return_inverse=True)`` of a classifier's labels, after scikit-learn's
-    target-type check (``Unknown label type: continuous``). Labels that can be counted
-    (:func:`_counted_labels`) are integers, which that check always accepts: it is skipped."""
+    """``(classes, codes)`` of a classifier's labels, ``classes`` as ``np.unique(y)`` and
+    ``codes`` the rows' places among them (numpy's inverse, or a :data:`Counted`; see
+    :func:`_spread_codes`), after scikit-learn's target-type check (``Unknown label type:
+    continuous``). Labels that can be counted (:func:`_counted_labels`) are integers,
+    which that check always accepts: it is skipped."""
     y = np.asarray(y)
     counted = _counted_labels(y)
     if counted is not None:
