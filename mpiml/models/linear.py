@@ -490,17 +490,20 @@ class SGDClassifier(ClassifierMixin, _BaseSGD):
         """(K, encoded targets, kernel loss) for labels ``y``."""
         return self._encode_agreed(label_index(self.classes_, y))
 
-    def _encode_agreed(self, idx):
-        """(K, encoded targets, kernel loss) for class indices ``idx``."""
+    def _encode_agreed(self, idx, reuse=False):
+        """(K, encoded targets, kernel loss) for class indices ``idx``; with ``reuse`` the
+        targets may be ``idx`` itself, encoded in place (a float64 array of the fit's own
+        that nothing reads again)."""
         idx = np.asarray(idx)
         if self._multinomial():
-            return len(self.classes_), idx.astype(np.float64), _k.Multinomial()
+            return len(self.classes_), idx.astype(np.float64, copy=not reuse), _k.Multinomial()
         loss = LOSSES[self.loss](self)
         if len(self.classes_) == 2:
-            pm1 = idx * 2.0          # indices 0 / 1 to -1.0 / +1.0, two passes without a mask
+            # indices 0 / 1 to -1.0 / +1.0, two passes without a mask
+            pm1 = np.multiply(idx, 2.0, out=idx if reuse and idx.dtype == np.float64 else None)
             pm1 -= 1.0
             return 1, pm1, loss
-        return len(self.classes_), idx.astype(np.float64), loss
+        return len(self.classes_), idx.astype(np.float64, copy=not reuse), loss
 
     def decision_function(self, X):
         """Margins of this rank's rows: ``(n,)`` for two classes, else ``(n, K)``

@@ -262,11 +262,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _encode(self, y):
         return self._encode_agreed(label_index(self.classes_, y))
 
-    def _encode_agreed(self, idx):
+    def _encode_agreed(self, idx, reuse=False):
         idx = np.asarray(idx)
         if len(self.classes_) == 2:
-            return 1, idx.astype(np.float64), "logistic"
-        return len(self.classes_), idx.astype(np.float64), "softmax"
+            return 1, idx.astype(np.float64, copy=not reuse), "logistic"
+        return len(self.classes_), idx.astype(np.float64, copy=not reuse), "softmax"
 
     def predict_proba(self, X):
         """Class probabilities of this rank's rows (local, or collective over the

@@ -247,7 +247,7 @@ class FitSession:
 
     def __init__(self, est, data, *, epochs, reset, resume, validation, callbacks,
                  sample_weight, hooks, overwrite=False, signal_checkpoint_dir=None,
-                 in_place=True):
+                 in_place=True, own_targets=False):
         self.est, self.data, self.hooks = est, data, hooks
         self.resume, self.overwrite = resume, overwrite
         self.signal_only = False
@@ -286,8 +286,14 @@ class FitSession:
             # after a restore: a resumed run scales as its checkpoint says (the same
             # statistics, recomputed from the same rows)
             fit_scaler(est, grid, data.X, data.columns)
-        self.K, y_enc, self.loss = est._encode_agreed(data.y)
         sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
+        # own_targets: a classifier's agreed class indices are an array _agree_data made
+        # for this session alone, read by nothing after this: encoded in place (no fresh
+        # array per row to fault in)
+        self.K, y_enc, self.loss = est._encode_agreed(
+            data.y, reuse=own_targets and data.classes is not None)
+        if own_targets:
+            self.data = data = data._replace(y=None)
         self.prior = prior
         # no state of the first epoch can be saved (no checkpoint or run directory), so
         # that epoch may stand for the finiteness scan of rows visited in place

@@ -329,7 +329,8 @@ class Trainer(BaseEstimator):
         session = FitSession(self, data, epochs=epochs, reset=reset, resume=resume,
                              validation=validation, callbacks=callbacks,
                              sample_weight=sample_weight, hooks=hooks.current(),
-                             overwrite=overwrite, signal_checkpoint_dir=signal_checkpoint_dir)
+                             overwrite=overwrite, signal_checkpoint_dir=signal_checkpoint_dir,
+                             own_targets=True)
         try:
             session.run()
             session.store()
@@ -337,9 +338,10 @@ class Trainer(BaseEstimator):
             session.release()
         return self
 
-    def _encode_agreed(self, y):
+    def _encode_agreed(self, y, reuse=False):
         """``(outputs, encoded targets, loss)`` of a fit's agreed targets (a classifier's
-        are class indices: it overrides this)."""
+        are class indices: it overrides this, and with ``reuse`` may encode them in
+        place)."""
         return self._encode(y)
 
     def _live_names(self):
