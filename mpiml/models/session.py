@@ -286,14 +286,7 @@ class FitSession:
             # after a restore: a resumed run scales as its checkpoint says (the same
             # statistics, recomputed from the same rows)
             fit_scaler(est, grid, data.X, data.columns)
-        sw = row_weights(est, c, grid, data.y, sample_weight, data.meta)
-        # own_targets: a classifier's agreed class indices are an array _agree_data made
-        # for this session alone, read by nothing after this: encoded in place (no fresh
-        # array per row to fault in)
-        self.K, y_enc, self.loss = est._encode_agreed(
-            data.y, reuse=own_targets and data.classes is not None)
-        if own_targets:
-            self.data = data = data._replace(y=None)
+        y_enc, sw = self._targets(data, sample_weight, own_targets)
         self.prior = prior
         # no state of the first epoch can be saved (no checkpoint or run directory), so
         # that epoch may stand for the finiteness scan of rows visited in place
@@ -331,6 +324,18 @@ class FitSession:
             self._open_run_dir()
         self.pending_batch = None
         self.scan_pending = self.layout.scan_deferred
+
+    def _targets(self, data, sample_weight, own):
+        """The encoded targets and the row weights (sets ``K`` and the loss). With ``own``,
+        a classifier's agreed class indices are an array ``_agree_data`` made for this
+        session alone: they are encoded in place after the row weights read them (no
+        fresh array per row to fault in), and the session's data no longer holds them."""
+        sw = row_weights(self.est, self.c, self.grid, data.y, sample_weight, data.meta)
+        self.K, y_enc, self.loss = self.est._encode_agreed(
+            data.y, reuse=own and data.classes is not None)
+        if own:
+            self.data = self.data._replace(y=None)
+        return y_enc, sw
 
     def _make_synchronizer(self, signal_checkpoint_dir):
         est, c = self.est, self.c
