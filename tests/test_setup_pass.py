@@ -237,6 +237,43 @@ def test_label_counting_refuses_nan_and_infinity_anywhere(dtype):
     assert lo == 1.0 and counts.tolist() == [1, 0, 2]
 
 
+def test_label_counts_equal_numpys_unique_on_random_label_sets():
+    """The counting kernel (one pass in a window around the first label, else two) against
+    numpy's unique, over random label sets of every integer and float type: ranges up to
+    and beyond 2^16, at the ends of each type's range, with fractions, NaN and infinity."""
+    from mpiml._kernels.stats import label_counts
+    rng = np.random.default_rng(7)
+    types = [np.int8, np.int16, np.int32, np.longlong, np.uint8, np.uint16, np.uint32,
+             np.ulonglong, np.float32, np.float64]
+    for case in range(1500):
+        dt = types[case % len(types)]
+        if np.dtype(dt).kind in "iu":
+            tmin, tmax = int(np.iinfo(dt).min), int(np.iinfo(dt).max)
+        else:
+            tmin, tmax = -10**6, 10**6
+        span = int(rng.choice([0, 1, 3, 200, 30000, 40000, 65535, 65536, 70000, 2**40]))
+        where = rng.random()
+        base = tmin if where < 0.15 else tmax - span if where < 0.3 else \
+            tmin + int(rng.random() * (tmax - tmin))
+        base = max(tmin, min(base, tmax))
+        y = np.array([min(tmax, max(tmin, base + int(rng.random() * (span + 1))))
+                      for _ in range(int(rng.integers(1, 60)))], dtype=dt)
+        if y.dtype.kind == "f":
+            for value, p in ((0.5, 0.2), (np.nan, 0.1), (np.inf, 0.05)):
+                if rng.random() < p:
+                    y[rng.integers(y.size)] = value if value != 0.5 else y[0] + 0.5
+        got = label_counts(y, 1 << 16)
+        finite = y.dtype.kind != "f" or (np.all(np.isfinite(y)) and np.all(y == np.floor(y)))
+        if not finite or float(y.max()) - float(y.min()) >= 1 << 16:
+            assert got is None, (dt, y)
+            continue
+        values, counts = np.unique(y, return_counts=True)
+        assert got is not None and int(got[0]) == int(values[0]), (dt, y)
+        expect = np.zeros(int(values[-1]) - int(values[0]) + 1, dtype=np.intp)
+        expect[[int(v) - int(values[0]) for v in values]] = counts
+        assert np.array_equal(got[1], expect), (dt, y)
+
+
 @pytest.mark.parametrize("y", [np.array([0.5, -1.0, 0.5]), np.array([0.0, 1.0, 1.5]),
                                np.array([1.0, 2.0, 3.0 + 1e-9])])
 def test_labels_that_are_not_classes_get_scikit_learns_error(y):
