@@ -647,10 +647,12 @@ def bench_set(name, a):
     for r in res["mpiml"]:
         if r["ok"]:
             s = r["summary"]
+            epochs = [round(float(x), 3) for x in np.max(r['epoch_times_per_rank'], axis=0)]
             lines.append(f"mpiml {r['ranks']}r b{r['batch']} {r['kw']} {r['exchange_asked']}->"
-                         f"{r['exchange']}: epochs {[round(float(x), 3) for x in np.max(r['epoch_times_per_rank'], axis=0)]}"
+                         f"{r['exchange']}: epochs {epochs}"
                          f" s, comm {fmt(s['comm_share'], '.3f')}, wait {fmt(s['wait_share'], '.3f')},"
-                         f" bytes/rank/epoch {s['bytes_per_rank_epoch']}; load before {r['loadavg_before']:.2f}; mem import "
+                         f" bytes/rank/epoch {s['bytes_per_rank_epoch']}; "
+                         f"load before {r['loadavg_before']:.2f}; mem import "
                          f"{s['mem_import_MiB']:.0f} MiB, loaded {s['mem_loaded_MiB']:.0f}, "
                          f"peak {s['mem_peak_MiB']:.0f}, share {s['share_MiB']:.0f} MiB -> "
                          f"(peak-import)/share {s['mem_ratio_post_import']:.2f} (after all fits "
