@@ -37,6 +37,7 @@ cdef extern from "dense.h" nogil:
                                  Py_ssize_t nr, const float* w, double b, const double* y, float* grad,
                                  double* gb, int* bad)
     Py_ssize_t MPIML_SUB
+    Py_ssize_t MPIML_NEXT_ROWS
 
 from cpython.pycapsule cimport PyCapsule_New
 
@@ -67,8 +68,9 @@ DTYPES = ("float32", "float64")
 
 # rows per sub-block: 16 rows x 100 float32 features = 6.4 KB stay in L1 between the two passes
 cdef Py_ssize_t SUB = MPIML_SUB
-# rows of the next range prefetched when a step visits several ranges (rows in place)
-cdef Py_ssize_t PREFETCH_ROWS = 8
+# rows of the next range prefetched when a step visits several ranges (rows in place;
+# the same number as the compiled step's, dense.h)
+cdef Py_ssize_t PREFETCH_ROWS = MPIML_NEXT_ROWS
 
 # The step-control protocol (mirrors mpiml.parallel.protocol's Word and Decision, which
 # checks at import that these tables equal its own): control words after the P
@@ -665,23 +667,23 @@ cdef class Engine:
                 s = mpiml_logistic_step_f(&self.X32[0, 0], self.d, lo, hi, nr, &self.w32[0],
                                           self.w[Kd], &self.y[0], &self.g32[0], &self.buf[Kd],
                                           &self.margins_bad)
-            nr = 0
-        for r in range(nr):
-            if hi[r] <= lo[r]:
-                continue
-            if r + 1 < nr and hi[r + 1] > lo[r + 1]:
-                # rows visited in place: the next range is elsewhere in memory, and the
-                # hardware prefetcher restarts there; ask for its first rows now
-                self._prefetch_rows(lo[r + 1], hi[r + 1])
-            count += hi[r] - lo[r]
-            if self.is64:
-                s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
-                                 self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
-                                 &self.buf[0], &self.buf[Kd], swp, &self.margins_bad)
-            else:
-                s += _grad_range(self.X32, &self.y[0], lo[r], hi[r], &self.w32[0], &self.w[Kd],
-                                 self.K, self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
-                                 &self.g32[0], &self.buf[Kd], swp, &self.margins_bad)
+        else:
+            for r in range(nr):
+                if hi[r] <= lo[r]:
+                    continue
+                if r + 1 < nr and hi[r + 1] > lo[r + 1]:
+                    # rows visited in place: the next range is elsewhere in memory, and the
+                    # hardware prefetcher restarts there; ask for its first rows now
+                    self._prefetch_rows(lo[r + 1], hi[r + 1])
+                count += hi[r] - lo[r]
+                if self.is64:
+                    s += _grad_range(self.X64, &self.y[0], lo[r], hi[r], &self.w[0], &self.w[Kd],
+                                     self.K, self.loss, &self.M64[0], &self.Md[0], &self.Gd[0],
+                                     &self.buf[0], &self.buf[Kd], swp, &self.margins_bad)
+                else:
+                    s += _grad_range(self.X32, &self.y[0], lo[r], hi[r], &self.w32[0], &self.w[Kd],
+                                     self.K, self.loss, &self.M32[0], &self.Md[0], &self.Gd[0],
+                                     &self.g32[0], &self.buf[Kd], swp, &self.margins_bad)
         if not self.is64:
             for j in range(Kd):
                 self.buf[j] = self.g32[j]

@@ -168,6 +168,16 @@ def first_nonfinite_row(const floating[:, ::1] X):
     return bad
 
 
+cdef inline Py_ssize_t _integral_index(double f, double end) noexcept nogil:
+    """``f`` as an index when it is an integer in ``[0, end)``; -1 otherwise (a NaN, an
+    infinity, a fraction, out of range)."""
+    cdef Py_ssize_t k
+    if not (0.0 <= f < end):
+        return -1
+    k = <Py_ssize_t>f
+    return k if <double>k == f else -1
+
+
 ctypedef fused label_t:
     signed char
     short
@@ -191,46 +201,38 @@ def label_counts(const label_t[::1] y, Py_ssize_t max_range):
     compare-and-branch on 64-bit differences, 1.5 against 3.9 ms per 10^6 random 0/1
     labels; for floats 2.4 against 1.5 ms). No temporaries of the rows' size."""
     cdef Py_ssize_t n = y.shape[0], half = max_range // 2, i, k, first, last
-    cdef label_t y0
-    cdef double f, base
+    cdef double y0, base
     cdef int inside = 1
     if n == 0:
         return None
     if not (label_t is float or label_t is double):
         return _label_counts_two_pass(y, max_range)
-    y0 = y[0]
-    if label_t is float or label_t is double:
-        # an integral first label, exactly representable around it (else: not counted)
-        if not (-4503599627370496.0 < <double>y0 < 4503599627370496.0) or \
-                <double>(<long long>y0) != <double>y0:
-            return None
+    y0 = <double>y[0]
+    # an integral first label, exactly representable around it (else: not counted)
+    if not (-4503599627370496.0 < y0 < 4503599627370496.0) or <double>(<long long>y0) != y0:
+        return None
     window = np.zeros(max_range, dtype=np.intp)
     cdef Py_ssize_t[::1] w = window
-    base = <double>y0 - <double>half
+    base = y0 - <double>half
     with nogil:
         for i in range(n):
-            if label_t is float or label_t is double:
-                f = <double>y[i] - base
-                if not (0.0 <= f < <double>max_range):      # also NaN, infinity
-                    inside = 0
-                    break
-                k = <Py_ssize_t>f
-                if <double>k != f:                          # a fraction
-                    inside = 0
-                    break
+            k = _integral_index(<double>y[i] - base, <double>max_range)
+            if k < 0:
+                inside = 0
+                break
             w[k] += 1
     if not inside:
         return _label_counts_two_pass(y, max_range)
     nz = np.flatnonzero(window)
     first, last = nz[0], nz[-1]
-    return <double>y0 - <double>half + <double>first, window[first:last + 1].copy()
+    return base + <double>first, window[first:last + 1].copy()
 
 
 def _label_counts_two_pass(const label_t[::1] y, Py_ssize_t max_range):
-    """:func:`label_counts` for labels not all within ``max_range / 2`` of the first."""
+    """:func:`label_counts` for integer labels, and for float labels not all within
+    ``max_range / 2`` of the first."""
     cdef Py_ssize_t n = y.shape[0], i, k, span
     cdef label_t lo, hi, v
-    cdef double f
     cdef int ok = 1
     lo = y[0]
     hi = y[0]
@@ -248,12 +250,8 @@ def _label_counts_two_pass(const label_t[::1] y, Py_ssize_t max_range):
     with nogil:
         for i in range(n):
             if label_t is float or label_t is double:
-                f = <double>y[i] - <double>lo
-                if not (0.0 <= f <= <double>span):        # NaN or an infinity
-                    ok = 0
-                    break
-                k = <Py_ssize_t>f
-                if <double>k != f:                          # a fraction
+                k = _integral_index(<double>y[i] - <double>lo, <double>span + 1.0)
+                if k < 0:
                     ok = 0
                     break
             else:

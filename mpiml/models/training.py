@@ -71,7 +71,7 @@ Counted = namedtuple("Counted", "y lo counts")
 def _counted_labels(y):
     """``(classes, Counted)`` of 1-D integer labels, or of float labels holding integers,
     in a range of fewer than 2^16 values: ``np.unique(y)`` by counting instead of sorting
-    (two passes over the labels, no array of row indices); None for other labels."""
+    (one or two passes over the labels, no array of row indices); None for other labels."""
     if y.ndim != 1 or not y.size:
         return None
     if y.dtype.kind == "b":
@@ -110,7 +110,7 @@ def _spread_codes(codes, table):
         out = np.empty(codes.y.shape[0])
         label_codes(codes.y, codes.lo, by_value, out)
         return out
-    return np.asarray(table)[codes].astype(np.float64)
+    return np.asarray(table, dtype=np.float64)[codes]
 
 
 def _unique_labels(y):
